@@ -1,0 +1,194 @@
+"""`latentreason` command line: train, eval, demo, data.
+
+User mistakes (bad files, bad configs, missing data) end with one line on stderr and exit status 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from latentreason.errors import UserError
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(value: str | None) -> Path | None:
+    """A file path, or the name of a shipped recipe (e.g. 'cot-tiny' -> latentreason/configs/cot-tiny.yaml)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / f"{value}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+    raise UserError(f"--config {value}: no such file, and not a shipped recipe ({', '.join(names)})")
+
+
+# --- train -------------------------------------------------------------------------------------
+def cmd_train(argv: list[str]) -> int:
+    from latentreason.config import add_config_flags, load_config, read_yaml
+    from latentreason.methods import METHODS, get_method
+    from latentreason.training.run import run_training
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--method")
+    known, _ = pre.parse_known_args(argv)
+    config_path = resolve_config_path(known.config)
+    method_name = known.method or (read_yaml(config_path).get("method") if config_path else None) or "cot"
+    method_cls = get_method(method_name)
+    parser = argparse.ArgumentParser(prog="latentreason train", description="Train a model with one method.")
+    parser.add_argument("--config", help="YAML recipe (a path or a shipped recipe name)")
+    parser.add_argument("--method", help=f"one of {', '.join(sorted(METHODS))} (default: the config's, else cot)")
+    add_config_flags(parser, method_cls.config_cls)
+    args = vars(parser.parse_args(argv))
+    args.pop("config", None)
+    args.pop("method", None)
+    config = load_config(method_cls.config_cls, config_path, args)
+    result = run_training(method_name, config)
+    print(f"final model: {result.final_dir}")
+    if result.eval is not None:
+        print(f"held-out accuracy: {result.eval.accuracy:.1%} on {result.eval.n} problems")
+    return 0
+
+
+# --- eval --------------------------------------------------------------------------------------
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--benchmark", help="benchmark name (see `latentreason data list`)")
+    src.add_argument("--file", help="a data file in any supported format")
+    parser.add_argument("--data-dir", help="benchmark data directory (default: $LATENTREASON_DATA_DIR)")
+    parser.add_argument("--split", help="benchmark split (default: the benchmark's evaluation split)")
+    parser.add_argument("--format", help="file format when --file cannot be recognised")
+
+
+def load_source(args) -> tuple[str, list]:
+    from latentreason.data.formats import load_file
+    from latentreason.data.registry import load_benchmark
+
+    if args.file:
+        return Path(args.file).stem, load_file(args.file, args.format)
+    return args.benchmark, load_benchmark(args.benchmark, split=args.split, data_dir=args.data_dir)
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from latentreason.evaluation.harness import evaluate
+    from latentreason.evaluation.report import markdown_table, write_report
+    from latentreason.methods import get_method
+    from latentreason.model.latent_lm import LatentLM
+    from latentreason.training.config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="latentreason eval", description="Evaluate a trained model.")
+    parser.add_argument("--model", required=True, help="model directory (a run's final/ or a checkpoint)")
+    parser.add_argument("--method", help="solver to use (default: the method the model was trained with)")
+    add_source_args(parser)
+    parser.add_argument("--output-dir", required=True, help="where results.json and results.md are written")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--answer-mode", choices=("strict", "flexible"), default="strict")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    args = parser.parse_args(argv)
+    import torch
+
+    name, problems = load_source(args)
+    if args.limit > 0:
+        problems = problems[: args.limit]
+    lm = LatentLM.from_pretrained(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm.to(device).eval()
+    method_name = args.method or lm.meta.get("method") or "cot"
+    config = TrainConfig(max_new_tokens=args.max_new_tokens)
+    solver = get_method(method_name)(config).solver(lm)
+    result = evaluate(solver, problems, name, args.batch_size, args.answer_mode)
+    write_report([result], args.output_dir, {"model": str(args.model)})
+    print(markdown_table([result]))
+    print(f"wrote {Path(args.output_dir) / 'results.json'}")
+    return 0
+
+
+# --- data --------------------------------------------------------------------------------------
+def cmd_data(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="latentreason data", description="Inspect and generate data.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    stats = sub.add_parser("stats", help="record count, steps per problem, question/CoT lengths")
+    add_source_args(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("list", help="the benchmark registry")
+    gen = sub.add_parser("generate", help="write generated problems as Coconut JSON")
+    gen.add_argument("--task", required=True, help="chain, arithmetic, multiplication or prosqa")
+    gen.add_argument("-n", type=int, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--params", default="{}", help="generator parameters as YAML/JSON, e.g. '{num_steps: 4}'")
+    gen.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.action == "stats":
+        from latentreason.data.stats import dataset_stats, format_stats
+
+        name, problems = load_source(args)
+        stats_ = dataset_stats(problems)
+        print(json.dumps({"benchmark": name, **stats_}, indent=2) if args.json else format_stats(stats_))
+    elif args.action == "list":
+        from latentreason.data.registry import list_benchmarks
+
+        for spec in list_benchmarks():
+            print(f"{spec.name:12s} splits: {', '.join(spec.splits):24s} {spec.description}")
+    else:
+        import yaml
+
+        from latentreason.data.generators import generate
+
+        params = yaml.safe_load(args.params) or {}
+        if not isinstance(params, dict):
+            raise UserError(f"--params: expected a mapping such as '{{num_steps: 4}}', got {args.params!r}")
+        problems = generate(args.task, args.n, args.seed, **params)
+        records = [{"question": p.question, "steps": p.steps, "answer": p.answer} for p in problems]
+        Path(args.out).write_text(json.dumps(records, indent=1))
+        print(f"wrote {len(records)} problems to {args.out}")
+    return 0
+
+
+# --- demo --------------------------------------------------------------------------------------
+def cmd_demo(argv: list[str]) -> int:
+    from latentreason.demo import run_demo
+
+    parser = argparse.ArgumentParser(prog="latentreason demo", description=run_demo.__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", default="demo_output", help="where models, results and the plot go")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of under a minute (tiny budget)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    args = parser.parse_args(argv)
+    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: latentreason {train,eval,demo,data} [--debug] ...\n"
+              "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
+              "  eval   evaluate a trained model on a benchmark or file\n"
+              "  demo   the embedded default job: train and compare methods on a generated task\n"
+              "  data   stats / list / generate")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except UserError as err:
+        if debug:
+            raise
+        print(f"latentreason: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

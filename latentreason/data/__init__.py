@@ -1,0 +1,5 @@
+"""Problems, file formats, benchmark registry, generated tasks and answer checking."""
+
+from latentreason.data.problems import Problem
+
+__all__ = ["Problem"]

@@ -1,0 +1,1 @@
+"""The shared engines: batching, the teacher-forced pass, cached decoding."""

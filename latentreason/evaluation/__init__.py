@@ -1,0 +1,1 @@
+"""Solvers (how a model answers), the evaluation harness and reports."""

@@ -1,0 +1,88 @@
+"""Run a solver over a benchmark: accuracy, reasoning length (text and latent), latency."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from tqdm.auto import tqdm
+
+from latentreason.data.answers import extract_answer, guess_kind, is_correct
+from latentreason.data.problems import Problem
+
+
+@dataclass
+class EvalResult:
+    method: str
+    benchmark: str
+    n: int
+    accuracy: float
+    text_tokens: float  # mean explicit reasoning tokens per problem
+    latent_tokens: float  # mean continuous thoughts per problem
+    reasoning_tokens: float  # the two together
+    latency_s: float  # mean wall time per problem (batch time / batch size)
+    problems_per_s: float
+    records: list[dict] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        out.pop("records")
+        return out
+
+
+def answer_mode_for(reference: str, numeric_mode: str) -> str:
+    """Numeric references use the configured mode; sentence answers (ProsQA, digit strings) their own."""
+    return numeric_mode if guess_kind(reference) == "number" else "sentence"
+
+
+def evaluate(
+    solver,
+    problems: list[Problem],
+    benchmark: str = "",
+    batch_size: int = 64,
+    answer_mode: str = "strict",
+    progress: bool = True,
+) -> EvalResult:
+    """Solve `problems` in batches of `batch_size` and score them against their answers."""
+    if not problems:
+        raise ValueError("evaluate: no problems to evaluate")
+    records = []
+    elapsed = 0.0
+    bar = tqdm(total=len(problems), desc=f"eval {solver.name}", disable=not progress, leave=False)
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        began = time.perf_counter()
+        solutions = solver.solve(chunk)
+        took = time.perf_counter() - began
+        elapsed += took
+        for problem, sol in zip(chunk, solutions):
+            mode = answer_mode_for(problem.answer, answer_mode)
+            records.append(
+                {
+                    "question": problem.question,
+                    "reference": problem.answer,
+                    "generated": sol.text,
+                    "prediction": extract_answer(sol.text, mode),
+                    "correct": is_correct(sol.text, problem.answer, mode=mode),
+                    "text_tokens": sol.text_tokens,
+                    "latent_tokens": sol.latent_tokens,
+                    "latency_s": took / len(chunk),
+                }
+            )
+        bar.update(len(chunk))
+    bar.close()
+    n = len(records)
+    text = sum(r["text_tokens"] for r in records) / n
+    latent = sum(r["latent_tokens"] for r in records) / n
+    return EvalResult(
+        method=solver.name,
+        benchmark=benchmark,
+        n=n,
+        accuracy=sum(r["correct"] for r in records) / n,
+        text_tokens=text,
+        latent_tokens=latent,
+        reasoning_tokens=text + latent,
+        latency_s=elapsed / n,
+        problems_per_s=n / elapsed if elapsed > 0 else float("inf"),
+        records=records,
+    )

@@ -1,0 +1,78 @@
+"""results.json, a markdown table and (with matplotlib) an accuracy-vs-reasoning-tokens plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from latentreason.evaluation.harness import EvalResult
+
+COLUMNS = (
+    ("method", "method", "{}"),
+    ("benchmark", "benchmark", "{}"),
+    ("n", "n", "{}"),
+    ("accuracy", "accuracy", "{:.1%}"),
+    ("latent_tokens", "latent tok", "{:.1f}"),
+    ("text_tokens", "text tok", "{:.1f}"),
+    ("reasoning_tokens", "total tok", "{:.1f}"),
+    ("latency_s", "latency (ms)", "ms"),
+    ("problems_per_s", "problems/s", "{:.1f}"),
+)
+
+
+def markdown_table(results: list[EvalResult]) -> str:
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for res in results:
+        row = res.summary()
+        cells = [f"{row[key] * 1000:.2f}" if fmt == "ms" else fmt.format(row[key]) for key, _, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: list[EvalResult], output_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:
+    """Write results.json, results.md, predictions.jsonl and, when possible, accuracy_vs_tokens.png."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"results": [r.summary() for r in results], **(extra or {})}
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "predictions": out / "predictions.jsonl"}
+    _atomic_write(paths["json"], json.dumps(payload, indent=2))
+    _atomic_write(paths["markdown"], markdown_table(results) + "\n")
+    lines = [json.dumps({"method": r.method, "benchmark": r.benchmark, **rec}) for r in results for rec in r.records]
+    _atomic_write(paths["predictions"], "\n".join(lines) + "\n")
+    plot = plot_accuracy_vs_tokens(results, out / "accuracy_vs_tokens.png")
+    if plot:
+        paths["plot"] = plot
+    return paths
+
+
+def plot_accuracy_vs_tokens(results: list[EvalResult], path: Path) -> Path | None:
+    """Scatter of accuracy against mean reasoning tokens, one point per method; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for res in results:
+        ax.scatter(res.reasoning_tokens, 100 * res.accuracy, s=50)
+        ax.annotate(f"{res.method} ({res.benchmark})", (res.reasoning_tokens, 100 * res.accuracy), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("mean reasoning tokens per problem (text + latent)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

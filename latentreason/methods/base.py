@@ -1,0 +1,71 @@
+"""What a training method is: a config dataclass, a batch builder, a loss and a solver."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from latentreason.data.problems import Problem
+from latentreason.engine.batch import IGNORE
+from latentreason.errors import ConfigError
+from latentreason.training.config import TrainConfig
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str):
+    def wrap(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+class Method(abc.ABC):
+    """Subclasses set `config_cls` and implement `collate`, `loss` and `solver`."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[TrainConfig]] = TrainConfig
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def start_epoch(self, epoch: int) -> bool:
+        """Called before each epoch (curricula); return True to reset the optimizer state."""
+        return False
+
+    @abc.abstractmethod
+    def collate(self, lm, problems: list[Problem]) -> dict:
+        """Tensors for one micro-batch (on CPU; the trainer moves them)."""
+
+    @abc.abstractmethod
+    def loss(self, lm, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scalar loss, metrics to log) for one micro-batch."""
+
+    @abc.abstractmethod
+    def solver(self, lm):
+        """The object that answers problems with this method at evaluation time."""
+
+
+def next_token_loss(lm, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy of predicting labels[t] from hidden[t-1], the LM head run only where labelled.
+
+    hidden: [B, L, d]; labels: [B, L] with IGNORE where there is nothing to predict.
+    """
+    targets = labels[:, 1:]  # [B, L-1]
+    keep = targets != IGNORE  # [B, L-1]
+    logits = lm.lm_head(hidden[:, :-1][keep])  # [N, V]
+    count = int(keep.sum())
+    if count == 0:
+        return hidden.sum() * 0.0, 0
+    return F.cross_entropy(logits.float(), targets[keep]), count

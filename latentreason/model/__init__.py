@@ -1,0 +1,1 @@
+"""Model wrapper, tiny offline models and tokenizers, the real SmolLM2 loader."""

@@ -1,0 +1,114 @@
+"""`LatentLM`: any Hugging Face causal LM plus its tokenizer, with the latent-reasoning special tokens.
+
+It is the single object every method trains and every solver runs. It owns the base model, the
+tokenizer and the ids of the special tokens, and it saves/loads as a directory of safetensors
+weights + tokenizer files + `latentreason.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from latentreason.errors import UserError
+
+# Coconut's names; a model that already has them (a resumed checkpoint) keeps its trained rows.
+BOT, LATENT, EOT = "<|start-latent|>", "<|latent|>", "<|end-latent|>"
+SPECIAL_TOKENS = (BOT, LATENT, EOT)
+META_FILE = "latentreason.json"
+
+
+class LatentLM(nn.Module):
+    """A causal LM with latent-reasoning tokens.
+
+    `init_from`: the existing token whose embedding (and untied LM-head row) initialises every new
+    special token; the Coconut reference uses '<<'. Its first sub-token is used if it splits.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer, init_from: str = "<<"):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta: dict = {}  # saved in latentreason.json: which method trained it, ...
+        if tokenizer.pad_token_id is None:
+            # Pads are always masked, so reusing EOS is safe and avoids growing the vocabulary.
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self._add_special_tokens(init_from)
+
+    def _add_special_tokens(self, init_from: str) -> None:
+        missing = [t for t in SPECIAL_TOKENS if t not in self.tokenizer.get_vocab()]
+        if missing:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": missing})
+        vocab_size = len(self.tokenizer)
+        old_rows = self.model.get_input_embeddings().weight.shape[0]
+        if vocab_size > old_rows:
+            self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
+        source_ids = self.tokenizer(init_from, add_special_tokens=False)["input_ids"]
+        if not source_ids:
+            raise UserError(f"init_from={init_from!r} does not tokenize to any token")
+        src = source_ids[0]
+        new_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in missing]
+        with torch.no_grad():
+            for matrix in {self.model.get_input_embeddings().weight, self.model.get_output_embeddings().weight}:
+                if matrix.shape[0] >= vocab_size:
+                    matrix[new_ids] = matrix[src].clone()
+        self.bot_id, self.latent_id, self.eot_id = (self.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS)
+
+    # --- pieces every engine uses -------------------------------------------------------------
+    @property
+    def backbone(self) -> nn.Module:
+        """The transformer body (final norm included), returning hidden states, without the LM head."""
+        return self.model.base_model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    @property
+    def embed(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    # --- persistence ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        meta = {"format": 1, "special_tokens": list(SPECIAL_TOKENS), **self.meta}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None, **model_kwargs) -> LatentLM:
+        """Load a directory written by `save_pretrained`, or any local Hugging Face model directory.
+
+        Weights come only from safetensors (`use_safetensors=True`); remote code is never run.
+        """
+        directory = Path(directory)
+        if not (directory / "config.json").is_file():
+            raise UserError(f"{directory}: not a model directory (no config.json)")
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=dtype, use_safetensors=True, trust_remote_code=False, **model_kwargs
+        )
+        lm = cls(model, tokenizer)
+        meta_path = directory / META_FILE
+        if meta_path.is_file():
+            lm.meta = {k: v for k, v in json.loads(meta_path.read_text()).items() if k not in ("format", "special_tokens")}
+        return lm

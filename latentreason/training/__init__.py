@@ -1,0 +1,1 @@
+"""The one SFT training loop every method reuses, its config and checkpoints."""
