@@ -27,7 +27,8 @@ def resolve_config_path(value: str | None) -> Path | None:
     if shipped.is_file():
         return shipped
     names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
-    raise UserError(f"--config {value}: no such file, and not a shipped recipe ({', '.join(names)})")
+    shipped_hint = f"not a shipped recipe ({', '.join(names)})" if names else "no recipes are shipped"
+    raise UserError(f"--config {value}: no such file, and {shipped_hint}")
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -36,14 +37,16 @@ def cmd_train(argv: list[str]) -> int:
     from latentreason.methods import METHODS, get_method
     from latentreason.training.run import run_training
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     pre.add_argument("--method")
     known, _ = pre.parse_known_args(argv)
     config_path = resolve_config_path(known.config)
     method_name = known.method or (read_yaml(config_path).get("method") if config_path else None) or "cot"
     method_cls = get_method(method_name)
-    parser = argparse.ArgumentParser(prog="latentreason train", description="Train a model with one method.")
+    parser = argparse.ArgumentParser(
+        prog="latentreason train", description="Train a model with one method.", allow_abbrev=False
+    )
     parser.add_argument("--config", help="YAML recipe (a path or a shipped recipe name)")
     parser.add_argument("--method", help=f"one of {', '.join(sorted(METHODS))} (default: the config's, else cot)")
     add_config_flags(parser, method_cls.config_cls)
@@ -74,6 +77,8 @@ def load_source(args) -> tuple[str, list]:
 
     if args.file:
         return Path(args.file).stem, load_file(args.file, args.format)
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UserError(f"--data-dir {args.data_dir}: no such directory")
     return args.benchmark, load_benchmark(args.benchmark, split=args.split, data_dir=args.data_dir)
 
 
@@ -82,7 +87,6 @@ def cmd_eval(argv: list[str]) -> int:
     from latentreason.evaluation.report import markdown_table, write_report
     from latentreason.methods import get_method
     from latentreason.model.latent_lm import LatentLM
-    from latentreason.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="latentreason eval", description="Evaluate a trained model.")
     parser.add_argument("--model", required=True, help="model directory (a run's final/ or a checkpoint)")
@@ -104,8 +108,9 @@ def cmd_eval(argv: list[str]) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm.to(device).eval()
     method_name = args.method or lm.meta.get("method") or "cot"
-    config = TrainConfig(max_new_tokens=args.max_new_tokens)
-    solver = get_method(method_name)(config).solver(lm)
+    method_cls = get_method(method_name)
+    config = method_cls.config_cls(max_new_tokens=args.max_new_tokens)
+    solver = method_cls(config).solver(lm)
     result = evaluate(solver, problems, name, args.batch_size, args.answer_mode)
     write_report([result], args.output_dir, {"model": str(args.model)})
     print(markdown_table([result]))
@@ -144,12 +149,20 @@ def cmd_data(argv: list[str]) -> int:
 
         from latentreason.data.generators import generate
 
-        params = yaml.safe_load(args.params) or {}
+        try:
+            params = yaml.safe_load(args.params) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"--params: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(params, dict):
             raise UserError(f"--params: expected a mapping such as '{{num_steps: 4}}', got {args.params!r}")
         problems = generate(args.task, args.n, args.seed, **params)
         records = [{"question": p.question, "steps": p.steps, "answer": p.answer} for p in problems]
-        Path(args.out).write_text(json.dumps(records, indent=1))
+        out = Path(args.out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(records, indent=1))
+        except OSError as err:
+            raise UserError(f"--out {args.out}: cannot write ({err.strerror or err})") from None
         print(f"wrote {len(records)} problems to {args.out}")
     return 0
 
@@ -167,6 +180,14 @@ def cmd_demo(argv: list[str]) -> int:
     return 0
 
 
+USAGE = (
+    "usage: latentreason {train,eval,demo,data} [--debug] ...\n"
+    "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
+    "  eval   evaluate a trained model on a benchmark or file\n"
+    "  demo   the embedded default job: train and compare methods on a generated task\n"
+    "  data   stats / list / generate"
+)
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo}
 
 
@@ -174,13 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: latentreason {train,eval,demo,data} [--debug] ...\n"
-              "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
-              "  eval   evaluate a trained model on a benchmark or file\n"
-              "  demo   the embedded default job: train and compare methods on a generated task\n"
-              "  data   stats / list / generate")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"latentreason: error: unknown command {argv[0]!r}; expected one of: {', '.join(COMMANDS)} "
+              "(see latentreason --help)", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as err:

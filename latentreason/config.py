@@ -61,10 +61,15 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+        if isinstance(value, bool):  # YAML reads `bf16: false` as a bool; keep its YAML spelling
+            return "true" if value else "false"
         return str(value)
     if origin in (dict, list):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(value, origin):
             raise ConfigError(f"{where}: expected a {origin.__name__}, got {value!r}")
         return value
@@ -76,8 +81,8 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
-def from_dict(cls, values: dict, source: str = "config"):
-    """Build `cls` from a mapping, rejecting unknown keys with a did-you-mean hint."""
+def _checked(cls, values: dict, source: str) -> dict:
+    """`values` coerced to `cls`'s field types; unknown keys rejected with a did-you-mean hint."""
     types_ = _field_types(cls)
     kwargs = {}
     for key, value in values.items():
@@ -86,10 +91,19 @@ def from_dict(cls, values: dict, source: str = "config"):
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{source}: unknown field '{key}' for {cls.__name__}{hint}")
         kwargs[key] = coerce(value, types_[key], f"{source}, field '{key}'")
+    return kwargs
+
+
+def _construct(cls, kwargs: dict, source: str):
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field is missing
         raise ConfigError(f"{source}: {err}") from None
+
+
+def from_dict(cls, values: dict, source: str = "config"):
+    """Build `cls` from a mapping, rejecting unknown keys with a did-you-mean hint."""
+    return _construct(cls, _checked(cls, values, source), source)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -117,12 +131,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def load_config(cls, config_path: str | Path | None, overrides: dict[str, Any]):
-    """YAML file (if any) then flag overrides; both checked against `cls`."""
+    """YAML file (if any) then flag overrides; each checked against `cls` and blamed on its own source."""
     values = read_yaml(config_path) if config_path else {}
     values.pop("method", None)
-    source = str(config_path) if config_path else "command line"
-    merged = {**values, **overrides}
-    return from_dict(cls, merged, source)
+    merged = {**_checked(cls, values, str(config_path)), **_checked(cls, overrides, "command line")}
+    source = f"{config_path} and command line" if config_path and overrides else str(config_path or "command line")
+    return _construct(cls, merged, source)
 
 
 def to_dict(config) -> dict:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from latentreason.data.generators.chain import generate_chain
 from latentreason.data.problems import Problem
 from latentreason.model.build import problem_texts
@@ -11,8 +15,14 @@ from latentreason.model.tokenizer import train_tokenizer
 
 MODEL_TYPES = ("llama", "gpt2", "qwen2")
 TOKENIZER_VOCAB = 320
+# Weight scale of `_diversify`: at the default init (std 0.02, tied head) a 2-layer model just repeats
+# its last input token, which would let masking or position bugs go unnoticed in decoding tests.
+GAIN = 3.0
 
 _CACHE: dict[tuple, LatentLM] = {}
+
+# Models this small are dominated by thread hand-off: one thread makes a decoding step ~10x faster.
+torch.set_num_threads(1)
 
 
 def chain_problems(n: int = 64, seed: int = 0) -> list[Problem]:
@@ -35,6 +45,7 @@ def build_tiny_lm(model_type: str = "llama", seed: int = 0, problems: list[Probl
     problems = chain_problems() if problems is None else problems
     tokenizer = train_tokenizer(problem_texts(problems), vocab_size=TOKENIZER_VOCAB)
     model = build_tiny_model(tiny_spec(model_type), tokenizer, seed=seed)
+    _diversify(model, seed)
     model.eval()
     return LatentLM(model, tokenizer)
 
@@ -46,3 +57,23 @@ def tiny_lm(model_type: str = "llama", seed: int = 0, problems: list[Problem] | 
     if key not in _CACHE:
         _CACHE[key] = build_tiny_lm(model_type, seed, problems)
     return _CACHE[key]
+
+
+@torch.no_grad()
+def _diversify(model, seed: int) -> None:
+    """Re-draw every matrix at `GAIN / sqrt(fan_in)` (embeddings at std 1) and every bias at std 0.1.
+
+    Runs before `LatentLM` adds its special tokens, so their rows still copy the `init_from` row.
+    Norm weights stay at 1. Seeded: the same arguments give the same model.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if param.dim() >= 2:
+            if name.endswith(("embed_tokens.weight", "wte.weight", "wpe.weight")):
+                std = 1.0
+            else:  # Linear weights are [out, in]; GPT-2's Conv1D weights are [in, out]
+                fan_in = param.shape[0] if ".c_" in name else param.shape[1]
+                std = GAIN / math.sqrt(fan_in)
+            param.copy_(torch.randn(param.shape, generator=generator) * std)
+        elif name.endswith(".bias"):
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)

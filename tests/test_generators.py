@@ -31,7 +31,7 @@ SMALL = {"multiplication": {}, "prosqa": {}, "arithmetic": {}}
 
 
 def test_registry_names_and_errors():
-    assert set(GENERATORS) == {"multiplication", "prosqa", "arithmetic"}
+    assert set(GENERATORS) == {"multiplication", "prosqa", "arithmetic", "chain"}
     with pytest.raises(ConfigError, match="unknown generator"):
         generate("sudoku", 3)
     with pytest.raises(ConfigError, match="unknown parameter"):
@@ -200,3 +200,20 @@ def test_arithmetic_format_and_statistics_close_to_real(shared_file):
     assert abs(rows["steps.mean"]["generated"] - rows["steps.mean"]["real"]) <= ARITH_STEPS_MEAN_ABS
     assert rows["steps.max"]["generated"] == rows["steps.max"]["real"] == 8
     assert rows["cot_words.mean"]["relative_gap"] <= 0.05  # one word per step, as in the real file
+
+
+def test_chain_task_steps_are_correct_mod_10():
+    problems = generate("chain", 200, seed=3, num_steps=4, ops="+-*", modulus=10)
+    assert problems == generate("chain", 200, seed=3, num_steps=4, ops="+-*", modulus=10)
+    for p in problems:
+        tokens = p.question.split()
+        value = int(tokens[0])
+        assert len(p.steps) == 4
+        for i, step in enumerate(p.steps):
+            op, operand = tokens[1 + 2 * i], int(tokens[2 + 2 * i])
+            new = {"+": value + operand, "-": value - operand, "*": value * operand}[op] % 10
+            assert step == f"<<{value}{op}{operand}={new}>>"
+            value = new
+        assert p.answer == str(value)
+    with pytest.raises(ConfigError, match="ops"):
+        generate("chain", 1, ops="/")

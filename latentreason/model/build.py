@@ -29,9 +29,9 @@ def build_latent_lm(config, train: list[Problem]) -> LatentLM:
 
         model, tokenizer = load_smollm2()
         return LatentLM(model, tokenizer, init_from=config.init_from_token)
-    if Path(name).is_dir():
-        return LatentLM.from_pretrained(name)
+    if Path(name).exists() or "/" in name:
+        return LatentLM.from_pretrained(name)  # a local directory or a hub id (needs a network)
     raise UserError(
-        f"model_name_or_path={name!r}: not 'tiny', 'smollm2' or a local model directory "
-        f"(models are never downloaded at run time; download one with huggingface-cli first)"
+        f"model_name_or_path={name!r}: expected 'tiny', 'smollm2', a local model directory or a hub id "
+        f"such as meta-llama/Llama-3.2-1B-Instruct"
     )

@@ -95,20 +95,24 @@ class LatentLM(nn.Module):
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None, **model_kwargs) -> LatentLM:
-        """Load a directory written by `save_pretrained`, or any local Hugging Face model directory.
+    def from_pretrained(cls, name_or_path: str | Path, dtype: torch.dtype | None = None, **model_kwargs) -> LatentLM:
+        """Load a directory written by `save_pretrained`, any local Hugging Face model directory, or a hub id.
 
         Weights come only from safetensors (`use_safetensors=True`); remote code is never run.
         """
-        directory = Path(directory)
-        if not (directory / "config.json").is_file():
+        directory = Path(name_or_path)
+        if directory.exists() and not (directory / "config.json").is_file():
             raise UserError(f"{directory}: not a model directory (no config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(
-            directory, dtype=dtype, use_safetensors=True, trust_remote_code=False, **model_kwargs
-        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            model = AutoModelForCausalLM.from_pretrained(
+                name_or_path, dtype=dtype, use_safetensors=True, trust_remote_code=False, **model_kwargs
+            )
+        except OSError as err:  # not found locally and not reachable on the hub
+            raise UserError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from err
         lm = cls(model, tokenizer)
         meta_path = directory / META_FILE
         if meta_path.is_file():
-            lm.meta = {k: v for k, v in json.loads(meta_path.read_text()).items() if k not in ("format", "special_tokens")}
+            saved = json.loads(meta_path.read_text())
+            lm.meta = {k: v for k, v in saved.items() if k not in ("format", "special_tokens")}
         return lm

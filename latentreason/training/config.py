@@ -43,6 +43,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = field(1, help="micro-batches per optimizer step")
     learning_rate: float = field(1e-4, help="peak AdamW learning rate")
     weight_decay: float = field(0.01, help="AdamW weight decay")
+    adam_beta1: float = field(0.9, help="AdamW beta1")
+    adam_beta2: float = field(0.999, help="AdamW beta2 (0.95 suits small models trained at high learning rates)")
     lr_scheduler_type: str = field("cosine", help=f"one of {', '.join(SCHEDULERS)}")
     warmup_steps: int = field(0, help="linear warm-up steps")
     num_train_epochs: float = field(1.0, help="passes over the training set (ignored when max_steps > 0)")

@@ -23,6 +23,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+from transformers.utils import logging as hf_logging
 
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
@@ -66,6 +67,7 @@ class Trainer:
             raise UserError("no training examples (check dataset / num_train_examples / max_seq_length)")
         self.config, self.method, self.lm = config, method, lm
         lm.meta["method"] = method.name
+        hf_logging.disable_progress_bar()  # one progress bar (ours), not one per saved shard
         self.train_set, self.held_out, self.benchmark, self.progress = train, held_out, benchmark, progress
         cfg = config
         self.accelerator = Accelerator(
@@ -106,7 +108,8 @@ class Trainer:
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=self.config.learning_rate)
+        betas = (self.config.adam_beta1, self.config.adam_beta2)
+        return torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=betas)
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> TrainResult:

@@ -1,0 +1,380 @@
+"""The `latentreason` command line, run in-process through `cli.main` (and once as the console script).
+
+User mistakes must end with exit status 2 and one `latentreason: error: ...` line on stderr that
+names what is wrong; `--debug` re-raises instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from latentreason import cli, demo
+from latentreason.errors import UserError
+
+BENCHMARK_NAMES = {
+    "gsm8k", "gsm8k-aug", "gsm-hard", "svamp", "multiarith", "prosqa", "prontoqa", "mult-4x4", "mult-5x5",
+}
+TINY_MODEL = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
+
+
+def train_argv(output_dir: Path, **overrides: str) -> list[str]:
+    """`train` arguments for a run of about a second: tiny model, 2 steps, 8 held-out problems."""
+    flags = {
+        "tiny_model": TINY_MODEL,
+        "dataset": "synthetic:chain",
+        "dataset_params": "{num_steps: 2}",
+        "num_train_examples": "64",
+        "num_eval_examples": "8",
+        "per_device_train_batch_size": "16",
+        "max_steps": "2",
+        "max_new_tokens": "16",
+        "output_dir": str(output_dir),
+    }
+    flags.update(overrides)
+    argv = ["train", "--method", "cot"]
+    for name, value in flags.items():
+        argv += [f"--{name}", value]
+    return argv
+
+
+def user_error(capsys, argv: list[str]) -> str:
+    """Run `argv`, check it fails as a user mistake, and return its single stderr line."""
+    capsys.readouterr()
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("latentreason: error: ")
+    return lines[0]
+
+
+def stats_json(capsys, argv: list[str]) -> dict:
+    capsys.readouterr()
+    assert cli.main(["data", "stats", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, int, str]:
+    """One tiny CoT run through the CLI, shared by the train and eval tests: (output_dir, exit code, stdout)."""
+    output_dir = tmp_path_factory.mktemp("cli_train") / "run"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.main(train_argv(output_dir))
+    return output_dir, code, stdout.getvalue()
+
+
+@pytest.fixture
+def chain_file(tmp_path, capsys) -> Path:
+    """Six generated 2-step chain problems in Coconut JSON."""
+    path = tmp_path / "chain.json"
+    assert cli.main(["data", "generate", "--task", "chain", "-n", "6", "--params", "{num_steps: 2}",
+                     "--out", str(path)]) == 0
+    capsys.readouterr()
+    return path
+
+
+# --- data stats ----------------------------------------------------------------------------------
+
+
+def test_stats_of_a_benchmark_split_as_json(capsys, shared_data_dir):
+    stats = stats_json(capsys, ["--benchmark", "gsm8k-aug", "--data-dir", str(shared_data_dir), "--split", "valid"])
+    assert stats["benchmark"] == "gsm8k-aug"
+    assert stats["count"] == 500
+    steps = stats["steps"]
+    assert set(steps) == {"mean", "min", "max"}
+    assert 0 <= steps["min"] <= steps["mean"] <= steps["max"]
+    assert steps["max"] > 0
+
+
+def test_stats_of_a_file(capsys, shared_file):
+    path = shared_file("prosqa/prosqa_valid.json")
+    stats = stats_json(capsys, ["--file", str(path)])
+    assert stats["benchmark"] == "prosqa_valid"
+    assert stats["count"] == len(json.loads(path.read_text()))
+    assert stats["steps"]["min"] >= 1
+
+
+def test_stats_human_readable_matches_json(capsys, shared_data_dir):
+    source = ["--benchmark", "gsm8k-aug", "--data-dir", str(shared_data_dir), "--split", "valid"]
+    expected = stats_json(capsys, source)
+    assert cli.main(["data", "stats", *source]) == 0
+    out = capsys.readouterr().out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out)
+    lines = out.splitlines()
+    assert lines[0] == "problems: 500"
+    steps_row = next(line.split() for line in lines if line.startswith("steps"))
+    steps = expected["steps"]
+    assert steps_row == ["steps", f"{steps['mean']:.1f}", str(steps["min"]), str(steps["max"])]
+
+
+def test_stats_with_a_missing_data_dir_is_a_user_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("LATENTREASON_DATA_DIR", raising=False)
+    missing = tmp_path / "no_such_data"
+    line = user_error(capsys, ["data", "stats", "--benchmark", "gsm8k-aug", "--data-dir", str(missing)])
+    assert str(missing) in line
+    assert "no such directory" in line
+
+
+def test_stats_of_an_unknown_benchmark_is_a_user_error(capsys, tmp_path):
+    line = user_error(capsys, ["data", "stats", "--benchmark", "gsm8k-ag", "--data-dir", str(tmp_path)])
+    assert "unknown benchmark 'gsm8k-ag'" in line
+    assert "gsm8k-aug" in line  # the valid names are listed
+
+
+def test_stats_of_a_split_the_benchmark_lacks_is_a_user_error(capsys, tmp_path):
+    line = user_error(capsys, ["data", "stats", "--benchmark", "svamp", "--data-dir", str(tmp_path),
+                               "--split", "valid"])
+    assert "no split 'valid'" in line
+
+
+# --- data list / generate ------------------------------------------------------------------------
+
+
+def test_data_list_names_every_benchmark_once(capsys):
+    assert cli.main(["data", "list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [line.split()[0] for line in lines]
+    assert sorted(names) == sorted(BENCHMARK_NAMES)
+    assert all("splits:" in line for line in lines)
+
+
+def test_generate_writes_coconut_records_that_stats_reads(capsys, tmp_path):
+    path = tmp_path / "f.json"
+    assert cli.main(["data", "generate", "--task", "chain", "-n", "5", "--out", str(path)]) == 0
+    assert "wrote 5 problems" in capsys.readouterr().out
+    records = json.loads(path.read_text())
+    assert len(records) == 5
+    for record in records:
+        assert set(record) == {"question", "steps", "answer"}
+        assert record["steps"] and all(isinstance(step, str) for step in record["steps"])
+    stats = stats_json(capsys, ["--file", str(path)])
+    assert stats["count"] == 5
+    assert stats["benchmark"] == "f"
+
+
+def test_generate_passes_params_and_creates_the_output_directory(capsys, tmp_path):
+    path = tmp_path / "new" / "dir" / "four.json"
+    argv = ["data", "generate", "--task", "chain", "-n", "3", "--params", "{num_steps: 4}", "--out", str(path)]
+    assert cli.main(argv) == 0
+    assert [len(r["steps"]) for r in json.loads(path.read_text())] == [4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--params", "{num_steps: "], "--params: not valid YAML"),
+        (["--params", "[1, 2]"], "--params: expected a mapping"),
+        (["--params", "{num_step: 2}"], "unknown parameter(s) ['num_step']"),
+    ],
+)
+def test_generate_with_bad_params_is_a_user_error(capsys, tmp_path, extra, expected):
+    out = tmp_path / "g.json"
+    line = user_error(capsys, ["data", "generate", "--task", "chain", "-n", "2", *extra, "--out", str(out)])
+    assert expected in line
+    assert not out.exists()
+
+
+def test_generate_with_an_unknown_task_is_a_user_error(capsys, tmp_path):
+    line = user_error(capsys, ["data", "generate", "--task", "chian", "-n", "2", "--out", str(tmp_path / "g.json")])
+    assert "unknown generator 'chian'" in line
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+
+def test_train_with_flags_writes_a_final_model(trained):
+    output_dir, code, stdout = trained
+    assert code == 0
+    final = output_dir / "final"
+    assert (final / "model.safetensors").is_file()
+    assert f"final model: {final}" in stdout
+    assert json.loads((final / "latentreason.json").read_text())["method"] == "cot"
+    model_config = json.loads((final / "config.json").read_text())  # --tiny_model was applied
+    assert (model_config["hidden_size"], model_config["num_hidden_layers"]) == (32, 2)
+    assert (output_dir / "checkpoint-2").is_dir()  # --max_steps 2
+    assert not (output_dir / "checkpoint-3").exists()
+    assert "held-out accuracy:" in stdout and "on 8 problems" in stdout  # --num_eval_examples 8
+
+
+def test_train_from_yaml_with_a_flag_override(capsys, tmp_path):
+    output_dir = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "method: no-cot\n"
+        "tiny_model: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}\n"
+        "dataset: synthetic:chain\n"
+        "dataset_params: {num_steps: 2}\n"
+        "num_train_examples: 32\n"
+        "num_eval_examples: 0\n"
+        "per_device_train_batch_size: 16\n"
+        "max_steps: 3\n"
+        f"output_dir: {output_dir}\n"
+    )
+    assert cli.main(["train", "--config", str(recipe), "--max_steps", "1"]) == 0
+    out = capsys.readouterr().out
+    final = output_dir / "final"
+    assert (final / "model.safetensors").is_file()
+    assert json.loads((final / "latentreason.json").read_text())["method"] == "no-cot"  # from the YAML
+    assert (output_dir / "checkpoint-1").is_dir()  # the flag beats the YAML's max_steps: 3
+    assert not (output_dir / "checkpoint-3").exists()
+    assert "held-out accuracy" not in out  # the YAML's num_eval_examples: 0
+
+
+def test_train_yaml_with_an_unknown_key_is_a_user_error(capsys, tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text(f"max_step: 3\noutput_dir: {tmp_path / 'run'}\n")
+    line = user_error(capsys, ["train", "--config", str(recipe)])
+    assert str(recipe) in line
+    assert "unknown field 'max_step'" in line
+    assert "did you mean 'max_steps'?" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_with_a_mistyped_flag_value_is_a_user_error(capsys, tmp_path):
+    line = user_error(capsys, train_argv(tmp_path / "run", max_steps="abc"))
+    assert "field 'max_steps'" in line
+    assert "'abc'" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_with_a_missing_config_file_is_a_user_error(capsys, tmp_path):
+    missing = tmp_path / "nope.yaml"
+    line = user_error(capsys, ["train", "--config", str(missing)])
+    assert f"--config {missing}: no such file" in line
+
+
+def test_train_with_an_unknown_flag_exits_2(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(train_argv(tmp_path / "run") + ["--max_stesp", "1"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --max_stesp" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+
+def test_eval_writes_results(capsys, tmp_path, trained, chain_file):
+    output_dir, code, _ = trained
+    assert code == 0
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(output_dir / "final"), "--file", str(chain_file), "--output-dir", str(out),
+            "--max-new-tokens", "16", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["model"] == str(output_dir / "final")
+    [result] = payload["results"]
+    assert {"method", "benchmark", "accuracy", "latent_tokens", "text_tokens", "latency_s", "n"} <= set(result)
+    assert result["method"] == "cot"  # read from the trained model
+    assert result["benchmark"] == "chain"
+    assert result["n"] == 6
+    assert 0.0 <= result["accuracy"] <= 1.0
+    assert result["latent_tokens"] == 0.0
+    assert result["latency_s"] > 0
+    table = (out / "results.md").read_text()
+    assert "| cot | chain | 6 |" in table
+    assert "| cot | chain | 6 |" in stdout
+
+
+def test_eval_with_limit_and_method_override(capsys, tmp_path, trained, chain_file):
+    output_dir, _, _ = trained
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(output_dir / "final"), "--file", str(chain_file), "--output-dir", str(out),
+            "--method", "no-cot", "--limit", "2", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    [result] = json.loads((out / "results.json").read_text())["results"]
+    assert (result["method"], result["n"]) == ("no-cot", 2)
+    assert result["text_tokens"] == 0.0  # no-cot generates no reasoning
+
+
+def test_eval_of_a_missing_model_is_a_user_error(capsys, tmp_path, chain_file):
+    missing = tmp_path / "no_model"
+    line = user_error(capsys, ["eval", "--model", str(missing), "--file", str(chain_file),
+                               "--output-dir", str(tmp_path / "eval")])
+    assert str(missing) in line
+    assert not (tmp_path / "eval").exists()
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_quick_plan(monkeypatch):
+    """Shrink the --quick budget further so the test takes seconds (the real one takes ~20 s on 2 cores)."""
+    plan = demo.DemoPlan(
+        num_train=64, num_test=8, batch_size=16, steps={"cot": 1, "no-cot": 1},
+        tiny_model={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    )
+    monkeypatch.setattr(demo, "QUICK", plan)
+    return plan
+
+
+def test_demo_quick_writes_results_and_refuses_to_overwrite(capsys, tmp_path, small_quick_plan):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["quick"] is True
+    results = payload["results"]
+    assert [r["method"] for r in results] == ["cot", "no-cot"]
+    assert results[0]["n"] == results[1]["n"] > 0
+    assert "| method | benchmark |" in stdout
+    assert "| cot | chain (held-out) |" in stdout and "| no-cot | chain (held-out) |" in stdout
+
+    before = (out / "results.json").read_text()
+    line = user_error(capsys, ["demo", "--quick", "--output-dir", str(out)])
+    assert str(out) in line and "--overwrite" in line
+    assert (out / "results.json").read_text() == before  # left alone
+
+    (out / "stale.txt").write_text("old")
+    assert cli.main(["demo", "--quick", "--output-dir", str(out), "--overwrite"]) == 0
+    assert not (out / "stale.txt").exists()
+    assert (out / "results.json").is_file()
+
+
+# --- main: dispatch and --debug -----------------------------------------------------------------
+
+
+def test_debug_reraises_the_user_error(tmp_path):
+    argv = ["data", "stats", "--benchmark", "gsm8k-ag", "--data-dir", str(tmp_path)]
+    with pytest.raises(UserError, match="unknown benchmark 'gsm8k-ag'"):
+        cli.main(["--debug", *argv])
+    with pytest.raises(UserError, match="unknown benchmark 'gsm8k-ag'"):
+        cli.main([*argv, "--debug"])
+
+
+def test_help_and_unknown_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: latentreason") and err == ""
+    assert cli.main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: latentreason")
+    line = user_error(capsys, ["trian"])
+    assert "unknown command 'trian'" in line
+
+
+def test_console_script_reports_a_user_mistake_in_one_line(tmp_path):
+    script = Path(sys.executable).parent / "latentreason"
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "latentreason.cli"]
+    proc = subprocess.run(
+        [*command, "data", "stats", "--benchmark", "gsm8k-ag", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("latentreason: error: unknown benchmark 'gsm8k-ag'")
+    assert "Traceback" not in proc.stderr
