@@ -7,6 +7,7 @@ User mistakes (bad files, bad configs, missing data) end with one line on stderr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -83,6 +84,7 @@ def load_source(args) -> tuple[str, list]:
 
 
 def cmd_eval(argv: list[str]) -> int:
+    from latentreason.config import from_dict
     from latentreason.evaluation.harness import evaluate
     from latentreason.evaluation.report import markdown_table, write_report
     from latentreason.methods import get_method
@@ -109,7 +111,11 @@ def cmd_eval(argv: list[str]) -> int:
     lm.to(device).eval()
     method_name = args.method or lm.meta.get("method") or "cot"
     method_cls = get_method(method_name)
-    config = method_cls.config_cls(max_new_tokens=args.max_new_tokens)
+    # The solver settings the model was trained with (latents per step, stages, ...), when saved.
+    saved = lm.meta.get("method_config", {}) if method_name == lm.meta.get("method") else {}
+    known = {f.name for f in dataclasses.fields(method_cls.config_cls)}
+    config = from_dict(method_cls.config_cls, {k: v for k, v in saved.items() if k in known}, f"{args.model} config")
+    config = dataclasses.replace(config, max_new_tokens=args.max_new_tokens)
     solver = method_cls(config).solver(lm)
     result = evaluate(solver, problems, name, args.batch_size, args.answer_mode)
     write_report([result], args.output_dir, {"model": str(args.model)})
@@ -181,14 +187,44 @@ def cmd_demo(argv: list[str]) -> int:
 
 
 USAGE = (
-    "usage: latentreason {train,eval,demo,data} [--debug] ...\n"
+    "usage: latentreason {train,eval,demo,data,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
     "  eval   evaluate a trained model on a benchmark or file\n"
     "  demo   the embedded default job: train and compare methods on a generated task\n"
-    "  data   stats / list / generate"
+    "  data   stats / list / generate\n"
+    "  bench  speed and memory benchmarks (bench engine)"
 )
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo}
+
+# --- bench -------------------------------------------------------------------------------------
+def cmd_bench(argv: list[str]) -> int:
+    from latentreason.bench.engine import EngineBenchConfig, run_engine_bench
+
+    parser = argparse.ArgumentParser(prog="latentreason bench", description="Speed and memory benchmarks.")
+    parser.add_argument("suite", choices=("engine",), help="engine: the latent training pass and rollout")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--quick", action="store_true", help="a tiny model and batch: checks the benchmark runs")
+    args = parser.parse_args(argv)
+    cfg = EngineBenchConfig()
+    if args.quick:
+        cfg = EngineBenchConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            train_batch=4,
+            train_length=40,
+            train_latents=(2, 4),
+            rollout_batch=4,
+            prompt_length=12,
+            rollout_latents=4,
+            answer_tokens=3,
+            oracle_problems=2,
+            repeats=1,
+        )
+    run_engine_bench(cfg, args.device)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
-        print(f"latentreason: error: unknown command {argv[0]!r}; expected one of: {', '.join(COMMANDS)} "
-              "(see latentreason --help)", file=sys.stderr)
+        print(
+            f"latentreason: error: unknown command {argv[0]!r}; expected one of: {', '.join(COMMANDS)} "
+            "(see latentreason --help)",
+            file=sys.stderr,
+        )
         return 2
     try:
         return COMMANDS[argv[0]](argv[1:])

@@ -40,9 +40,15 @@ def test_harness_accuracy_equals_one_by_one_hf_generate(tmp_path):
     for problem in problems:
         prompt = [lm.tokenizer.bos_token_id] + lm.tokenizer(problem.question + "\n")["input_ids"]
         ids = torch.tensor([prompt])
-        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
-                                eos_token_id=lm.eos_id, pad_token_id=lm.pad_id)
-        text = lm.tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+        out = lm.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=16,
+            do_sample=False,
+            eos_token_id=lm.eos_id,
+            pad_token_id=lm.pad_id,
+        )
+        text = lm.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True)
         correct += text.split("###")[-1].strip() == problem.answer if "###" in text else 0
     assert result.n == len(problems) == 18
     assert result.accuracy == correct / len(problems)

@@ -19,7 +19,15 @@ from latentreason import cli, demo
 from latentreason.errors import UserError
 
 BENCHMARK_NAMES = {
-    "gsm8k", "gsm8k-aug", "gsm-hard", "svamp", "multiarith", "prosqa", "prontoqa", "mult-4x4", "mult-5x5",
+    "gsm8k",
+    "gsm8k-aug",
+    "gsm-hard",
+    "svamp",
+    "multiarith",
+    "prosqa",
+    "prontoqa",
+    "mult-4x4",
+    "mult-5x5",
 }
 TINY_MODEL = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
 
@@ -76,8 +84,10 @@ def trained(tmp_path_factory) -> tuple[Path, int, str]:
 def chain_file(tmp_path, capsys) -> Path:
     """Six generated 2-step chain problems in Coconut JSON."""
     path = tmp_path / "chain.json"
-    assert cli.main(["data", "generate", "--task", "chain", "-n", "6", "--params", "{num_steps: 2}",
-                     "--out", str(path)]) == 0
+    assert (
+        cli.main(["data", "generate", "--task", "chain", "-n", "6", "--params", "{num_steps: 2}", "--out", str(path)])
+        == 0
+    )
     capsys.readouterr()
     return path
 
@@ -132,8 +142,9 @@ def test_stats_of_an_unknown_benchmark_is_a_user_error(capsys, tmp_path):
 
 
 def test_stats_of_a_split_the_benchmark_lacks_is_a_user_error(capsys, tmp_path):
-    line = user_error(capsys, ["data", "stats", "--benchmark", "svamp", "--data-dir", str(tmp_path),
-                               "--split", "valid"])
+    line = user_error(
+        capsys, ["data", "stats", "--benchmark", "svamp", "--data-dir", str(tmp_path), "--split", "valid"]
+    )
     assert "no split 'valid'" in line
 
 
@@ -268,8 +279,19 @@ def test_eval_writes_results(capsys, tmp_path, trained, chain_file):
     output_dir, code, _ = trained
     assert code == 0
     out = tmp_path / "eval"
-    argv = ["eval", "--model", str(output_dir / "final"), "--file", str(chain_file), "--output-dir", str(out),
-            "--max-new-tokens", "16", "--device", "cpu"]
+    argv = [
+        "eval",
+        "--model",
+        str(output_dir / "final"),
+        "--file",
+        str(chain_file),
+        "--output-dir",
+        str(out),
+        "--max-new-tokens",
+        "16",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(argv) == 0
     stdout = capsys.readouterr().out
     payload = json.loads((out / "results.json").read_text())
@@ -290,8 +312,21 @@ def test_eval_writes_results(capsys, tmp_path, trained, chain_file):
 def test_eval_with_limit_and_method_override(capsys, tmp_path, trained, chain_file):
     output_dir, _, _ = trained
     out = tmp_path / "eval"
-    argv = ["eval", "--model", str(output_dir / "final"), "--file", str(chain_file), "--output-dir", str(out),
-            "--method", "no-cot", "--limit", "2", "--device", "cpu"]
+    argv = [
+        "eval",
+        "--model",
+        str(output_dir / "final"),
+        "--file",
+        str(chain_file),
+        "--output-dir",
+        str(out),
+        "--method",
+        "no-cot",
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(argv) == 0
     [result] = json.loads((out / "results.json").read_text())["results"]
     assert (result["method"], result["n"]) == ("no-cot", 2)
@@ -300,8 +335,9 @@ def test_eval_with_limit_and_method_override(capsys, tmp_path, trained, chain_fi
 
 def test_eval_of_a_missing_model_is_a_user_error(capsys, tmp_path, chain_file):
     missing = tmp_path / "no_model"
-    line = user_error(capsys, ["eval", "--model", str(missing), "--file", str(chain_file),
-                               "--output-dir", str(tmp_path / "eval")])
+    line = user_error(
+        capsys, ["eval", "--model", str(missing), "--file", str(chain_file), "--output-dir", str(tmp_path / "eval")]
+    )
     assert str(missing) in line
     assert not (tmp_path / "eval").exists()
 
@@ -312,12 +348,10 @@ def test_eval_of_a_missing_model_is_a_user_error(capsys, tmp_path, chain_file):
 @pytest.fixture
 def small_quick_plan(monkeypatch):
     """Shrink the --quick budget further so the test takes seconds (the real one takes ~20 s on 2 cores)."""
-    plan = demo.DemoPlan(
-        num_train=64, num_test=8, batch_size=16, steps={"cot": 1, "no-cot": 1},
-        tiny_model={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    monkeypatch.setattr(
+        demo, "QUICK", {**demo.QUICK, "num_train_examples": 64, "per_device_train_batch_size": 16, "max_steps": 1}
     )
-    monkeypatch.setattr(demo, "QUICK", plan)
-    return plan
+    monkeypatch.setattr(demo, "QUICK_NUM_TEST", 8)
 
 
 def test_demo_quick_writes_results_and_refuses_to_overwrite(capsys, tmp_path, small_quick_plan):
@@ -327,10 +361,10 @@ def test_demo_quick_writes_results_and_refuses_to_overwrite(capsys, tmp_path, sm
     payload = json.loads((out / "results.json").read_text())
     assert payload["quick"] is True
     results = payload["results"]
-    assert [r["method"] for r in results] == ["cot", "no-cot"]
+    assert [r["method"] for r in results] == ["cot", "no-cot", "icot", "coconut"]
     assert results[0]["n"] == results[1]["n"] > 0
     assert "| method | benchmark |" in stdout
-    assert "| cot | chain (held-out) |" in stdout and "| no-cot | chain (held-out) |" in stdout
+    assert "| cot | chain-3step (held-out) |" in stdout and "| no-cot | chain-3step (held-out) |" in stdout
 
     before = (out / "results.json").read_text()
     line = user_error(capsys, ["demo", "--quick", "--output-dir", str(out)])
@@ -370,7 +404,9 @@ def test_console_script_reports_a_user_mistake_in_one_line(tmp_path):
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "latentreason.cli"]
     proc = subprocess.run(
         [*command, "data", "stats", "--benchmark", "gsm8k-ag", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stdout == ""

@@ -139,8 +139,13 @@ def test_sampled_decode_is_reproducible_with_a_seeded_generator():
     def sample(seed: int, temperature: float = 2.0) -> list[list[int]]:
         gen = torch.Generator().manual_seed(seed)
         out = decode(
-            lm, batch["input_ids"], batch["attention_mask"], 12, stop_ids=no_stop(lm),
-            temperature=temperature, generator=gen,
+            lm,
+            batch["input_ids"],
+            batch["attention_mask"],
+            12,
+            stop_ids=no_stop(lm),
+            temperature=temperature,
+            generator=gen,
         )
         return out.tokens.tolist()
 

@@ -25,8 +25,16 @@ CASES = {
     "Is Tom a wumpus?": ("True", "### True\nand more text", 2, 6),  # sentence answer: correct
     "7 - 8": ("9", "the answer is 9", 4, 2),  # no marker: wrong in strict mode, right in flexible
 }
-RECORD_KEYS = {"question", "reference", "generated", "prediction", "correct", "text_tokens", "latent_tokens",
-               "latency_s"}
+RECORD_KEYS = {
+    "question",
+    "reference",
+    "generated",
+    "prediction",
+    "correct",
+    "text_tokens",
+    "latent_tokens",
+    "latency_s",
+}
 
 
 def case_problems() -> list[Problem]:

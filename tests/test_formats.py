@@ -69,9 +69,7 @@ def test_icot_text_and_coconut_json_agree(shared_file):
     for split in ("valid", "test"):
         text = load_icot(shared_file(f"gsm8k_aug/{split}.txt"))
         coconut = load_coconut(shared_file(f"gsm8k_aug/coconut_json/gsm_{split}.json"))
-        assert [(p.question, p.steps, p.answer) for p in text] == [
-            (p.question, p.steps, p.answer) for p in coconut
-        ]
+        assert [(p.question, p.steps, p.answer) for p in text] == [(p.question, p.steps, p.answer) for p in coconut]
 
 
 def test_icot_steps_are_the_calculator_groups(shared_file):

@@ -115,10 +115,7 @@ def test_prosqa_generated_format_and_validity():
         facts = re.findall(r"[^.]+\.", body)
         assert all(_FACT.fullmatch(f.strip()) for f in facts)
         assert all(_FACT.fullmatch(step) for step in problem.steps)
-        assert (
-            asked.endswith("?")
-            and problem.answer == f"{symbols[meta['root']]} is a {symbols[meta['target']]}."
-        )
+        assert asked.endswith("?") and problem.answer == f"{symbols[meta['root']]} is a {symbols[meta['target']]}."
         assert all(p < c for p, c in meta["edges"])  # indices are a topological order
         assert symbols[0][0].isupper() and symbols[1][0].isupper() and meta["root"] in (0, 1)
 

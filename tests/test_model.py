@@ -55,8 +55,12 @@ def test_special_tokens_added_once_with_init_from_rows(model_type):
             assert torch.equal(matrix[new], matrix[src])
     # Special tokens are atomic: the text of a latent run tokenizes back to the special ids.
     text = SPECIAL_TOKENS[0] + SPECIAL_TOKENS[1] * 2 + SPECIAL_TOKENS[2]
-    assert lm.tokenizer(text, add_special_tokens=False)["input_ids"] == [lm.bot_id, lm.latent_id, lm.latent_id,
-                                                                         lm.eot_id]
+    assert lm.tokenizer(text, add_special_tokens=False)["input_ids"] == [
+        lm.bot_id,
+        lm.latent_id,
+        lm.latent_id,
+        lm.eot_id,
+    ]
 
 
 def test_rewrapping_keeps_tokens_and_trained_rows(tmp_path):
@@ -82,9 +86,16 @@ def test_rewrapping_keeps_tokens_and_trained_rows(tmp_path):
 def test_untied_head_rows_also_copy_init_from():
     tokenizer = fresh_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=32, tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=32,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     torch.manual_seed(0)
     lm = LatentLM(AutoModelForCausalLM.from_config(config), tokenizer, init_from="=")
@@ -150,7 +161,9 @@ def test_tiny_factory_matches_tokenizer(model_type):
     assert config.vocab_size == len(tokenizer) == model.get_input_embeddings().weight.shape[0]
     assert model.get_output_embeddings().weight.shape[0] == len(tokenizer)
     assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
-        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
     )
     assert config.hidden_size == 32 and config.num_hidden_layers == 2 and config.num_attention_heads == 2
     assert config.latentreason_tiny == asdict(spec)

@@ -17,7 +17,14 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "in
 
 def test_recipes_are_shipped():
     names = {p.stem for p in RECIPES}
-    assert {"cot-tiny", "no-cot-tiny", "cot-llama1b-gsm8k-aug", "no-cot-llama1b-gsm8k-aug"} <= names
+    assert {
+        "cot-tiny",
+        "no-cot-tiny",
+        "coconut-tiny",
+        "cot-llama1b-gsm8k-aug",
+        "no-cot-llama1b-gsm8k-aug",
+        "coconut-llama1b-gsm8k-aug",
+    } <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

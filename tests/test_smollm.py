@@ -108,9 +108,7 @@ def test_second_load_comes_from_the_cache_with_identical_logits(
     assert seconds < first_load["seconds"]
     assert tokenizer.chat_template == first_load["tokenizer"].chat_template
     ids = first_load["tokenizer"]("Natalia sold clips to 48 of her friends.", return_tensors="pt").input_ids
-    assert torch.equal(
-        tokenizer("Natalia sold clips to 48 of her friends.", return_tensors="pt").input_ids, ids
-    )
+    assert torch.equal(tokenizer("Natalia sold clips to 48 of her friends.", return_tensors="pt").input_ids, ids)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, first_load["model"](ids).logits)
 

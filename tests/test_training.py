@@ -76,8 +76,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(method_cls, "loss", original)
     assert [p.name for p in list_checkpoints(tmp_path / "b" / "run")] == ["checkpoint-2", "checkpoint-4"]
 
-    resumed = run_training("cot", config(tmp_path / "b", save_steps=2, resume_from_checkpoint="auto"),
-                           progress=False)
+    resumed = run_training("cot", config(tmp_path / "b", save_steps=2, resume_from_checkpoint="auto"), progress=False)
     got = weights(resumed.final_dir)
     assert got.keys() == expected.keys()
     for name in expected:
@@ -99,10 +98,12 @@ def test_existing_output_dir_is_not_overwritten(tmp_path):
 
 
 def test_gradient_accumulation_matches_large_batch(tmp_path):
-    big = run_training("cot", config(tmp_path / "big", max_steps=2, per_device_train_batch_size=16),
-                       progress=False)
-    acc = run_training("cot", config(tmp_path / "acc", max_steps=2, per_device_train_batch_size=8,
-                                     gradient_accumulation_steps=2), progress=False)
+    big = run_training("cot", config(tmp_path / "big", max_steps=2, per_device_train_batch_size=16), progress=False)
+    acc = run_training(
+        "cot",
+        config(tmp_path / "acc", max_steps=2, per_device_train_batch_size=8, gradient_accumulation_steps=2),
+        progress=False,
+    )
     a, b = weights(big.final_dir), weights(acc.final_dir)
     # Same 16 problems per step; per-micro-batch token means differ slightly from one 16-row mean.
     for name in a:

@@ -190,9 +190,7 @@ def default_mode(kind: str) -> str:
     return "flexible" if kind == "number" else "sentence"
 
 
-def is_correct(
-    generated_text: str, problem_answer: str, kind: str | None = None, mode: str | None = None
-) -> bool:
+def is_correct(generated_text: str, problem_answer: str, kind: str | None = None, mode: str | None = None) -> bool:
     """Whether the model's generated text answers the problem whose reference answer is given.
 
     `kind` defaults to `guess_kind(problem_answer)` and `mode` to `default_mode(kind)`.

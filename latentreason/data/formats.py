@@ -243,9 +243,7 @@ def multiarith_record_to_problem(record: dict, where: str) -> Problem:
     equations = [eq.strip() for eq in _string_list(record, "lEquations", where) if eq.strip()]
     solutions = record.get("lSolutions")
     if not isinstance(solutions, list) or not solutions:
-        raise DataError(
-            where, "lSolutions", f"expected a non-empty list of numbers, found {_kind(solutions)}"
-        )
+        raise DataError(where, "lSolutions", f"expected a non-empty list of numbers, found {_kind(solutions)}")
     answer = numeric_answer(_number({"lSolutions": solutions[0]}, "lSolutions", where))
     return Problem(question=question, steps=equations, answer=answer, meta={"id": record.get("iIndex")})
 
@@ -392,8 +390,7 @@ def load_file(path: str | Path, fmt: str | None = None) -> list[Problem]:
         fmt = detect_format(path)
         if fmt is None:
             raise UserError(
-                f"cannot tell the format of {path} from its name and first record; "
-                f"name it explicitly, one of: {names}"
+                f"cannot tell the format of {path} from its name and first record; name it explicitly, one of: {names}"
             )
     if fmt not in LOADERS:
         raise UserError(f"unknown format {fmt!r}; expected one of: {names}")

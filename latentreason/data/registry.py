@@ -211,9 +211,7 @@ def load_benchmark(
     spec = get_benchmark(name)
     split = spec.default_split if split is None else split
     if split not in spec.splits:
-        raise UserError(
-            f"benchmark {name!r} has no split {split!r}; expected one of: {', '.join(spec.splits)}"
-        )
+        raise UserError(f"benchmark {name!r} has no split {split!r}; expected one of: {', '.join(spec.splits)}")
     if source not in SOURCES:
         raise UserError(f"unknown source {source!r}; expected one of: {', '.join(SOURCES)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -230,9 +228,7 @@ def load_benchmark(
         problems = _load_from_hub(spec, split, limit)
     else:
         if data_dir is None:
-            raise UserError(
-                f"source='local' needs a data directory: pass data_dir / --data-dir or set {DATA_DIR_ENV}"
-            )
+            raise UserError(f"source='local' needs a data directory: pass data_dir / --data-dir or set {DATA_DIR_ENV}")
         problems = _load_local(spec, split, Path(data_dir))
     return problems if limit is None else problems[:limit]
 

@@ -11,16 +11,18 @@ SYNTHETIC = "synthetic:"
 _SPLIT_SEED_OFFSET = {"train": 0, "valid": 1_000_003, "test": 2_000_006}
 
 
-def load_problems(dataset: str, split: str, data_dir: str | None = None, params: dict | None = None,
-                  limit: int = 0, seed: int = 0) -> list[Problem]:
+def load_problems(
+    dataset: str, split: str, data_dir: str | None = None, params: dict | None = None, limit: int = 0, seed: int = 0
+) -> list[Problem]:
     """Problems of `dataset` ('synthetic:NAME', a benchmark name, or a file path); `limit` 0 = all."""
     if dataset.startswith(SYNTHETIC):
         from latentreason.data.generators import generate
 
         if limit <= 0:
             raise ValueError("a synthetic dataset needs a positive number of examples")
-        return generate(dataset[len(SYNTHETIC):], limit, seed + _SPLIT_SEED_OFFSET.get(split, 3_000_009),
-                        **(params or {}))
+        return generate(
+            dataset[len(SYNTHETIC) :], limit, seed + _SPLIT_SEED_OFFSET.get(split, 3_000_009), **(params or {})
+        )
     if Path(dataset).suffix and Path(dataset).exists():
         from latentreason.data.formats import load_file
 
@@ -40,12 +42,24 @@ def held_out_from(train: list[Problem], candidates: list[Problem]) -> list[Probl
 
 def load_train_and_held_out(config) -> tuple[list[Problem], list[Problem]]:
     """Training problems and held-out problems for evaluation during training (never the test split)."""
-    train = load_problems(config.dataset, config.train_split, config.data_dir, config.dataset_params,
-                          config.num_train_examples, config.seed)
+    train = load_problems(
+        config.dataset,
+        config.train_split,
+        config.data_dir,
+        config.dataset_params,
+        config.num_train_examples,
+        config.seed,
+    )
     held_out = []
     if config.num_eval_examples > 0:
-        held_out = load_problems(config.dataset, config.eval_split, config.data_dir, config.dataset_params,
-                                 config.num_eval_examples, config.seed)
+        held_out = load_problems(
+            config.dataset,
+            config.eval_split,
+            config.data_dir,
+            config.dataset_params,
+            config.num_eval_examples,
+            config.seed,
+        )
         if config.dataset.startswith(SYNTHETIC):
             held_out = held_out_from(train, held_out)
     return train, held_out

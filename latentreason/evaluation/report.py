@@ -55,11 +55,16 @@ def plot_accuracy_vs_tokens(results: list[EvalResult], path: Path) -> Path | Non
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    benchmarks = sorted({r.benchmark for r in results})
     for res in results:
-        ax.scatter(res.reasoning_tokens, 100 * res.accuracy, s=50)
-        ax.annotate(f"{res.method} ({res.benchmark})", (res.reasoning_tokens, 100 * res.accuracy), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+        label = res.method if len(benchmarks) == 1 else f"{res.method} ({res.benchmark})"
+        ax.scatter(res.reasoning_tokens, 100 * res.accuracy, s=50, label=label)
+    most = max(r.reasoning_tokens for r in results)
+    ax.set_xlim(-0.05 * most - 0.5, 1.1 * most + 0.5)
+    ax.legend(fontsize=8, loc="best")
+    if len(benchmarks) == 1:
+        ax.set_title(benchmarks[0], fontsize=10)
     ax.set_xlabel("mean reasoning tokens per problem (text + latent)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)

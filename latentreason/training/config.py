@@ -71,7 +71,9 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ConfigError(f"field 'learning_rate': must be > 0, got {self.learning_rate}")
         if self.lr_scheduler_type not in SCHEDULERS:
-            raise ConfigError(f"field 'lr_scheduler_type': expected one of {SCHEDULERS}, got {self.lr_scheduler_type!r}")
+            raise ConfigError(
+                f"field 'lr_scheduler_type': expected one of {SCHEDULERS}, got {self.lr_scheduler_type!r}"
+            )
         if self.report_to not in REPORTERS:
             raise ConfigError(f"field 'report_to': expected one of {REPORTERS}, got {self.report_to!r}")
         if self.bf16 not in ("auto", "true", "false"):

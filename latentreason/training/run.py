@@ -29,7 +29,9 @@ def run_training(method_name: str, config, progress: bool = True, lm: LatentLM |
         lm = build_latent_lm(config, train)
     kept = [p for p in train if fits(lm, p, config.max_seq_length)]
     if len(kept) < len(train):
-        print(f"dropped {len(train) - len(kept)} of {len(train)} training examples longer than "
-              f"max_seq_length={config.max_seq_length}")
+        print(
+            f"dropped {len(train) - len(kept)} of {len(train)} training examples longer than "
+            f"max_seq_length={config.max_seq_length}"
+        )
     trainer = Trainer(config, method, lm, kept, held_out, benchmark=config.dataset, progress=progress)
     return trainer.train()

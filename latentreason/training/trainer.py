@@ -61,12 +61,21 @@ def mixed_precision(setting: str) -> str:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, method, lm, train: list[Problem], held_out: list[Problem],
-                 benchmark: str = "", progress: bool = True):
+    def __init__(
+        self,
+        config: TrainConfig,
+        method,
+        lm,
+        train: list[Problem],
+        held_out: list[Problem],
+        benchmark: str = "",
+        progress: bool = True,
+    ):
         if not train:
             raise UserError("no training examples (check dataset / num_train_examples / max_seq_length)")
         self.config, self.method, self.lm = config, method, lm
         lm.meta["method"] = method.name
+        lm.meta["method_config"] = asdict(config)  # so `latentreason eval` rebuilds the same solver
         hf_logging.disable_progress_bar()  # one progress bar (ours), not one per saved shard
         self.train_set, self.held_out, self.benchmark, self.progress = train, held_out, benchmark, progress
         cfg = config
@@ -130,37 +139,58 @@ class Trainer:
             acc.init_trackers("latentreason", config=asdict(cfg))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.output_dir / "log.jsonl"
-        bar = tqdm(total=self.total_steps, initial=state["global_step"], desc=f"train {self.method.name}",
-                   disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=state["global_step"],
+            desc=f"train {self.method.name}",
+            disable=not (self.progress and acc.is_main_process),
+            dynamic_ncols=True,
+        )
         metrics: dict = {}
-        tokens_seen, clock = 0, time.perf_counter()
+        window = {"loss": 0.0, "steps": 0, "tokens": 0, "clock": time.perf_counter()}  # since the last log
         step, epoch, step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
         while step < self.total_steps:
-            if step_in_epoch == 0 and self.method.start_epoch(epoch):
-                optimizer.optimizer.state.clear()  # method asked for a fresh AdamW state (curriculum stage)
+            # Always tell the method the epoch (a resumed run needs its curriculum stage); a requested
+            # optimizer reset applies only when the epoch really starts here.
+            if self.method.start_epoch(epoch) and step_in_epoch == 0:
+                optimizer.optimizer.state.clear()
             order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.seed + epoch))
             while step_in_epoch < self.steps_per_epoch and step < self.total_steps:
+                if self.method.start_step(step, self.steps_per_epoch):
+                    optimizer.optimizer.state.clear()
                 loss_sum, parts, tokens = self._optimizer_step(module, optimizer, order, step_in_epoch)
-                grad_norm = acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+                grad_norm = (
+                    acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+                )
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step, step_in_epoch = step + 1, step_in_epoch + 1
-                tokens_seen += tokens
+                window["loss"] += loss_sum
+                window["steps"] += 1
+                window["tokens"] += tokens
                 bar.update(1)
                 if step % cfg.logging_steps == 0 or step == self.total_steps:
-                    took = time.perf_counter() - clock
-                    metrics = {"step": step, "epoch": epoch, "loss": loss_sum, **parts,
-                               "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_seen / max(took, 1e-9)}
+                    took = time.perf_counter() - window["clock"]
+                    metrics = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": window["loss"] / window["steps"],  # mean over the logging window
+                        **parts,  # the last step's parts
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": window["tokens"] / max(took, 1e-9),
+                    }
                     if grad_norm is not None:
                         metrics["grad_norm"] = float(grad_norm)
                     self._log(metrics, log_path, step)
-                    bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-                    tokens_seen, clock = 0, time.perf_counter()
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    window = {"loss": 0.0, "steps": 0, "tokens": 0, "clock": time.perf_counter()}
                 if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
                     self._evaluate(step, log_path)
                 if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
-                    self._save(optimizer, scheduler, {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch})
+                    self._save(
+                        optimizer, scheduler, {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch}
+                    )
             if step_in_epoch >= self.steps_per_epoch:
                 epoch, step_in_epoch = epoch + 1, 0
         bar.close()
@@ -179,7 +209,7 @@ class Trainer:
         for m in range(accum):
             idx = order[start + m * self.micro : start + (m + 1) * self.micro].tolist()
             batch = self.method.collate(self.lm, [self.train_set[i] for i in idx])
-            batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = {k: v.to(acc.device) if hasattr(v, "to") else v for k, v in batch.items()}
             # Gradients are all-reduced only after the last micro-batch.
             sync = contextlib.nullcontext() if m == accum - 1 else acc.no_sync(module)
             with sync:
@@ -188,7 +218,7 @@ class Trainer:
             loss_sum += float(loss.detach()) / accum
             for key, value in metrics.items():
                 parts[key] = parts.get(key, 0.0) + value / accum
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+            tokens += self.method.batch_tokens(batch)
         return loss_sum, parts, tokens * acc.num_processes
 
     # --- side effects ---------------------------------------------------------------------------
@@ -206,19 +236,40 @@ class Trainer:
             lm = acc.unwrap_model(self.lm)
             was_training = lm.training
             lm.eval()
-            result = evaluate(self.method.solver(lm), self.held_out, self.benchmark, self.config.eval_batch_size,
-                              self.config.answer_mode, progress=self.progress)
+            result = evaluate(
+                self.method.solver(lm),
+                self.held_out,
+                self.benchmark,
+                self.config.eval_batch_size,
+                self.config.answer_mode,
+                progress=self.progress,
+            )
             lm.train(was_training)
-            self._log({"step": step, "eval_accuracy": result.accuracy, "eval_text_tokens": result.text_tokens,
-                       "eval_latent_tokens": result.latent_tokens}, log_path, step)
+            self._log(
+                {
+                    "step": step,
+                    "eval_accuracy": result.accuracy,
+                    "eval_text_tokens": result.text_tokens,
+                    "eval_latent_tokens": result.latent_tokens,
+                },
+                log_path,
+                step,
+            )
             acc.print(f"step {step}: held-out accuracy {result.accuracy:.1%} on {result.n} problems")
         acc.wait_for_everyone()
         return result
 
     def _save(self, optimizer, scheduler, state: dict) -> None:
         if self.accelerator.is_main_process:
-            save_checkpoint(self.output_dir, state["global_step"], self.lm, optimizer.optimizer, scheduler, state,
-                            self.config.save_total_limit)
+            save_checkpoint(
+                self.output_dir,
+                state["global_step"],
+                self.lm,
+                optimizer.optimizer,
+                scheduler,
+                state,
+                self.config.save_total_limit,
+            )
         self.accelerator.wait_for_everyone()
 
     def _save_final(self) -> Path:

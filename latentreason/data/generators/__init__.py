@@ -42,4 +42,11 @@ def generate(name: str, n: int, seed: int = 0, **params) -> list[Problem]:
     return function(n, seed=seed, **params)
 
 
-__all__ = ["GENERATORS", "generate", "generate_arithmetic", "generate_chain", "generate_multiplication", "generate_prosqa"]
+__all__ = [
+    "GENERATORS",
+    "generate",
+    "generate_arithmetic",
+    "generate_chain",
+    "generate_multiplication",
+    "generate_prosqa",
+]

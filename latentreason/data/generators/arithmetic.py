@@ -219,9 +219,7 @@ def generate_arithmetic(
     positive integer <= max_value.
     """
     if not 1 <= min_steps <= max_steps <= len(NAMES):
-        raise ConfigError(
-            f"{NAME}: need 1 <= min_steps <= max_steps <= {len(NAMES)}, got {min_steps}, {max_steps}"
-        )
+        raise ConfigError(f"{NAME}: need 1 <= min_steps <= max_steps <= {len(NAMES)}, got {min_steps}, {max_steps}")
     if not ops or any(op not in OP_WEIGHTS for op in ops) or len(set(ops)) != len(ops):
         raise ConfigError(f"{NAME}: ops must be distinct characters from '+-*/', got {ops!r}")
     if not 1 <= min_number < max_number <= max_value:
@@ -245,9 +243,7 @@ def generate_arithmetic(
             if made is not None:
                 break
         else:
-            raise ConfigError(
-                f"{NAME}: cannot build {num_steps}-step problems with ops={ops!r}; widen the ranges"
-            )
+            raise ConfigError(f"{NAME}: cannot build {num_steps}-step problems with ops={ops!r}; widen the ranges")
         question, steps, results = made
         meta = {"generator": NAME, "params": dict(params), "seed": seed, "index": index}
         meta |= {"answer_value": results[-1], "results": results}

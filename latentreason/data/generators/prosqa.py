@@ -119,9 +119,7 @@ def _draw(rng: random.Random, num_nodes: int, num_persons: int, hops: int) -> _D
             spine = level not in by_level
             above = [m for m in by_level[level - 1] if not spine or dist[m] == level - 1]
             parents = [rng.choice(above)]
-            pool = [
-                m for m in sorted(draft.root_side) if m != parents[0] and (not spine or dist[m] >= level - 1)
-            ]
+            pool = [m for m in sorted(draft.root_side) if m != parents[0] and (not spine or dist[m] >= level - 1)]
             parents += rng.sample(pool, min(extra, len(pool)))
             dist[node] = 1 + min(dist[m] for m in parents)
             by_level.setdefault(level, []).append(node)
@@ -163,9 +161,7 @@ def _finish(rng: random.Random, draft: _Draft, target: int) -> list[list[int]]:
     return edges
 
 
-def _shortest_path(
-    rng: random.Random, edges: list[list[int]], dist: dict[int, int], target: int
-) -> list[int]:
+def _shortest_path(rng: random.Random, edges: list[list[int]], dist: dict[int, int], target: int) -> list[int]:
     """A uniformly chosen parent at each step back from target gives one shortest path."""
     path = [target]
     while dist[path[-1]] > 0:
@@ -232,13 +228,9 @@ def generate_prosqa(
     words = list(CONCEPT_WORDS if concept_words is None else concept_words)
     names = list(PERSON_NAMES if person_names is None else person_names)
     if not hops or min(hops) < 1 or max(hops) > 12:
-        raise ConfigError(
-            f"{NAME}: hop_weights keys must be path lengths between 1 and 12, got {sorted(hops)}"
-        )
+        raise ConfigError(f"{NAME}: hop_weights keys must be path lengths between 1 and 12, got {sorted(hops)}")
     if not sizes or min(sizes) < max(hops) + 3:
-        raise ConfigError(
-            f"{NAME}: node_count_weights needs at least {max(hops) + 3} nodes, got {sorted(sizes)}"
-        )
+        raise ConfigError(f"{NAME}: node_count_weights needs at least {max(hops) + 3} nodes, got {sorted(sizes)}")
     if len(words) < max(sizes) or len(set(words)) != len(words):
         raise ConfigError(f"{NAME}: need at least {max(sizes)} distinct concept_words")
     if len(names) < 2 + max(EXTRA_PERSON_WEIGHTS) or any(not w[:1].isupper() for w in names):
@@ -269,9 +261,7 @@ def generate_prosqa(
             if negatives:
                 break
         else:
-            raise ConfigError(
-                f"{NAME}: could not build a graph with a {hop_count}-hop answer; use fewer hops"
-            )
+            raise ConfigError(f"{NAME}: could not build a graph with a {hop_count}-hop answer; use fewer hops")
         root, persons, neg = draft.root, draft.persons, rng.choice(negatives)
         person_pool = iter(rng.sample(names, len(persons)))
         word_pool = iter(rng.sample(words, num_nodes - len(persons)))
@@ -294,9 +284,7 @@ def generate_prosqa(
             "target": target,
             "neg_target": neg,
         }
-        problem = Problem(
-            question=question, steps=steps, answer=f"{symbols[root]} is a {symbols[target]}.", meta=meta
-        )
+        problem = Problem(question=question, steps=steps, answer=f"{symbols[root]} is a {symbols[target]}.", meta=meta)
         check_prosqa(problem)
         problems.append(problem)
     return problems

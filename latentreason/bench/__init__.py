@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (`latentreason bench ...`); not part of the test suite."""

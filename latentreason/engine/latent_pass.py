@@ -1,0 +1,130 @@
+"""Teacher-forced latent pass (training): `prefix <bot> [latent]*k suffix`, k per row.
+
+The input at latent slot j is the thought map of the hidden state one position earlier, so the
+slots must be computed one after another. Each position is computed exactly once on a KV cache:
+
+    call 0        prefix (left-padded, ends with <bot>)      -> hidden at <bot> -> input of slot 0
+    call 1..N-1   one latent slot each                       -> input of the next slot
+    call N        the last latent slot + the whole suffix    -> hidden states for the loss
+
+N + 1 calls for N = max k in the batch. A row with k < N has its slots k..N-1 masked out of attention
+and, because positions are counted from the mask, its suffix keeps the positions it would have alone:
+rows with different k share one batch and give the same result as one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from latentreason.engine.batch import IGNORE
+from latentreason.engine.decode import forward_step, new_cache
+
+
+@dataclass
+class LatentBatch:
+    prefix_ids: torch.Tensor  # [B, P] left-padded question + <bot>
+    prefix_mask: torch.Tensor  # [B, P]
+    num_latents: torch.Tensor  # [B] latent slots used by each row (0..N)
+    suffix_ids: torch.Tensor  # [B, S] right-padded <eot> + remaining text + answer
+    suffix_mask: torch.Tensor  # [B, S]
+    suffix_labels: torch.Tensor  # [B, S] IGNORE where nothing is predicted
+    extras: dict = field(default_factory=dict)  # method-specific tensors (step targets, ...)
+
+    def to(self, device) -> LatentBatch:
+        moved = {k: v.to(device) for k, v in self.__dict__.items() if torch.is_tensor(v)}
+        extras = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.extras.items()}
+        return LatentBatch(**moved, extras=extras)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.prefix_mask.sum() + self.suffix_mask.sum() + self.num_latents.sum())
+
+    @property
+    def max_latents(self) -> int:
+        return int(self.num_latents.max()) if self.num_latents.numel() else 0
+
+
+def build_latent_batch(
+    prefixes: list[list[int]],
+    num_latents: list[int],
+    suffixes: list[list[int]],
+    suffix_labels: list[list[int]],
+    pad_id: int,
+) -> LatentBatch:
+    """Pad prefixes on the left (so slot columns align) and suffixes on the right."""
+    batch = len(prefixes)
+    p_len = max(len(p) for p in prefixes)
+    s_len = max(len(s) for s in suffixes)
+    prefix_ids = torch.full((batch, p_len), pad_id, dtype=torch.long)  # [B, P]
+    prefix_mask = torch.zeros((batch, p_len), dtype=torch.long)  # [B, P]
+    suffix_ids = torch.full((batch, s_len), pad_id, dtype=torch.long)  # [B, S]
+    suffix_mask = torch.zeros((batch, s_len), dtype=torch.long)  # [B, S]
+    labels = torch.full((batch, s_len), IGNORE, dtype=torch.long)  # [B, S]
+    for row in range(batch):
+        p, s = prefixes[row], suffixes[row]
+        prefix_ids[row, p_len - len(p) :] = torch.tensor(p)
+        prefix_mask[row, p_len - len(p) :] = 1
+        suffix_ids[row, : len(s)] = torch.tensor(s)
+        suffix_mask[row, : len(s)] = 1
+        labels[row, : len(s)] = torch.tensor(suffix_labels[row])
+    return LatentBatch(
+        prefix_ids, prefix_mask, torch.tensor(num_latents, dtype=torch.long), suffix_ids, suffix_mask, labels
+    )
+
+
+@dataclass
+class LatentPassOutput:
+    latent_inputs: torch.Tensor  # [B, N, d] what was fed at each slot (the thoughts)
+    latent_hidden: torch.Tensor  # [B, N, d] hidden state at each slot
+    slot_mask: torch.Tensor  # [B, N] True where the slot is used by its row
+    suffix_hidden: torch.Tensor  # [B, S, d] hidden states over the suffix
+    map_outputs: list  # [N] whatever the thought map returned besides the input (e.g. mean, logvar)
+
+
+ThoughtMap = Callable[[torch.Tensor, int], tuple[torch.Tensor, object]]
+
+
+def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap) -> LatentPassOutput:
+    """Run the teacher-forced latent pass.
+
+    thought_map(hidden [B, d], slot j) -> (input embedding [B, d], extra): identity for Coconut,
+    a projector for CODI, a Gaussian head for ATP-Latent (extra = its mean and log-variance).
+    """
+    n = batch.max_latents
+    bsz = batch.prefix_ids.shape[0]
+    slot_mask = torch.arange(n, device=batch.num_latents.device)[None] < batch.num_latents[:, None]  # [B, N]
+    cache = new_cache(lm)
+    mask = batch.prefix_mask
+    last = forward_step(lm, cache, mask, input_ids=batch.prefix_ids)[:, -1]  # [B, d] hidden at <bot>
+    inputs, hiddens, extras = [], [], []
+    for j in range(n):
+        z, extra = thought_map(last, j)  # [B, d]
+        inputs.append(z)
+        extras.append(extra)
+        mask = torch.cat([mask, slot_mask[:, j : j + 1].long()], dim=1)
+        if j < n - 1:
+            last = forward_step(lm, cache, mask, inputs_embeds=z[:, None])[:, -1]  # [B, d]
+            hiddens.append(last)
+    suffix_embeds = lm.embed(batch.suffix_ids)  # [B, S, d]
+    if n > 0:
+        # The last slot rides along with the suffix: one call instead of two.
+        embeds = torch.cat([inputs[-1][:, None].to(suffix_embeds.dtype), suffix_embeds], dim=1)  # [B, 1+S, d]
+        mask = torch.cat([mask, batch.suffix_mask], dim=1)
+        out = forward_step(lm, cache, mask, inputs_embeds=embeds)  # [B, 1+S, d]
+        hiddens.append(out[:, 0])
+        suffix_hidden = out[:, 1:]
+    else:
+        mask = torch.cat([mask, batch.suffix_mask], dim=1)
+        suffix_hidden = forward_step(lm, cache, mask, inputs_embeds=suffix_embeds)
+    d = suffix_hidden.shape[-1]
+    empty = suffix_hidden.new_zeros(bsz, 0, d)
+    return LatentPassOutput(
+        latent_inputs=torch.stack(inputs, 1) if inputs else empty,
+        latent_hidden=torch.stack(hiddens, 1) if hiddens else empty,
+        slot_mask=slot_mask,
+        suffix_hidden=suffix_hidden,
+        map_outputs=extras,
+    )

@@ -1,0 +1,60 @@
+"""iCoT: the removal schedule, the smoothing offset, and training on the shared loop."""
+
+from __future__ import annotations
+
+from latentreason.data.generators.chain import generate_chain
+from latentreason.engine.batch import IGNORE
+from latentreason.methods.icot import ICoT, ICoTConfig
+from latentreason.training.run import run_training
+from tests.helpers import tiny_lm
+
+
+def test_schedule_grows_by_one_every_steps_per_epoch_over_remove_per_epoch():
+    method = ICoT(ICoTConfig(remove_per_epoch=4, reset_optimizer=True))
+    resets = [method.start_step(step, steps_per_epoch=8) for step in range(17)]
+    assert method.scheduled == 8
+    assert [i for i, r in enumerate(resets) if r] == [2, 4, 6, 8, 10, 12, 14, 16]
+
+
+def test_removal_without_smoothing_is_exact_and_whole_cot_goes_past_the_threshold():
+    lm = tiny_lm("llama")
+    problems = generate_chain(6, seed=0, num_steps=3)
+    method = ICoT(ICoTConfig(removal_smoothing_lambda=0.0, remove_all_when_remove_beyond=20))
+    method.scheduled = 5
+    batch = method.collate(lm, problems)
+    full = ICoT(ICoTConfig(removal_smoothing_lambda=0.0))
+    full_batch = full.collate(lm, problems)
+    labelled = (batch["labels"] != IGNORE).sum(1)
+    assert ((full_batch["labels"] != IGNORE).sum(1) - labelled).tolist() == [5] * 6
+    method.scheduled = 20
+    answers_only = method.collate(lm, problems)["labels"]
+    text = lm.tokenizer.decode([t for t in answers_only[0].tolist() if t != IGNORE], skip_special_tokens=True)
+    assert text == f"### {problems[0].answer}"
+
+
+def test_smoothing_offsets_are_mostly_small_and_deterministic():
+    method = ICoT(ICoTConfig(removal_smoothing_lambda=4.0))
+    method.scheduled = 3
+    problems = generate_chain(400, seed=2)
+    removed = [method.removed_tokens(p, 25) for p in problems]
+    assert removed == [method.removed_tokens(p, 25) for p in problems]
+    assert min(removed) == 3 and max(removed) <= 25
+    assert 0.9 < sum(r == 3 for r in removed) / len(removed) < 1.0  # P(offset 0) = 1 - exp(-4) ~ 0.98
+
+
+def test_icot_trains(tmp_path):
+    config = ICoTConfig(
+        model_name_or_path="tiny",
+        tiny_model={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+        dataset="synthetic:chain",
+        dataset_params={"num_steps": 2},
+        num_train_examples=64,
+        num_eval_examples=8,
+        per_device_train_batch_size=16,
+        max_steps=8,
+        remove_per_epoch=40,
+        max_new_tokens=16,
+        output_dir=str(tmp_path / "run"),
+    )
+    result = run_training("icot", config, progress=False)
+    assert result.global_step == 8 and (result.final_dir / "model.safetensors").is_file()

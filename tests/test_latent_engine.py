@@ -1,0 +1,132 @@
+"""The two latent engines against the slow reference: batched == one-by-one, cached == recomputed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentreason.engine.batch import IGNORE
+from latentreason.engine.latent_pass import build_latent_batch, latent_forward
+from latentreason.engine.reference import reference_latent_forward, reference_rollout
+from latentreason.engine.rollout import fixed_latents, latent_rollout
+from tests.helpers import MODEL_TYPES, build_tiny_lm
+
+_MODELS: dict = {}
+
+
+def tiny_lm(model_type: str):
+    """A tiny model whose three new special tokens have distinct rows: copies of '<<' tie exactly in the
+    logits, and a tie broken differently by float noise is not an engine difference."""
+    if model_type not in _MODELS:
+        lm = build_tiny_lm(model_type)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            rows = lm.embed.weight[[lm.bot_id, lm.latent_id, lm.eot_id]]
+            lm.embed.weight[[lm.bot_id, lm.latent_id, lm.eot_id]] = rows + torch.randn(rows.shape, generator=gen)
+        _MODELS[model_type] = lm
+    return _MODELS[model_type]
+
+
+def identity(hidden, slot):
+    return hidden, None
+
+
+def scaled(hidden, slot):  # a thought map with parameters-free but non-trivial arithmetic
+    return torch.tanh(hidden) * (1.0 + 0.1 * slot), None
+
+
+def rows(lm):
+    """Three rows with different prompt lengths, latent counts (incl. 0) and suffix lengths."""
+    tok = lm.tokenizer
+    prefixes = [
+        [tok.bos_token_id] + tok(q + "\n")["input_ids"] + [lm.bot_id]
+        for q in ("7 + 5 - 3", "2 * 9", "4 - 1 + 8 * 2 - 6")
+    ]
+    suffixes = [[lm.eot_id] + tok(s)["input_ids"] + [lm.eos_id] for s in ("### 9", "<<2*9=8>>\n### 8", "### 4")]
+    return prefixes, [3, 0, 5], suffixes
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("thought_map", [identity, scaled])
+def test_latent_pass_matches_reference_row_by_row(model_type, thought_map):
+    lm = tiny_lm(model_type)
+    prefixes, ks, suffixes = rows(lm)
+    labels = [[IGNORE] + s[1:] for s in suffixes]
+    batch = build_latent_batch(prefixes, ks, suffixes, labels, lm.pad_id)
+    with torch.no_grad():
+        out = latent_forward(lm, batch, thought_map)
+    for row, (prefix, k, suffix) in enumerate(zip(prefixes, ks, suffixes)):
+        with torch.no_grad():
+            thoughts, suffix_hidden = reference_latent_forward(lm, prefix, k, suffix, thought_map)
+        assert out.slot_mask[row].sum() == k
+        # float32 sums in a different order drift by ~1e-5 per latent step through the identity map
+        torch.testing.assert_close(out.latent_inputs[row, :k], thoughts, atol=2e-4, rtol=1e-3)
+        torch.testing.assert_close(out.suffix_hidden[row, : len(suffix)], suffix_hidden, atol=2e-4, rtol=1e-3)
+
+
+def test_latent_pass_independent_of_batch_composition():
+    lm = tiny_lm("llama")
+    prefixes, ks, suffixes = rows(lm)
+    labels = [[IGNORE] + s[1:] for s in suffixes]
+    with torch.no_grad():
+        together = latent_forward(lm, build_latent_batch(prefixes, ks, suffixes, labels, lm.pad_id), identity)
+        alone = latent_forward(
+            lm, build_latent_batch(prefixes[:1], ks[:1], suffixes[:1], labels[:1], lm.pad_id), identity
+        )
+    k, s = ks[0], len(suffixes[0])
+    torch.testing.assert_close(together.latent_inputs[0, :k], alone.latent_inputs[0, :k], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together.suffix_hidden[0, :s], alone.suffix_hidden[0, :s], atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_reach_every_latent():
+    lm = tiny_lm("llama")
+    prefixes, ks, suffixes = rows(lm)
+    labels = [[IGNORE] + s[1:] for s in suffixes]
+    batch = build_latent_batch(prefixes, ks, suffixes, labels, lm.pad_id)
+    kept = []
+
+    def recording(hidden, slot):
+        z = torch.tanh(hidden)
+        z.retain_grad()
+        kept.append(z)
+        return z, None
+
+    out = latent_forward(lm, batch, recording)
+    out.suffix_hidden.sum().backward()
+    assert len(kept) == max(ks)
+    for slot, z in enumerate(kept):
+        used = torch.tensor([slot < k for k in ks])
+        grad_norm = z.grad.norm(dim=-1)  # [B]
+        assert (grad_norm[used] > 0).all(), f"slot {slot} got no gradient"
+        assert (grad_norm[~used] == 0).all(), f"masked slot {slot} leaked into the loss"
+    lm.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_rollout_matches_reference_and_batch_size(model_type):
+    lm = tiny_lm(model_type)
+    prefixes, ks, _ = rows(lm)
+    k_tensor = torch.tensor(ks)
+    batched = latent_rollout(lm, prefixes, scaled, fixed_latents(k_tensor), max(ks), 6)
+    assert batched.num_latents.tolist() == ks
+    for row, (prompt, k) in enumerate(zip(prefixes, ks)):
+        thoughts, answer = reference_rollout(lm, prompt, k, scaled, 6, [lm.eos_id])
+        torch.testing.assert_close(batched.latent_inputs[row, :k], thoughts, atol=2e-4, rtol=1e-3)
+        got = batched.tokens[row, : batched.lengths[row]].tolist()
+        assert got == answer
+        single = latent_rollout(lm, [prompt], scaled, fixed_latents(k), max(k, 1), 6)
+        assert single.tokens[0, : single.lengths[0]].tolist() == answer
+
+
+def test_rollout_stops_early_when_all_rows_stop():
+    lm = tiny_lm("llama")
+    prefixes, _, _ = rows(lm)
+    calls = []
+
+    def counting(hidden, slot):
+        calls.append(slot)
+        return hidden, None
+
+    out = latent_rollout(lm, prefixes, counting, fixed_latents(torch.tensor([1, 2, 0])), 20, 3)
+    assert out.num_latents.tolist() == [1, 2, 0]
+    assert max(calls) == 2  # slot 2 is where every row has stopped: the loop ends there, not at 20
