@@ -414,3 +414,14 @@ def test_console_script_reports_a_user_mistake_in_one_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("latentreason: error: unknown benchmark 'gsm8k-ag'")
     assert "Traceback" not in proc.stderr
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+
+def test_bench_engine_quick_prints_the_figures_as_json_last(capsys):
+    assert cli.main(["bench", "engine", "--quick", "--device", "cpu"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    figures = json.loads(last)
+    for key in ("train_ratio_2", "train_ratio_4", "rollout_ratio_floor", "rollout_speedup_oracle", "rollout_mem_mb"):
+        assert figures[key] > 0, key
