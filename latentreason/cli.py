@@ -83,12 +83,28 @@ def load_source(args) -> tuple[str, list]:
     return args.benchmark, load_benchmark(args.benchmark, split=args.split, data_dir=args.data_dir)
 
 
-def cmd_eval(argv: list[str]) -> int:
+def load_trained(model_dir: str, method_name: str | None, max_new_tokens: int, device: str | None = None):
+    """A saved model in eval mode and its method, rebuilt with the config it was trained with."""
+    import torch
+
     from latentreason.config import from_dict
-    from latentreason.evaluation.harness import evaluate
-    from latentreason.evaluation.report import markdown_table, write_report
     from latentreason.methods import get_method
     from latentreason.model.latent_lm import LatentLM
+
+    lm = LatentLM.from_pretrained(model_dir)
+    lm.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    method_name = method_name or lm.meta.get("method") or "cot"
+    method_cls = get_method(method_name)
+    # The solver settings the model was trained with (latents per step, stages, ...), when saved.
+    saved = lm.meta.get("method_config", {}) if method_name == lm.meta.get("method") else {}
+    known = {f.name for f in dataclasses.fields(method_cls.config_cls)}
+    config = from_dict(method_cls.config_cls, {k: v for k, v in saved.items() if k in known}, f"{model_dir} config")
+    return lm, method_cls(dataclasses.replace(config, max_new_tokens=max_new_tokens))
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from latentreason.evaluation.harness import evaluate
+    from latentreason.evaluation.report import markdown_table, write_report
 
     parser = argparse.ArgumentParser(prog="latentreason eval", description="Evaluate a trained model.")
     parser.add_argument("--model", required=True, help="model directory (a run's final/ or a checkpoint)")
@@ -101,22 +117,11 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--answer-mode", choices=("strict", "flexible"), default="strict")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     args = parser.parse_args(argv)
-    import torch
-
     name, problems = load_source(args)
     if args.limit > 0:
         problems = problems[: args.limit]
-    lm = LatentLM.from_pretrained(args.model)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm.to(device).eval()
-    method_name = args.method or lm.meta.get("method") or "cot"
-    method_cls = get_method(method_name)
-    # The solver settings the model was trained with (latents per step, stages, ...), when saved.
-    saved = lm.meta.get("method_config", {}) if method_name == lm.meta.get("method") else {}
-    known = {f.name for f in dataclasses.fields(method_cls.config_cls)}
-    config = from_dict(method_cls.config_cls, {k: v for k, v in saved.items() if k in known}, f"{args.model} config")
-    config = dataclasses.replace(config, max_new_tokens=args.max_new_tokens)
-    solver = method_cls(config).solver(lm)
+    lm, method = load_trained(args.model, args.method, args.max_new_tokens, args.device)
+    solver = method.solver(lm)
     result = evaluate(solver, problems, name, args.batch_size, args.answer_mode)
     write_report([result], args.output_dir, {"model": str(args.model)})
     print(markdown_table([result]))
@@ -187,13 +192,45 @@ def cmd_demo(argv: list[str]) -> int:
 
 
 USAGE = (
-    "usage: latentreason {train,eval,demo,data,bench} [--debug] ...\n"
+    "usage: latentreason {train,eval,demo,data,inspect,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
     "  eval   evaluate a trained model on a benchmark or file\n"
     "  demo   the embedded default job: train and compare methods on a generated task\n"
     "  data   stats / list / generate\n"
+    "  inspect  show what a latent model thought (decoded steps, stop decisions, nearest tokens)\n"
     "  bench  speed and memory benchmarks (bench engine)"
 )
+
+
+# --- inspect -----------------------------------------------------------------------------------
+def cmd_inspect(argv: list[str]) -> int:
+    from latentreason.data.problems import Problem
+    from latentreason.evaluation.inspect import format_report, inspect_problems
+
+    parser = argparse.ArgumentParser(
+        prog="latentreason inspect",
+        description="Show what a latent model thought: decoded steps, stop decisions, nearest tokens of each latent.",
+    )
+    parser.add_argument("--model", required=True, help="a trained latent model (e.g. runs/atp/final)")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--question", help="one question, typed in")
+    group.add_argument("--file", help="a data file; its first --limit problems are shown")
+    parser.add_argument("--format", help="file format when --file cannot be recognised")
+    parser.add_argument("--limit", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the reports as JSON")
+    args = parser.parse_args(argv)
+    lm, method = load_trained(args.model, None, 32)
+    if args.question:
+        problems = [Problem(args.question, [], "")]
+    else:
+        from latentreason.data.formats import load_file
+
+        problems = load_file(args.file, args.format)[: args.limit]
+    if not hasattr(method.solver(lm), "controller"):
+        raise UserError(f"{args.model} was trained with '{method.name}', which has no latents to inspect")
+    reports = inspect_problems(lm, method, problems)
+    print(json.dumps(reports, indent=2) if args.json else "\n\n".join(format_report(r) for r in reports))
+    return 0
 
 
 # --- bench -------------------------------------------------------------------------------------
@@ -224,7 +261,14 @@ def cmd_bench(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo, "bench": cmd_bench}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "data": cmd_data,
+    "demo": cmd_demo,
+    "inspect": cmd_inspect,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,7 @@ def build_latent_batch(
 
 @dataclass
 class LatentPassOutput:
+    bot_hidden: torch.Tensor  # [B, d] hidden state at <bot> (what the first thought is made from)
     latent_inputs: torch.Tensor  # [B, N, d] what was fed at each slot (the thoughts)
     latent_hidden: torch.Tensor  # [B, N, d] hidden state at each slot
     slot_mask: torch.Tensor  # [B, N] True where the slot is used by its row
@@ -99,6 +100,7 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap) -> LatentPas
     cache = new_cache(lm)
     mask = batch.prefix_mask
     last = forward_step(lm, cache, mask, input_ids=batch.prefix_ids)[:, -1]  # [B, d] hidden at <bot>
+    bot_hidden = last
     inputs, hiddens, extras = [], [], []
     for j in range(n):
         z, extra = thought_map(last, j)  # [B, d]
@@ -122,6 +124,7 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap) -> LatentPas
     d = suffix_hidden.shape[-1]
     empty = suffix_hidden.new_zeros(bsz, 0, d)
     return LatentPassOutput(
+        bot_hidden=bot_hidden,
         latent_inputs=torch.stack(inputs, 1) if inputs else empty,
         latent_hidden=torch.stack(hiddens, 1) if hiddens else empty,
         slot_mask=slot_mask,

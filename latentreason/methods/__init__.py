@@ -1,8 +1,10 @@
 """Training methods, chosen by name through a registry (`get_method("cot")`)."""
 
+from latentreason.methods import atp as _atp  # noqa: F401  (registers atp)
 from latentreason.methods import coconut as _coconut  # noqa: F401  (registers coconut)
 from latentreason.methods import icot as _icot  # noqa: F401  (registers icot)
 from latentreason.methods import sft as _sft  # noqa: F401  (registers cot, no-cot)
+from latentreason.methods import simcot as _simcot  # noqa: F401  (registers simcot)
 from latentreason.methods.base import METHODS, Method, get_method, register_method
 
 __all__ = ["METHODS", "Method", "get_method", "register_method"]

@@ -6,10 +6,9 @@ import abc
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from latentreason.data.problems import Problem
-from latentreason.engine.batch import IGNORE
+from latentreason.engine.loss import next_token_loss  # noqa: F401  (re-exported for methods)
 from latentreason.errors import ConfigError
 from latentreason.training.config import TrainConfig
 
@@ -40,6 +39,9 @@ class Method(abc.ABC):
     def __init__(self, config: TrainConfig):
         self.config = config
 
+    def prepare(self, lm) -> None:  # noqa: B027 - optional hook, most methods have no heads
+        """Create the method's heads on `lm` (before the optimizer is built); must be idempotent."""
+
     def start_epoch(self, epoch: int) -> bool:
         """Called before each epoch (curricula); return True to reset the optimizer state."""
         return False
@@ -63,17 +65,3 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def solver(self, lm):
         """The object that answers problems with this method at evaluation time."""
-
-
-def next_token_loss(lm, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy of predicting labels[t] from hidden[t-1], the LM head run only where labelled.
-
-    hidden: [B, L, d]; labels: [B, L] with IGNORE where there is nothing to predict.
-    """
-    targets = labels[:, 1:]  # [B, L-1]
-    keep = targets != IGNORE  # [B, L-1]
-    logits = lm.lm_head(hidden[:, :-1][keep])  # [N, V]
-    count = int(keep.sum())
-    if count == 0:
-        return hidden.sum() * 0.0, 0
-    return F.cross_entropy(logits.float(), targets[keep]), count

@@ -1,10 +1,12 @@
 """Coconut (Hao et al. 2024): continuous thoughts = the last hidden state, fed back as the next input.
 
-Curriculum: at stage s the first s reasoning steps are replaced by s * c_thought latents; the loss is
-the cross-entropy on the text after <eot> (remaining steps and answer). Training starts from a CoT-SFT
-checkpoint, as in the paper. Kept from the reference: stage = epoch // epochs_per_stage (capped at
-max_latent_stage), pad_latent_to_max, optional random-stage mixing and optimizer reset per stage.
-Changed: latents are computed on a KV cache, batched, with positions from the attention mask.
+Curriculum as the reference: stage s = start_stage + epoch // epochs_per_stage. While s <=
+max_latent_stage, the first s steps are replaced by s * c_thought latents (s * c even when a problem has
+fewer steps); past the last stage every step is removed and max_latent_stage * c latents are used
+(`pad_latent_to_max`) or min(steps, max_latent_stage) * c. The loss is the cross-entropy on the text
+after <eot>. Training starts from a CoT-SFT checkpoint, as in the paper. At inference the number of
+steps is unknown, so the solver uses max_latent_stage * c_thought latents.
+Changed from the reference: latents are computed on a KV cache, batched, positions from the mask.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from latentreason.training.config import TrainConfig
 class CoconutConfig(TrainConfig):
     c_thought: int = field(1, help="latents per replaced reasoning step (GSM: 2, ProsQA: 1)")
     epochs_per_stage: int = field(1, help="epochs spent at each curriculum stage (GSM: 3)")
-    max_latent_stage: int = field(3, help="last stage: at most this many steps become latents (GSM: 3)")
+    max_latent_stage: int = field(3, help="last curriculum stage; past it every step is removed (GSM: 3)")
     start_stage: int = field(0, help="first stage (0 = CoT with the latent markers; 1 skips it)")
     pad_latent_to_max: bool = field(
-        False, help="always use stage * c_thought latents, even when a problem has fewer steps (GSM: true)"
+        False, help="past the last stage use max_latent_stage * c latents even for shorter problems (GSM: true)"
     )
     uniform_prob: float = field(0.0, help="probability of training an example at a random earlier stage")
     reset_optimizer: bool = field(True, help="fresh AdamW state at each stage change (the reference resets)")
@@ -56,43 +58,56 @@ class Coconut(Method):
 
     def __init__(self, config: CoconutConfig):
         super().__init__(config)
-        # A fresh method is in its inference state (the last stage); training walks the curriculum.
-        self.stage = config.max_latent_stage
+        # A fresh method is in its inference state (past the last stage); training walks the curriculum.
+        self.stage = config.max_latent_stage + 1
         self.epoch = 0
 
     def start_epoch(self, epoch: int) -> bool:
         cfg = self.config
-        stage = min(cfg.start_stage + epoch // cfg.epochs_per_stage, cfg.max_latent_stage)
+        # Every stage past the last one has the same layout, so they count as one.
+        stage = min(cfg.start_stage + epoch // cfg.epochs_per_stage, cfg.max_latent_stage + 1)
         reset = cfg.reset_optimizer and epoch > 0 and stage != self.stage
         self.stage, self.epoch = stage, epoch
         return reset
 
     def stage_for_example(self, problem) -> int:
-        """The current stage, or with probability uniform_prob a random one; keyed on (seed, epoch,
-        question) so a resumed run draws exactly what the uninterrupted run drew."""
+        """The current stage, or with probability uniform_prob a random stage in [0, steps]; keyed on
+        (seed, epoch, question) so a resumed run draws exactly what the uninterrupted run drew."""
         if self.config.uniform_prob <= 0:
             return self.stage
-        key = zlib.crc32(f"{self.config.seed}|{self.epoch}|{problem.question}".encode())
-        rng = random.Random(key)
-        return rng.randint(0, self.config.max_latent_stage) if rng.random() < self.config.uniform_prob else self.stage
+        rng = random.Random(zlib.crc32(f"{self.config.seed}|{self.epoch}|{problem.question}".encode()))
+        return rng.randint(0, len(problem.steps)) if rng.random() < self.config.uniform_prob else self.stage
 
-    def num_latents(self, stage: int, n_steps: int) -> int:
-        replaced = stage if self.config.pad_latent_to_max else min(stage, n_steps)
-        return replaced * self.config.c_thought
+    def layout(self, stage: int, n_steps: int) -> tuple[int, int]:
+        """(steps removed from the text, latent slots) for a problem with n_steps steps at `stage`."""
+        cfg = self.config
+        if stage <= cfg.max_latent_stage:
+            return min(stage, n_steps), stage * cfg.c_thought
+        groups = cfg.max_latent_stage if cfg.pad_latent_to_max else min(n_steps, cfg.max_latent_stage)
+        return n_steps, groups * cfg.c_thought
 
-    def collate(self, lm, problems):
-        prefixes, counts, suffixes, labels = [], [], [], []
+    def rows(self, lm, problems) -> list[tuple]:
+        """(encoded problem, steps removed from the text, latent slots) per problem."""
+        out = []
         for problem in problems:
             enc = encode_problem(lm.tokenizer, problem)
-            stage = self.stage_for_example(problem)
-            n_steps = len(enc.step_spans)
-            remaining = enc.cot[enc.step_spans[stage][0] :] if stage < n_steps else []
+            removed, latents = self.layout(self.stage_for_example(problem), len(enc.step_spans))
+            out.append((enc, removed, latents))
+        return out
+
+    def collate(self, lm, problems):
+        return {"latent_batch": self.latent_batch(lm, self.rows(lm, problems))}
+
+    def latent_batch(self, lm, rows):
+        prefixes, counts, suffixes, labels = [], [], [], []
+        for enc, removed, latents in rows:
+            remaining = enc.cot[enc.step_spans[removed][0] :] if removed < len(enc.step_spans) else []
             suffix = [lm.eot_id] + remaining + enc.answer
             prefixes.append(enc.prompt + [lm.bot_id])
-            counts.append(self.num_latents(stage, n_steps))
+            counts.append(latents)
             suffixes.append(suffix)
             labels.append([IGNORE] + suffix[1:])  # nothing is predicted for <eot> itself
-        return {"latent_batch": build_latent_batch(prefixes, counts, suffixes, labels, lm.pad_id)}
+        return build_latent_batch(prefixes, counts, suffixes, labels, lm.pad_id)
 
     def thought_map(self, lm):
         return identity_map
@@ -103,9 +118,12 @@ class Coconut(Method):
     def loss(self, lm, batch):
         latent_batch = batch["latent_batch"]
         out = latent_forward(lm, latent_batch, self.thought_map(lm))
-        loss, count = next_token_loss(lm, out.suffix_hidden, latent_batch.suffix_labels)
+        loss, _ = next_token_loss(lm, out.suffix_hidden, latent_batch.suffix_labels)
         return loss, {"ce": float(loss.detach()), "latents": float(latent_batch.num_latents.float().mean())}
 
+    def inference_latents(self) -> int:
+        return self.layout(self.stage, self.config.max_latent_stage)[1]
+
     def solver(self, lm):
-        k = self.stage * self.config.c_thought
+        k = self.inference_latents()
         return LatentSolver(lm, self.thought_map(lm), fixed_latents(k), k, self.config.max_new_tokens, name=self.name)

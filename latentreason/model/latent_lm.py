@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
@@ -20,6 +21,7 @@ from latentreason.errors import UserError
 BOT, LATENT, EOT = "<|start-latent|>", "<|latent|>", "<|end-latent|>"
 SPECIAL_TOKENS = (BOT, LATENT, EOT)
 META_FILE = "latentreason.json"
+HEADS_FILE = "heads.safetensors"
 
 
 class LatentLM(nn.Module):
@@ -34,6 +36,8 @@ class LatentLM(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.meta: dict = {}  # saved in latentreason.json: which method trained it, ...
+        self.heads = nn.ModuleDict()  # method-specific modules (latent head, stop head, step decoder)
+        self.head_specs: dict[str, dict] = {}  # name -> {"kind": ..., **kwargs}, to rebuild on load
         if tokenizer.pad_token_id is None:
             # Pads are always masked, so reusing EOS is safe and avoids growing the vocabulary.
             tokenizer.pad_token = tokenizer.eos_token
@@ -85,13 +89,25 @@ class LatentLM(nn.Module):
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    def add_head(self, name: str, kind: str, **kwargs) -> nn.Module:
+        """Create (or return the existing) head `name`; its spec is saved so loading can rebuild it."""
+        if name not in self.heads:
+            from latentreason.model.heads import build_head
+
+            head = build_head(kind, self.model, **kwargs)
+            self.heads[name] = head.to(device=self.device, dtype=next(self.model.parameters()).dtype)
+            self.head_specs[name] = {"kind": kind, **kwargs}
+        return self.heads[name]
+
     # --- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
-        meta = {"format": 1, "special_tokens": list(SPECIAL_TOKENS), **self.meta}
+        meta = {"format": 1, "special_tokens": list(SPECIAL_TOKENS), "heads": self.head_specs, **self.meta}
+        if self.heads:
+            save_model(self.heads, str(directory / HEADS_FILE))  # handles tied weights inside a decoder copy
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -114,5 +130,19 @@ class LatentLM(nn.Module):
         meta_path = directory / META_FILE
         if meta_path.is_file():
             saved = json.loads(meta_path.read_text())
-            lm.meta = {k: v for k, v in saved.items() if k not in ("format", "special_tokens")}
+            lm.meta = {k: v for k, v in saved.items() if k not in ("format", "special_tokens", "heads")}
+            specs = saved.get("heads", {})
+            for name, spec in specs.items():
+                spec = dict(spec)
+                # Weights come from heads.safetensors: build the decoder without copying the base.
+                extra = {"copy_weights": False} if spec["kind"] == "step_decoder" else {}
+                lm.add_head(name, spec.pop("kind"), **spec, **extra)
+                lm.head_specs[name].pop("copy_weights", None)
+            if specs:
+                missing, unexpected = load_model(lm.heads, str(directory / HEADS_FILE), strict=False)
+                if missing or unexpected:
+                    raise UserError(
+                        f"{directory / HEADS_FILE}: head weights do not match "
+                        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+                    )
         return lm

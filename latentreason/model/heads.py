@@ -1,0 +1,76 @@
+"""Small modules that sit on top of the base model: thought maps, the stop head, the step decoder copy.
+
+Each head type is registered by name so a saved model can rebuild its heads from `latentreason.json`
+before loading their weights (strictly) from `heads.safetensors`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from latentreason.errors import UserError
+
+
+class GaussianLatentHead(nn.Module):
+    """ATP-Latent's latent head: MLP (Linear, GELU, Linear, LayerNorm), then mean and log-variance."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.LayerNorm(hidden_size),
+        )
+        self.mean = nn.Linear(hidden_size, hidden_size)
+        self.logvar = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.body(hidden)  # [B, d]
+        return self.mean(x), self.logvar(x)  # [B, d], [B, d]
+
+
+class StopHead(nn.Module):
+    """Linear, GELU, Linear -> 2 logits: index 0 continue thinking, 1 stop."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, 2))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.net(latent)  # [B, 2]
+
+
+def step_decoder_model(base, num_hidden_layers: int | None = None, copy_weights: bool = True):
+    """A separate causal LM that decodes latents back into text.
+
+    num_hidden_layers None: a full copy of the base model (the reference's choice; doubles the weights).
+    An int: a smaller model of the same architecture with that many layers, its embeddings and first
+    layers copied from the base model.
+    """
+    if num_hidden_layers is None:
+        return copy.deepcopy(base) if copy_weights else AutoModelForCausalLM.from_config(base.config)
+    config = copy.deepcopy(base.config)
+    config.num_hidden_layers = num_hidden_layers
+    if hasattr(config, "n_layer"):
+        config.n_layer = num_hidden_layers
+    small = AutoModelForCausalLM.from_config(config)
+    if copy_weights:
+        small.load_state_dict(base.state_dict(), strict=False)  # layers beyond the small depth are absent
+    return small
+
+
+def build_head(kind: str, base, **kwargs) -> nn.Module:
+    """A head of a registered kind sized for `base` (a PreTrainedModel)."""
+    hidden = base.config.hidden_size
+    if kind == "gaussian":
+        return GaussianLatentHead(hidden)
+    if kind == "stop":
+        return StopHead(hidden)
+    if kind == "step_decoder":
+        return step_decoder_model(base, **kwargs)
+    raise UserError(f"unknown head kind {kind!r}; expected gaussian, stop or step_decoder")
