@@ -121,3 +121,38 @@ def test_simcot_adds_the_decoder_loss_to_coconut():
     total, metrics = method.loss(lm, batch)
     assert metrics["decoder_ce"] > 0
     assert total.item() == pytest.approx(metrics["ce"] + metrics["decoder_ce"], rel=1e-5)
+
+
+def test_inspect_shows_decoded_steps_stop_probabilities_and_nearest_tokens(tmp_path, capsys):
+    from latentreason import cli
+
+    config = ATPConfig(
+        model_name_or_path="tiny",
+        tiny_model=TINY,
+        dataset="synthetic:chain",
+        dataset_params={"num_steps": 2},
+        num_train_examples=32,
+        num_eval_examples=0,
+        per_device_train_batch_size=16,
+        max_new_tokens=8,
+        output_dir=str(tmp_path / "atp"),
+        max_steps=2,
+        c_thought=2,
+        max_latent_stage=2,
+        step_decoder="small",
+        step_decoder_layers=1,
+    )
+    final = run_training("atp", config, progress=False).final_dir
+    lm = LatentLM.from_pretrained(final)
+    with torch.no_grad():  # never stop early: both groups are thought, decoded and shown
+        lm.heads["stop_head"].net[-1].bias.copy_(torch.tensor([100.0, -100.0]))
+    lm.save_pretrained(final)
+    assert cli.main(["inspect", "--model", str(final), "--question", "3 + 4 * 2", "--json"]) == 0
+    report = __import__("json").loads(capsys.readouterr().out)[0]
+    assert report["latents"] == 4 and len(report["groups"]) == 2
+    for group in report["groups"]:
+        assert isinstance(group["decoded"], str) and 0.0 <= group["p_stop"] < 0.5
+        assert len(group["latents"]) == 2 and all(len(z["nearest"]) == 3 for z in group["latents"])
+    assert cli.main(["inspect", "--model", str(final), "--question", "3 + 4 * 2"]) == 0
+    text = capsys.readouterr().out
+    assert "group 1: decoded" in text and "p_stop" in text and "nearest:" in text

@@ -275,24 +275,15 @@ def test_train_with_an_unknown_flag_exits_2(capsys, tmp_path):
 # --- eval ----------------------------------------------------------------------------------------
 
 
+def eval_argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", "--model", str(model), "--file", str(data), "--output-dir", str(out), "--device", "cpu", *extra]
+
+
 def test_eval_writes_results(capsys, tmp_path, trained, chain_file):
     output_dir, code, _ = trained
     assert code == 0
     out = tmp_path / "eval"
-    argv = [
-        "eval",
-        "--model",
-        str(output_dir / "final"),
-        "--file",
-        str(chain_file),
-        "--output-dir",
-        str(out),
-        "--max-new-tokens",
-        "16",
-        "--device",
-        "cpu",
-    ]
-    assert cli.main(argv) == 0
+    assert cli.main(eval_argv(output_dir / "final", chain_file, out, "--max-new-tokens", "16")) == 0
     stdout = capsys.readouterr().out
     payload = json.loads((out / "results.json").read_text())
     assert payload["model"] == str(output_dir / "final")
@@ -312,22 +303,7 @@ def test_eval_writes_results(capsys, tmp_path, trained, chain_file):
 def test_eval_with_limit_and_method_override(capsys, tmp_path, trained, chain_file):
     output_dir, _, _ = trained
     out = tmp_path / "eval"
-    argv = [
-        "eval",
-        "--model",
-        str(output_dir / "final"),
-        "--file",
-        str(chain_file),
-        "--output-dir",
-        str(out),
-        "--method",
-        "no-cot",
-        "--limit",
-        "2",
-        "--device",
-        "cpu",
-    ]
-    assert cli.main(argv) == 0
+    assert cli.main(eval_argv(output_dir / "final", chain_file, out, "--method", "no-cot", "--limit", "2")) == 0
     [result] = json.loads((out / "results.json").read_text())["results"]
     assert (result["method"], result["n"]) == ("no-cot", 2)
     assert result["text_tokens"] == 0.0  # no-cot generates no reasoning
@@ -361,7 +337,7 @@ def test_demo_quick_writes_results_and_refuses_to_overwrite(capsys, tmp_path, sm
     payload = json.loads((out / "results.json").read_text())
     assert payload["quick"] is True
     results = payload["results"]
-    assert [r["method"] for r in results] == ["cot", "no-cot", "icot", "coconut"]
+    assert [r["method"] for r in results] == ["cot", "no-cot", "icot", "coconut", "simcot", "atp"]
     assert results[0]["n"] == results[1]["n"] > 0
     assert "| method | benchmark |" in stdout
     assert "| cot | chain-3step (held-out) |" in stdout and "| no-cot | chain-3step (held-out) |" in stdout
