@@ -156,3 +156,32 @@ def test_inspect_shows_decoded_steps_stop_probabilities_and_nearest_tokens(tmp_p
     assert cli.main(["inspect", "--model", str(final), "--question", "3 + 4 * 2"]) == 0
     text = capsys.readouterr().out
     assert "group 1: decoded" in text and "p_stop" in text and "nearest:" in text
+
+
+def test_atp_training_is_reproducible(tmp_path):
+    """New heads are initialised from a seeded RNG: two identical runs give identical weights."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for run in ("a", "b"):
+        config = ATPConfig(
+            model_name_or_path="tiny",
+            tiny_model=TINY,
+            dataset="synthetic:chain",
+            dataset_params={"num_steps": 3},
+            num_train_examples=32,
+            num_eval_examples=0,
+            per_device_train_batch_size=16,
+            max_steps=3,
+            c_thought=2,
+            max_latent_stage=2,
+            start_stage=1,
+            step_decoder="small",
+            step_decoder_layers=1,
+            output_dir=str(tmp_path / run),
+        )
+        final = run_training("atp", config, progress=False).final_dir
+        weights.append({**load_file(str(final / "model.safetensors")), **load_file(str(final / "heads.safetensors"))})
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name

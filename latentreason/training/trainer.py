@@ -74,6 +74,7 @@ class Trainer:
         if not train:
             raise UserError("no training examples (check dataset / num_train_examples / max_seq_length)")
         self.config, self.method, self.lm = config, method, lm
+        set_seed(config.seed)  # new heads are initialised from the global RNG: make that reproducible
         method.prepare(lm)  # heads must exist before the optimizer sees the parameters
         lm.meta["method"] = method.name
         lm.meta["method_config"] = asdict(config)  # so `latentreason eval` rebuilds the same solver
