@@ -12,6 +12,7 @@ import torch
 from transformers import DynamicCache
 
 from latentreason.engine.batch import positions_from_mask
+from latentreason.engine.cache import inference_cache
 
 
 @dataclass
@@ -23,7 +24,10 @@ class Decoded:
 
 
 def new_cache(lm) -> DynamicCache:
-    return DynamicCache(config=lm.model.config)
+    """In-place cache when gradients are off (inference), concatenating cache when training."""
+    if torch.is_grad_enabled():
+        return DynamicCache(config=lm.model.config)
+    return inference_cache(lm.model.config)
 
 
 def forward_step(lm, cache, attention_mask, input_ids=None, inputs_embeds=None) -> torch.Tensor:
