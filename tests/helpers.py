@@ -77,3 +77,25 @@ def _diversify(model, seed: int) -> None:
             param.copy_(torch.randn(param.shape, generator=generator) * std)
         elif name.endswith(".bias"):
             param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+TINY_TRAIN_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def tiny_train_config(config_cls, output_dir, **overrides):
+    """A config of `config_cls` that trains a from-scratch tiny model on 2-step chains in about a second."""
+    values = dict(
+        model_name_or_path="tiny",
+        tiny_model=TINY_TRAIN_MODEL,
+        dataset="synthetic:chain",
+        dataset_params={"num_steps": 2},
+        num_train_examples=32,
+        num_eval_examples=0,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=16,
+        max_steps=3,
+        max_new_tokens=8,
+        logging_steps=1,
+    )
+    values.update(overrides)
+    return config_cls(**values)

@@ -10,9 +10,7 @@ from latentreason.methods.atp import ATPConfig, ATPLatent, gaussian_kl
 from latentreason.methods.simcot import SIMCoT, SIMCoTConfig
 from latentreason.model.latent_lm import LatentLM
 from latentreason.training.run import run_training
-from tests.helpers import build_tiny_lm
-
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+from tests.helpers import build_tiny_lm, tiny_train_config
 
 
 def test_gaussian_kl_matches_torch_distributions():
@@ -78,26 +76,15 @@ def test_stop_controller_ends_rows_and_rollout_exits_early():
 
 @pytest.mark.parametrize("decoder", ["shared", "copy", "small"])
 def test_atp_trains_saves_and_reloads_its_heads(tmp_path, decoder):
-    common = dict(
-        model_name_or_path="tiny",
-        tiny_model=TINY,
-        dataset="synthetic:chain",
-        dataset_params={"num_steps": 2},
-        num_train_examples=32,
+    config = tiny_train_config(
+        ATPConfig,
+        tmp_path / "atp",
         num_eval_examples=4,
-        per_device_train_batch_size=16,
-        max_new_tokens=8,
-        logging_steps=1,
-    )
-    config = ATPConfig(
-        output_dir=str(tmp_path / "atp"),
-        max_steps=3,
         c_thought=2,
         max_latent_stage=2,
         start_stage=1,
         step_decoder=decoder,
         step_decoder_layers=1,
-        **common,
     )
     result = run_training("atp", config, progress=False)
     assert (result.final_dir / "heads.safetensors").is_file()
@@ -126,16 +113,9 @@ def test_simcot_adds_the_decoder_loss_to_coconut():
 def test_inspect_shows_decoded_steps_stop_probabilities_and_nearest_tokens(tmp_path, capsys):
     from latentreason import cli
 
-    config = ATPConfig(
-        model_name_or_path="tiny",
-        tiny_model=TINY,
-        dataset="synthetic:chain",
-        dataset_params={"num_steps": 2},
-        num_train_examples=32,
-        num_eval_examples=0,
-        per_device_train_batch_size=16,
-        max_new_tokens=8,
-        output_dir=str(tmp_path / "atp"),
+    config = tiny_train_config(
+        ATPConfig,
+        tmp_path / "atp",
         max_steps=2,
         c_thought=2,
         max_latent_stage=2,
@@ -164,21 +144,15 @@ def test_atp_training_is_reproducible(tmp_path):
 
     weights = []
     for run in ("a", "b"):
-        config = ATPConfig(
-            model_name_or_path="tiny",
-            tiny_model=TINY,
-            dataset="synthetic:chain",
+        config = tiny_train_config(
+            ATPConfig,
+            tmp_path / run,
             dataset_params={"num_steps": 3},
-            num_train_examples=32,
-            num_eval_examples=0,
-            per_device_train_batch_size=16,
-            max_steps=3,
             c_thought=2,
             max_latent_stage=2,
             start_stage=1,
             step_decoder="small",
             step_decoder_layers=1,
-            output_dir=str(tmp_path / run),
         )
         final = run_training("atp", config, progress=False).final_dir
         weights.append({**load_file(str(final / "model.safetensors")), **load_file(str(final / "heads.safetensors"))})

@@ -5,9 +5,7 @@ from __future__ import annotations
 from latentreason.data.generators.chain import generate_chain
 from latentreason.methods.coconut import Coconut, CoconutConfig
 from latentreason.training.run import run_training
-from tests.helpers import tiny_lm
-
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+from tests.helpers import tiny_lm, tiny_train_config
 
 
 def test_stage_schedule_and_optimizer_reset():
@@ -48,26 +46,19 @@ def test_uniform_stage_mixing_is_deterministic_per_question():
 
 
 def test_coconut_trains_from_a_cot_checkpoint(tmp_path):
-    common = dict(
-        model_name_or_path="tiny",
-        tiny_model=TINY,
-        dataset="synthetic:chain",
-        dataset_params={"num_steps": 2},
-        num_train_examples=64,
-        num_eval_examples=8,
-        per_device_train_batch_size=16,
-        learning_rate=3e-3,
-        max_new_tokens=16,
-        logging_steps=1,
+    settings = dict(num_train_examples=64, num_eval_examples=8, learning_rate=3e-3, max_new_tokens=16)
+    cot = run_training(
+        "cot", tiny_train_config(CoconutConfig, tmp_path / "cot", max_steps=2, **settings), progress=False
     )
-    cot = run_training("cot", CoconutConfig(output_dir=str(tmp_path / "cot"), max_steps=2, **common), progress=False)
-    config = CoconutConfig(
-        output_dir=str(tmp_path / "coconut"),
+    config = tiny_train_config(
+        CoconutConfig,
+        tmp_path / "coconut",
         max_steps=8,
         c_thought=2,
         max_latent_stage=2,
         start_stage=1,
-        **{**common, "model_name_or_path": str(cot.final_dir)},
+        model_name_or_path=str(cot.final_dir),
+        **settings,
     )
     result = run_training("coconut", config, progress=False)
     assert result.global_step == 8

@@ -6,7 +6,7 @@ from latentreason.data.generators.chain import generate_chain
 from latentreason.engine.batch import IGNORE
 from latentreason.methods.icot import ICoT, ICoTConfig
 from latentreason.training.run import run_training
-from tests.helpers import tiny_lm
+from tests.helpers import tiny_lm, tiny_train_config
 
 
 def test_schedule_grows_by_one_every_steps_per_epoch_over_remove_per_epoch():
@@ -43,18 +43,14 @@ def test_smoothing_offsets_are_mostly_small_and_deterministic():
 
 
 def test_icot_trains(tmp_path):
-    config = ICoTConfig(
-        model_name_or_path="tiny",
-        tiny_model={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
-        dataset="synthetic:chain",
-        dataset_params={"num_steps": 2},
+    config = tiny_train_config(
+        ICoTConfig,
+        tmp_path / "run",
         num_train_examples=64,
         num_eval_examples=8,
-        per_device_train_batch_size=16,
         max_steps=8,
         remove_per_epoch=40,
         max_new_tokens=16,
-        output_dir=str(tmp_path / "run"),
     )
     result = run_training("icot", config, progress=False)
     assert result.global_step == 8 and (result.final_dir / "model.safetensors").is_file()
