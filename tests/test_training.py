@@ -13,28 +13,14 @@ from latentreason.methods import get_method
 from latentreason.training.checkpoint import list_checkpoints
 from latentreason.training.config import TrainConfig
 from latentreason.training.run import run_training
-
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+from tests.helpers import tiny_train_config
 
 
 def config(tmp_path, **overrides) -> TrainConfig:
     values = dict(
-        model_name_or_path="tiny",
-        tiny_model=TINY,
-        dataset="synthetic:chain",
-        dataset_params={"num_steps": 2},
-        num_train_examples=128,
-        num_eval_examples=16,
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=16,
-        learning_rate=3e-3,
-        max_steps=6,
-        logging_steps=1,
-        max_new_tokens=24,
-        seed=1,
+        num_train_examples=128, num_eval_examples=16, learning_rate=3e-3, max_steps=6, max_new_tokens=24, seed=1
     )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return tiny_train_config(TrainConfig, tmp_path / "run", **{**values, **overrides})
 
 
 def weights(directory) -> dict[str, torch.Tensor]:
