@@ -20,7 +20,7 @@ class Decoded:
     tokens: torch.Tensor  # [B, T] generated ids, pad after a row's stop token
     lengths: torch.Tensor  # [B] generated tokens per row, stop token included
     cache: DynamicCache
-    attention_mask: torch.Tensor  # [B, past + L + T] mask over everything in the cache
+    attention_mask: torch.Tensor  # [B, S] mask over what the cache holds (the last generated token is not fed)
 
 
 def new_cache(lm) -> DynamicCache:
