@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -128,7 +130,7 @@ def test_inspect_shows_decoded_steps_stop_probabilities_and_nearest_tokens(tmp_p
         lm.heads["stop_head"].net[-1].bias.copy_(torch.tensor([100.0, -100.0]))
     lm.save_pretrained(final)
     assert cli.main(["inspect", "--model", str(final), "--question", "3 + 4 * 2", "--json"]) == 0
-    report = __import__("json").loads(capsys.readouterr().out)[0]
+    report = json.loads(capsys.readouterr().out)[0]
     assert report["latents"] == 4 and len(report["groups"]) == 2
     for group in report["groups"]:
         assert isinstance(group["decoded"], str) and 0.0 <= group["p_stop"] < 0.5
@@ -159,3 +161,15 @@ def test_atp_training_is_reproducible(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+def test_small_step_decoder_copies_the_first_layers_of_the_base_model():
+    from latentreason.model.heads import step_decoder_model
+
+    lm = build_tiny_lm("llama")
+    small = step_decoder_model(lm.model, num_hidden_layers=1)
+    base = lm.model.state_dict()
+    copied = small.state_dict()
+    assert set(copied) < set(base)
+    for name, tensor in copied.items():
+        assert torch.equal(tensor, base[name]), name

@@ -7,6 +7,7 @@ before loading their weights (strictly) from `heads.safetensors`.
 from __future__ import annotations
 
 import copy
+import re
 
 import torch
 from torch import nn
@@ -60,7 +61,17 @@ def step_decoder_model(base, num_hidden_layers: int | None = None, copy_weights:
         config.n_layer = num_hidden_layers
     small = AutoModelForCausalLM.from_config(config)
     if copy_weights:
-        small.load_state_dict(base.state_dict(), strict=False)  # layers beyond the small depth are absent
+        # Only the base model's deeper layers may be left out; anything else means a mismatch.
+        result = small.load_state_dict(base.state_dict(), strict=False)
+        deeper = re.compile(
+            rf"\.(?:{'|'.join(str(i) for i in range(num_hidden_layers, base.config.num_hidden_layers))})\."
+        )
+        unexpected = [k for k in result.unexpected_keys if not deeper.search(k)]
+        if result.missing_keys or unexpected:
+            raise UserError(
+                f"small step decoder: weights do not match the base model "
+                f"(missing {result.missing_keys[:3]}, unexpected {unexpected[:3]})"
+            )
     return small
 
 
