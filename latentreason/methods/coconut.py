@@ -5,7 +5,8 @@ max_latent_stage, the first s steps are replaced by s * c_thought latents (s * c
 fewer steps); past the last stage every step is removed and max_latent_stage * c latents are used
 (`pad_latent_to_max`) or min(steps, max_latent_stage) * c. The loss is the cross-entropy on the text
 after <eot>. Training starts from a CoT-SFT checkpoint, as in the paper. At inference the number of
-steps is unknown, so the solver uses max_latent_stage * c_thought latents.
+steps is unknown, so the solver uses max_latent_stage * c_thought latents. `curriculum: false` is the
+paper's "w/o curriculum" ablation (every example at the final stage from the first step).
 Changed from the reference: latents are computed on a KV cache, batched, positions from the mask.
 """
 
@@ -37,6 +38,9 @@ class CoconutConfig(TrainConfig):
     )
     uniform_prob: float = field(0.0, help="probability of training an example at a random earlier stage")
     reset_optimizer: bool = field(True, help="fresh AdamW state at each stage change (the reference resets)")
+    curriculum: bool = field(
+        True, help="false: Coconut's 'w/o curriculum' ablation, every example at the final stage from the first step"
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -66,6 +70,8 @@ class Coconut(Method):
         cfg = self.config
         # Every stage past the last one has the same layout, so they count as one.
         stage = min(cfg.start_stage + epoch // cfg.epochs_per_stage, cfg.max_latent_stage + 1)
+        if not cfg.curriculum:
+            stage = cfg.max_latent_stage + 1
         reset = cfg.reset_optimizer and epoch > 0 and stage != self.stage
         self.stage, self.epoch = stage, epoch
         return reset
@@ -98,11 +104,16 @@ class Coconut(Method):
     def collate(self, lm, problems):
         return {"latent_batch": self.latent_batch(lm, self.rows(lm, problems))}
 
+    @staticmethod
+    def suffix(lm, enc, removed: int) -> list[int]:
+        """<eot>, the steps left as text, the answer."""
+        remaining = enc.cot[enc.step_spans[removed][0] :] if removed < len(enc.step_spans) else []
+        return [lm.eot_id] + remaining + enc.answer
+
     def latent_batch(self, lm, rows):
         prefixes, counts, suffixes, labels = [], [], [], []
         for enc, removed, latents in rows:
-            remaining = enc.cot[enc.step_spans[removed][0] :] if removed < len(enc.step_spans) else []
-            suffix = [lm.eot_id] + remaining + enc.answer
+            suffix = self.suffix(lm, enc, removed)
             prefixes.append(enc.prompt + [lm.bot_id])
             counts.append(latents)
             suffixes.append(suffix)

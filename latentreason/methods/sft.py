@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import torch
+
 from latentreason.engine.batch import IGNORE, left_pad
 from latentreason.evaluation.solvers import TextSolver
 from latentreason.layout import encode_problem
 from latentreason.methods.base import Method, next_token_loss, register_method
+
+
+def teacher_forced_loss(lm, batch: dict) -> tuple[torch.Tensor, dict]:
+    """CE of a `left_pad` batch (input_ids, attention_mask, position_ids, labels) in one call."""
+    hidden = lm.backbone(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+    ).last_hidden_state  # [B, L, d]
+    loss, count = next_token_loss(lm, hidden, batch["labels"])
+    return loss, {"ce": float(loss.detach()), "tokens": count}
 
 
 class TextSFT(Method):
@@ -23,13 +36,7 @@ class TextSFT(Method):
         return left_pad(sequences, lm.pad_id, labels)
 
     def loss(self, lm, batch):
-        hidden = lm.backbone(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-        ).last_hidden_state  # [B, L, d]
-        loss, count = next_token_loss(lm, hidden, batch["labels"])
-        return loss, {"ce": float(loss.detach()), "tokens": count}
+        return teacher_forced_loss(lm, batch)
 
     def solver(self, lm):
         return TextSolver(lm, self.config.max_new_tokens, name=self.name)
