@@ -70,6 +70,16 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="benchmark data directory (default: $LATENTREASON_DATA_DIR)")
     parser.add_argument("--split", help="benchmark split (default: the benchmark's evaluation split)")
     parser.add_argument("--format", help="file format when --file cannot be recognised")
+    add_on_invalid_arg(parser)
+
+
+def add_on_invalid_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on-invalid",
+        choices=("error", "skip"),
+        default="error",
+        help="a malformed record: stop naming file, record and field (error), or leave it out and count it (skip)",
+    )
 
 
 def load_source(args) -> tuple[str, list]:
@@ -77,10 +87,11 @@ def load_source(args) -> tuple[str, list]:
     from latentreason.data.registry import load_benchmark
 
     if args.file:
-        return Path(args.file).stem, load_file(args.file, args.format)
+        return Path(args.file).stem, load_file(args.file, args.format, args.on_invalid)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UserError(f"--data-dir {args.data_dir}: no such directory")
-    return args.benchmark, load_benchmark(args.benchmark, split=args.split, data_dir=args.data_dir)
+    problems = load_benchmark(args.benchmark, split=args.split, data_dir=args.data_dir, on_invalid=args.on_invalid)
+    return args.benchmark, problems
 
 
 def load_trained(model_dir: str, method_name: str | None, max_new_tokens: int, device: str | None = None):
@@ -216,6 +227,7 @@ def cmd_inspect(argv: list[str]) -> int:
     group.add_argument("--question", help="one question, typed in")
     group.add_argument("--file", help="a data file; its first --limit problems are shown")
     parser.add_argument("--format", help="file format when --file cannot be recognised")
+    add_on_invalid_arg(parser)
     parser.add_argument("--limit", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
     args = parser.parse_args(argv)
@@ -225,7 +237,7 @@ def cmd_inspect(argv: list[str]) -> int:
     else:
         from latentreason.data.formats import load_file
 
-        problems = load_file(args.file, args.format)[: args.limit]
+        problems = load_file(args.file, args.format, args.on_invalid)[: args.limit]
     if not hasattr(method.solver(lm), "controller"):
         raise UserError(f"{args.model} was trained with '{method.name}', which has no latents to inspect")
     reports = inspect_problems(lm, method, problems)

@@ -122,12 +122,16 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One `--field` flag per dataclass field (values are parsed later against the field type)."""
+    """One `--field` flag per dataclass field, also spelt `--field-name` like the other commands' flags
+    (values are parsed later against the field type)."""
     for f in dataclasses.fields(cls):
         flag = "--" + f.name
         if any(flag in a.option_strings for a in parser._actions):
             continue
-        parser.add_argument(flag, default=argparse.SUPPRESS, metavar="VALUE", help=f.metadata.get("help", ""))
+        flags = dict.fromkeys([flag, flag.replace("_", "-")])  # one flag when the name has no '_'
+        parser.add_argument(
+            *flags, dest=f.name, default=argparse.SUPPRESS, metavar="VALUE", help=f.metadata.get("help", "")
+        )
 
 
 def load_config(cls, config_path: str | Path | None, overrides: dict[str, Any]):

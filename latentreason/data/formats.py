@@ -1,8 +1,11 @@
 """Loaders for the benchmark file formats; each returns a list of `Problem`.
 
 Every record is validated; a bad one raises `DataError` naming the file, the line ('path:12') or the
-JSON record ('path record 3', 0-based) and the field. The per-record converters (`*_to_problem`) are
-public so the benchmark registry can feed them rows from the Hugging Face hub.
+JSON record ('path record 3', 0-based) and the field. With `on_invalid="skip"` a bad record is left
+out instead and the count is reported on stderr; damage to the file as a whole (a JSON list that does
+not parse, invalid UTF-8 in a JSON list, a Git LFS pointer, no valid record at all) is always an
+error. The per-record converters (`*_to_problem`) are public so the benchmark registry can feed them
+rows from the Hugging Face hub.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,40 +22,53 @@ from latentreason.data.problems import Problem
 from latentreason.errors import DataError, UserError
 
 FORMATS = ("icot", "icot-mult", "coconut", "gsm8k", "gsm-hard", "svamp", "multiarith")
+ON_INVALID = ("error", "skip")
+# Longest question, step or answer accepted: real ones are under 10k characters; a megabyte of text
+# is a broken file and would only fail later, far from its cause, in the tokenizer or the model.
+MAX_TEXT_CHARS = 100_000
 
 _ANNOTATION = re.compile(r"<<.*?>>")
 _DIGITS = re.compile(r"\d( \d)*")
 _MULT_QUESTION = re.compile(r"(\d(?: \d)*) \* (\d(?: \d)*)")
 _GSM8K_NUMBER = re.compile(r"-?[\d,]*\.?\d+")
-_LFS_POINTER = "version https://git-lfs.github.com/spec/"
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_BOM = b"\xef\xbb\xbf"
 
 
 # ---------------------------------------------------------------- reading files
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from e
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}", None, f"invalid UTF-8 (byte {e.start}): {e.reason}") from None
-    text = text.removeprefix("\ufeff")
+    raw = raw.removeprefix(_BOM)
     # Upstream keeps the large training sets in Git LFS; a clone without LFS leaves a pointer file.
-    if text.startswith(_LFS_POINTER):
+    if raw.startswith(_LFS_POINTER):
         raise DataError(f"{path}:1", None, "this is a Git LFS pointer, not the data: run `git lfs pull`")
-    return text
+    return raw
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Non-blank lines with 1-based numbers. Split on '\\n' only: questions may hold U+2028."""
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if line.strip():
-            yield number, line
+def _decode(raw: bytes, path: Path, first_line: int = 1) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + raw[: e.start].count(b"\n")
+        raise DataError(f"{path}:{line}", None, f"invalid UTF-8 (byte {e.start}): {e.reason}") from None
+
+
+def _read_text(path: Path) -> str:
+    return _decode(_read_bytes(path), path)
+
+
+def _text_lines(path: Path) -> Iterator[tuple[str, str, tuple[int, bytes]]]:
+    """(where, source, (line number, raw line)) for each non-blank line, numbered from 1. Lines are split
+    on b'\\n' only (questions may hold U+2028) and decoded one by one: a bad byte costs only its line."""
+    for number, raw in enumerate(_read_bytes(path).split(b"\n"), start=1):
+        if raw.strip():
+            where = f"{path}:{number}"
+            yield where, where, (number, raw.removesuffix(b"\r"))
 
 
 def _parse_json(text: str, where: Callable[[int], str]) -> Any:
@@ -61,22 +78,19 @@ def _parse_json(text: str, where: Callable[[int], str]) -> Any:
         raise DataError(where(e.lineno), None, f"invalid JSON: {e.msg} (column {e.colno})") from None
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, str, dict]]:
-    """(where, source, record) for each non-blank line of a JSON Lines file."""
-    for number, line in _text_lines(path):
-        where = f"{path}:{number}"
-        record = _parse_json(line, lambda _lineno, where=where: where)
-        yield where, where, _as_record(record, where)
+def _jsonl_record(line: tuple[int, bytes], path: Path, where: str) -> dict:
+    """One (number, raw) line of a JSON Lines file as a record."""
+    text = _decode(line[1], path, line[0])
+    return _as_record(_parse_json(text, lambda _lineno: where), where)
 
 
-def _json_records(path: Path) -> Iterator[tuple[str, str, dict]]:
-    """(where, source, record) for each element of a file holding one JSON list."""
+def _json_records(path: Path) -> Iterator[tuple[str, str, Any]]:
+    """(where, source, element) for each element of a file holding one JSON list."""
     data = _parse_json(_read_text(path), lambda lineno: f"{path}:{lineno}")
     if not isinstance(data, list):
         raise DataError(str(path), None, f"expected a JSON list of records, found {_kind(data)}")
     for index, record in enumerate(data):
-        where = f"{path} record {index}"
-        yield where, f"{path}#{index}", _as_record(record, where)
+        yield f"{path} record {index}", f"{path}#{index}", record
 
 
 def _as_record(value: Any, where: str) -> dict:
@@ -93,6 +107,12 @@ def _kind(value: Any) -> str:
 # ---------------------------------------------------------------- field checks
 
 
+def _bounded(value: str, where: str, key: str) -> str:
+    if len(value) > MAX_TEXT_CHARS:
+        raise DataError(where, key, f"{len(value)} characters, more than the limit of {MAX_TEXT_CHARS}")
+    return value
+
+
 def _text(record: dict, key: str, where: str, *, allow_empty: bool = False) -> str:
     if key not in record:
         raise DataError(where, key, "missing (expected a string)")
@@ -101,15 +121,19 @@ def _text(record: dict, key: str, where: str, *, allow_empty: bool = False) -> s
         raise DataError(where, key, f"expected a string, found {_kind(value)}")
     if not allow_empty and not value.strip():
         raise DataError(where, key, "must not be empty")
-    return value
+    return _bounded(value, where, key)
 
 
 def _string_list(record: dict, key: str, where: str) -> list[str]:
     if key not in record:
         raise DataError(where, key, "missing (expected a list of strings)")
     value = record[key]
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+    if not isinstance(value, list):
         raise DataError(where, key, f"expected a list of strings, found {_kind(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise DataError(where, key, f"expected a list of strings, found {_kind(item)} at index {index}")
+        _bounded(item, where, key)
     return value
 
 
@@ -137,6 +161,8 @@ def _check_question_answer(question: str, answer: str, where: str) -> None:
         raise DataError(where, "question", "must not be empty")
     if not answer:
         raise DataError(where, "answer", "must not be empty")
+    _bounded(question, where, "question")
+    _bounded(answer, where, "answer")
 
 
 # ---------------------------------------------------------------- record converters
@@ -159,6 +185,9 @@ def _split_icot_line(line: str, where: str) -> tuple[str, str, str]:
 def icot_line_to_problem(line: str, where: str) -> Problem:
     """One line of iCoT text (GSM8k-Aug): steps are the '<<...>>' calculator groups, in order."""
     question, cot, answer = _split_icot_line(line, where)
+    if not _GSM8K_NUMBER.fullmatch(answer):
+        raise DataError(where, "answer", f"expected a number after '####', found {answer[:40]!r}")
+    _bounded(cot, where, "steps")
     groups = _ANNOTATION.findall(cot)
     if cot.count("<<") != len(groups) or cot.count(">>") != len(groups):
         raise DataError(where, "steps", "unbalanced '<<' / '>>' in the steps")
@@ -251,69 +280,109 @@ def multiarith_record_to_problem(record: dict, where: str) -> Problem:
 # ---------------------------------------------------------------- file loaders
 
 
-def _from_lines(path: Path, convert: Callable[[str, str], Problem]) -> list[Problem]:
-    problems = []
-    for number, line in _text_lines(path):
-        where = f"{path}:{number}"
-        problem = convert(line, where)
-        problem.meta["source"] = where
-        problems.append(problem)
-    return _nonempty(problems, path)
+class InvalidRecords:
+    """`on_invalid` for one source: re-raise a bad record's `DataError`, or count it and report once."""
+
+    def __init__(self, on_invalid: str, source: str):
+        if on_invalid not in ON_INVALID:
+            raise UserError(f"on_invalid: expected one of {', '.join(ON_INVALID)}, got {on_invalid!r}")
+        self.skip, self.source, self.errors = on_invalid == "skip", source, []
+
+    def handle(self, error: DataError) -> None:
+        if not self.skip:
+            raise error
+        self.errors.append(error)
+
+    def report(self) -> None:
+        if self.errors:
+            count, first = len(self.errors), self.errors[0]
+            print(f"{self.source}: skipped {count} invalid records (on_invalid=skip); first: {first}", file=sys.stderr)
+
+    def check_nonempty(self, problems: list[Problem]) -> list[Problem]:
+        if self.errors and not problems:
+            first = self.errors[0]
+            raise DataError(self.source, None, f"no valid records: all {len(self.errors)} are invalid; first: {first}")
+        if not problems:
+            raise DataError(self.source, None, "no records found (the file is empty)")
+        self.report()
+        return problems
 
 
-def _from_records(
-    records: Iterator[tuple[str, str, dict]], path: Path, convert: Callable[[dict, str], Problem]
+def _load(
+    items: Iterator[tuple[str, str, Any]], path: Path, build: Callable[[Any, str], Problem], on_invalid: str
 ) -> list[Problem]:
+    """Problems built from (where, source, raw) items; a bad item is handled as `on_invalid` says."""
+    invalid = InvalidRecords(on_invalid, str(path))
     problems = []
-    for where, source, record in records:
-        problem = convert(record, where)
+    for where, source, raw in items:
+        try:
+            problem = build(raw, where)
+        except DataError as error:
+            invalid.handle(error)
+            continue
         problem.meta["source"] = source
         problems.append(problem)
-    return _nonempty(problems, path)
+    return invalid.check_nonempty(problems)
 
 
-def _nonempty(problems: list[Problem], path: Path) -> list[Problem]:
-    if not problems:
-        raise DataError(str(path), None, "no records found (the file is empty)")
-    return problems
+def _load_lines(path: Path, convert: Callable[[str, str], Problem], on_invalid: str) -> list[Problem]:
+    def build(line: tuple[int, bytes], where: str) -> Problem:
+        return convert(_decode(line[1], path, line[0]), where)
+
+    return _load(_text_lines(path), path, build, on_invalid)
 
 
-def load_icot(path: str | Path) -> list[Problem]:
+def _load_jsonl(path: Path, convert: Callable[[dict, str], Problem], on_invalid: str) -> list[Problem]:
+    def build(line: tuple[int, bytes], where: str) -> Problem:
+        return convert(_jsonl_record(line, path, where), where)
+
+    return _load(_text_lines(path), path, build, on_invalid)
+
+
+def _load_json(path: Path, convert: Callable[[dict, str], Problem], on_invalid: str) -> list[Problem]:
+    def build(element: Any, where: str) -> Problem:
+        return convert(_as_record(element, where), where)
+
+    return _load(_json_records(path), path, build, on_invalid)
+
+
+def load_icot(path: str | Path, on_invalid: str = "error") -> list[Problem]:
     """iCoT text, one 'question||<<a=b>> <<c=d>> #### answer' per line (GSM8k-Aug)."""
-    return _from_lines(Path(path), icot_line_to_problem)
+    return _load_lines(Path(path), icot_line_to_problem, on_invalid)
 
 
-def load_icot_mult(path: str | Path) -> list[Problem]:
+def load_icot_mult(path: str | Path, on_invalid: str = "error") -> list[Problem]:
     """iCoT multiplication text ('5 6 3 2 * 7 4 3 4||... #### 5 5 6 0 8 2 0 1')."""
-    return _from_lines(Path(path), icot_mult_line_to_problem)
+    return _load_lines(Path(path), icot_mult_line_to_problem, on_invalid)
 
 
-def load_coconut(path: str | Path) -> list[Problem]:
+def load_coconut(path: str | Path, on_invalid: str = "error") -> list[Problem]:
     """Coconut JSON: a list of {question, steps, answer, ...} (GSM8k-Aug json, ProsQA, ProntoQA)."""
-    return _from_records(_json_records(Path(path)), Path(path), coconut_record_to_problem)
+    return _load_json(Path(path), coconut_record_to_problem, on_invalid)
 
 
-def load_gsm8k(path: str | Path) -> list[Problem]:
+def load_gsm8k(path: str | Path, on_invalid: str = "error") -> list[Problem]:
     """GSM8K JSON Lines {question, answer}."""
-    return _from_records(_jsonl_records(Path(path)), Path(path), gsm8k_record_to_problem)
+    return _load_jsonl(Path(path), gsm8k_record_to_problem, on_invalid)
 
 
-def load_gsm_hard(path: str | Path) -> list[Problem]:
+def load_gsm_hard(path: str | Path, on_invalid: str = "error") -> list[Problem]:
     """GSM-Hard JSON Lines {input, code, target}."""
-    return _from_records(_jsonl_records(Path(path)), Path(path), gsm_hard_record_to_problem)
+    return _load_jsonl(Path(path), gsm_hard_record_to_problem, on_invalid)
 
 
-def load_svamp(path: str | Path) -> list[Problem]:
+def load_svamp(path: str | Path, on_invalid: str = "error") -> list[Problem]:
     """SVAMP JSON list."""
-    return _from_records(_json_records(Path(path)), Path(path), svamp_record_to_problem)
+    return _load_json(Path(path), svamp_record_to_problem, on_invalid)
 
 
-def load_multiarith(path: str | Path) -> list[Problem]:
+def load_multiarith(path: str | Path, on_invalid: str = "error") -> list[Problem]:
     """MultiArith JSON list."""
-    return _from_records(_json_records(Path(path)), Path(path), multiarith_record_to_problem)
+    return _load_json(Path(path), multiarith_record_to_problem, on_invalid)
 
 
-LOADERS: dict[str, Callable[[str | Path], list[Problem]]] = {
+# Each loader: (path, on_invalid="error") -> problems.
+LOADERS: dict[str, Callable[..., list[Problem]]] = {
     "icot": load_icot,
     "icot-mult": load_icot_mult,
     "coconut": load_coconut,
@@ -357,7 +426,8 @@ def detect_format(path: str | Path) -> str | None:
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl", ".json"):
         return None
-    text = _read_text(path)
+    # Only the first record matters here; a bad byte later is reported (or skipped) by the loader.
+    text = _read_bytes(path).decode("utf-8", errors="replace")
     if suffix == ".json":
         # Decode only the first record: enough to see the keys, and the loader reports later damage.
         start = re.match(r"\s*\[\s*", text)
@@ -380,7 +450,7 @@ def detect_format(path: str | Path) -> str | None:
     return "icot-mult" if _MULT_QUESTION.fullmatch(first.split("||")[0].strip()) else "icot"
 
 
-def load_file(path: str | Path, fmt: str | None = None) -> list[Problem]:
+def load_file(path: str | Path, fmt: str | None = None, on_invalid: str = "error") -> list[Problem]:
     """Load a data file in the named format, or guess the format from the file name and content."""
     path = Path(path)
     names = ", ".join(FORMATS)
@@ -394,4 +464,4 @@ def load_file(path: str | Path, fmt: str | None = None) -> list[Problem]:
             )
     if fmt not in LOADERS:
         raise UserError(f"unknown format {fmt!r}; expected one of: {names}")
-    return LOADERS[fmt](path)
+    return LOADERS[fmt](path, on_invalid)

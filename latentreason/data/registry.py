@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentreason.data.formats import CONVERTERS, LOADERS
+from latentreason.data.formats import CONVERTERS, LOADERS, InvalidRecords
 from latentreason.data.problems import Problem
 from latentreason.errors import DataError, UserError
 
@@ -201,12 +201,13 @@ def load_benchmark(
     data_dir: str | Path | None = None,
     source: str = "auto",
     limit: int | None = None,
+    on_invalid: str = "error",
 ) -> list[Problem]:
     """Load one split of a benchmark (the default evaluation split when `split` is None).
 
     data_dir defaults to $LATENTREASON_DATA_DIR. source='auto' reads the local file when there is a
     data directory and the hub otherwise; 'local' and 'hub' force one of them. `limit` keeps the
-    first N problems.
+    first N problems. on_invalid='skip' leaves out (and counts) malformed records.
     """
     spec = get_benchmark(name)
     split = spec.default_split if split is None else split
@@ -225,15 +226,15 @@ def load_benchmark(
                 f"benchmark {name!r} needs a data directory (it has no Hugging Face hub copy): "
                 f"pass data_dir / --data-dir or set {DATA_DIR_ENV}"
             )
-        problems = _load_from_hub(spec, split, limit)
+        problems = _load_from_hub(spec, split, limit, on_invalid)
     else:
         if data_dir is None:
             raise UserError(f"source='local' needs a data directory: pass data_dir / --data-dir or set {DATA_DIR_ENV}")
-        problems = _load_local(spec, split, Path(data_dir))
+        problems = _load_local(spec, split, Path(data_dir), on_invalid)
     return problems if limit is None else problems[:limit]
 
 
-def _load_local(spec: BenchmarkSpec, split: str, data_dir: Path) -> list[Problem]:
+def _load_local(spec: BenchmarkSpec, split: str, data_dir: Path, on_invalid: str) -> list[Problem]:
     if split not in spec.files:
         raise UserError(
             f"benchmark {spec.name!r} split {split!r} exists only on the Hugging Face hub; "
@@ -246,10 +247,10 @@ def _load_local(spec: BenchmarkSpec, split: str, data_dir: Path) -> list[Problem
             how += f", or load it from the Hugging Face hub ({spec.hub_id}) with source='hub'"
             how += " after `pip install latentreason[hub]`"
         raise UserError(f"benchmark {spec.name!r} split {split!r}: file not found: {path.resolve()}; {how}")
-    return LOADERS[spec.format](path)
+    return LOADERS[spec.format](path, on_invalid)
 
 
-def _load_from_hub(spec: BenchmarkSpec, split: str, limit: int | None) -> list[Problem]:
+def _load_from_hub(spec: BenchmarkSpec, split: str, limit: int | None, on_invalid: str) -> list[Problem]:
     if spec.hub_id is None:
         raise UserError(f"benchmark {spec.name!r} has no Hugging Face hub copy; use a data directory")
     if split not in spec.hub_splits:
@@ -259,16 +260,21 @@ def _load_from_hub(spec: BenchmarkSpec, split: str, limit: int | None) -> list[P
         )
     convert = CONVERTERS[spec.hub_format or spec.format]
     adapt = spec.hub_adapter or (lambda row, where: dict(row))
+    invalid = InvalidRecords(on_invalid, f"{spec.hub_id} split {split}")
     problems: list[Problem] = []
     for hub_split in spec.hub_splits[split]:
         for index, row in enumerate(fetch_hub_rows(spec.hub_id, spec.hub_config, hub_split)):
             if limit is not None and len(problems) >= limit:
-                return problems
+                return invalid.check_nonempty(problems)
             where = f"{spec.hub_id} split {hub_split} record {index}"
-            problem = convert(adapt(row, where), where)
+            try:
+                problem = convert(adapt(row, where), where)
+            except DataError as error:
+                invalid.handle(error)
+                continue
             problem.meta["source"] = f"hf:{spec.hub_id}/{hub_split}#{index}"
             problems.append(problem)
-    return problems
+    return invalid.check_nonempty(problems)
 
 
 def fetch_hub_rows(dataset_id: str, config: str | None, split: str) -> Iterable[Row]:

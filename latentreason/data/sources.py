@@ -12,9 +12,18 @@ _SPLIT_SEED_OFFSET = {"train": 0, "valid": 1_000_003, "test": 2_000_006}
 
 
 def load_problems(
-    dataset: str, split: str, data_dir: str | None = None, params: dict | None = None, limit: int = 0, seed: int = 0
+    dataset: str,
+    split: str,
+    data_dir: str | None = None,
+    params: dict | None = None,
+    limit: int = 0,
+    seed: int = 0,
+    on_invalid: str = "error",
 ) -> list[Problem]:
-    """Problems of `dataset` ('synthetic:NAME', a benchmark name, or a file path); `limit` 0 = all."""
+    """Problems of `dataset` ('synthetic:NAME', a benchmark name, or a file path); `limit` 0 = all.
+
+    on_invalid: 'error' or 'skip' for malformed records of a file or benchmark.
+    """
     if dataset.startswith(SYNTHETIC):
         from latentreason.data.generators import generate
 
@@ -26,11 +35,11 @@ def load_problems(
     if Path(dataset).suffix and Path(dataset).exists():
         from latentreason.data.formats import load_file
 
-        problems = load_file(dataset)
+        problems = load_file(dataset, on_invalid=on_invalid)
     else:
         from latentreason.data.registry import load_benchmark
 
-        problems = load_benchmark(dataset, split=split, data_dir=data_dir)
+        problems = load_benchmark(dataset, split=split, data_dir=data_dir, on_invalid=on_invalid)
     return problems[:limit] if limit > 0 else problems
 
 
@@ -49,6 +58,7 @@ def load_train_and_held_out(config) -> tuple[list[Problem], list[Problem]]:
         config.dataset_params,
         config.num_train_examples,
         config.seed,
+        config.on_invalid,
     )
     held_out = []
     if config.num_eval_examples > 0:
@@ -59,6 +69,7 @@ def load_train_and_held_out(config) -> tuple[list[Problem], list[Problem]]:
             config.dataset_params,
             config.num_eval_examples,
             config.seed,
+            config.on_invalid,
         )
         if config.dataset.startswith(SYNTHETIC):
             held_out = held_out_from(train, held_out)

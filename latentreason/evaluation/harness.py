@@ -46,6 +46,40 @@ def evaluate(
     """Solve `problems` in batches of `batch_size` and score them against their answers."""
     if not problems:
         raise ValueError("evaluate: no problems to evaluate")
+    records, elapsed = _solve(solver, problems, batch_size, answer_mode, progress)
+    return _summarize(solver.name, benchmark, records, elapsed, elapsed)
+
+
+def evaluate_sharded(
+    solver,
+    problems: list[Problem],
+    accelerator,
+    benchmark: str = "",
+    batch_size: int = 64,
+    answer_mode: str = "strict",
+    progress: bool = True,
+) -> EvalResult:
+    """`evaluate` split over the processes of `accelerator`; every process returns the same result.
+
+    Process r solves the contiguous shard r of `problems` (shards differ in size by at most one, and
+    may be empty); the records are gathered in rank order, so each problem appears exactly once and
+    in its original place. Latency is the mean wall time per problem within a process; throughput
+    counts the slowest process's time.
+    """
+    from accelerate.utils import gather_object
+
+    if not problems:
+        raise ValueError("evaluate: no problems to evaluate")
+    rank, world, n = accelerator.process_index, accelerator.num_processes, len(problems)
+    shard = problems[rank * n // world : (rank + 1) * n // world]
+    records, elapsed = _solve(solver, shard, batch_size, answer_mode, progress)
+    shards = gather_object([(records, elapsed)])  # [(records, elapsed)] per process, rank order
+    all_records = [record for part, _ in shards for record in part]
+    return _summarize(solver.name, benchmark, all_records, sum(t for _, t in shards), max(t for _, t in shards))
+
+
+def _solve(solver, problems: list[Problem], batch_size: int, answer_mode: str, progress: bool):
+    """(one record per problem, seconds spent in the solver)."""
     records = []
     elapsed = 0.0
     bar = tqdm(total=len(problems), desc=f"eval {solver.name}", disable=not progress, leave=False)
@@ -71,18 +105,23 @@ def evaluate(
             )
         bar.update(len(chunk))
     bar.close()
+    return records, elapsed
+
+
+def _summarize(method: str, benchmark: str, records: list[dict], solver_s: float, wall_s: float) -> EvalResult:
+    """`solver_s`: solver time summed over processes; `wall_s`: the longest process's solver time."""
     n = len(records)
     text = sum(r["text_tokens"] for r in records) / n
     latent = sum(r["latent_tokens"] for r in records) / n
     return EvalResult(
-        method=solver.name,
+        method=method,
         benchmark=benchmark,
         n=n,
         accuracy=sum(r["correct"] for r in records) / n,
         text_tokens=text,
         latent_tokens=latent,
         reasoning_tokens=text + latent,
-        latency_s=elapsed / n,
-        problems_per_s=n / elapsed if elapsed > 0 else float("inf"),
+        latency_s=solver_s / n,
+        problems_per_s=n / wall_s if wall_s > 0 else float("inf"),
         records=records,
     )

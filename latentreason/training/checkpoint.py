@@ -1,7 +1,9 @@
 """Atomic checkpoints: write into a temporary directory, then rename; only complete ones are resumed.
 
 A checkpoint directory holds the model (safetensors + tokenizer), optimizer.pt, scheduler.pt,
-rng.pt and trainer_state.json, which is written last and marks the checkpoint complete.
+rng.pt and trainer_state.json, which is written last and marks the checkpoint complete. A run
+killed while saving leaves `.tmp-checkpoint-N` behind; resuming names it and skips it, and the next
+save of step N replaces it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,11 +20,12 @@ from latentreason.errors import UserError
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "checkpoint-"
+TMP_PREFIX = f".tmp-{PREFIX}"
 
 
 def save_checkpoint(output_dir: Path, step: int, lm, optimizer, scheduler, state: dict, keep: int) -> Path:
     final = output_dir / f"{PREFIX}{step}"
-    tmp = output_dir / f".tmp-{PREFIX}{step}"
+    tmp = output_dir / f"{TMP_PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     lm.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -46,16 +50,36 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+def incomplete_checkpoints(output_dir: Path) -> list[tuple[Path, str]]:
+    """(path, why) for every half-written checkpoint in output_dir."""
+    found = [(p, "a save that never finished") for p in Path(output_dir).glob(f"{TMP_PREFIX}*") if p.is_dir()]
+    for path in Path(output_dir).glob(f"{PREFIX}*"):
+        if path.is_dir() and not (path / STATE_FILE).is_file():
+            found.append((path, f"no {STATE_FILE}"))
+    return sorted(found)
+
+
+def resolve_resume(output_dir: Path, resume: str | None, report: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint to continue from: None, the latest complete one ('auto') or the path given."""
     if resume is None:
         return None
     if resume == "auto":
+        for path, why in incomplete_checkpoints(output_dir):
+            report(f"skipping incomplete checkpoint {path} ({why})")
         found = list_checkpoints(output_dir)
         return found[-1] if found else None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise UserError(f"resume_from_checkpoint: {path} is not a complete checkpoint (no {STATE_FILE})")
     return path
+
+
+def clear_run(output_dir: Path) -> None:
+    """Delete what a previous run wrote (checkpoints, final model, log) before overwriting it."""
+    output_dir = Path(output_dir)
+    for path in [*output_dir.glob(f"{PREFIX}*"), *output_dir.glob(".tmp-*"), output_dir / "final"]:
+        shutil.rmtree(path, ignore_errors=True)
+    (output_dir / "log.jsonl").unlink(missing_ok=True)
 
 
 def load_training_state(path: Path, optimizer, scheduler) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from latentreason.config import field
+from latentreason.data.formats import ON_INVALID
 from latentreason.errors import ConfigError
 
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -36,9 +37,15 @@ class TrainConfig:
     num_train_examples: int = field(0, help="training examples to use/generate (0 = the whole split)")
     num_eval_examples: int = field(200, help="held-out examples evaluated during and after training")
     max_seq_length: int = field(512, help="longer training sequences are dropped (and counted in the log)")
+    on_invalid: str = field(
+        "error", help="a malformed data record: 'error' stops with file, record and field; 'skip' drops and counts it"
+    )
     # --- optimisation ---
     output_dir: str = field("runs/train", help="where checkpoints, logs and the final model go")
-    overwrite_output_dir: bool = field(False, help="allow writing into a non-empty output_dir without resuming")
+    overwrite_output_dir: bool = field(
+        False,
+        help="train into a non-empty output_dir without resuming; its checkpoints, final model and log are deleted",
+    )
     per_device_train_batch_size: int = field(32, help="sequences per device per micro-batch")
     gradient_accumulation_steps: int = field(1, help="micro-batches per optimizer step")
     learning_rate: float = field(1e-4, help="peak AdamW learning rate")
@@ -50,6 +57,11 @@ class TrainConfig:
     num_train_epochs: float = field(1.0, help="passes over the training set (ignored when max_steps > 0)")
     max_steps: int = field(-1, help="optimizer steps to run; -1 derives them from num_train_epochs")
     max_grad_norm: float = field(1.0, help="gradient clipping norm (0 disables)")
+    max_nonfinite_steps: int = field(
+        10,
+        help="a NaN/inf loss or gradient norm skips the update; this many skips in a row stop the run "
+        "(the last checkpoint is kept)",
+    )
     bf16: str = field("auto", help="bf16 autocast: auto (when the GPU supports it), true or false")
     seed: int = field(42, help="seed for initialisation, data order and generation")
     logging_steps: int = field(10, help="log every N optimizer steps")
@@ -64,7 +76,13 @@ class TrainConfig:
     answer_mode: str = field("strict", help="answer extraction: strict (after '###'), flexible (last number)")
 
     def __post_init__(self):
-        positive = ("per_device_train_batch_size", "gradient_accumulation_steps", "eval_batch_size", "max_new_tokens")
+        positive = (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "eval_batch_size",
+            "max_new_tokens",
+            "max_nonfinite_steps",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"field '{name}': must be >= 1, got {getattr(self, name)}")
@@ -78,6 +96,8 @@ class TrainConfig:
             raise ConfigError(f"field 'report_to': expected one of {REPORTERS}, got {self.report_to!r}")
         if self.bf16 not in ("auto", "true", "false"):
             raise ConfigError(f"field 'bf16': expected auto, true or false, got {self.bf16!r}")
+        if self.on_invalid not in ON_INVALID:
+            raise ConfigError(f"field 'on_invalid': expected one of {ON_INVALID}, got {self.on_invalid!r}")
         if self.answer_mode not in ("strict", "flexible"):
             raise ConfigError(f"field 'answer_mode': expected strict or flexible, got {self.answer_mode!r}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accelerate import PartialState
+
 from latentreason.data.sources import load_train_and_held_out
 from latentreason.layout import encode_problem
 from latentreason.methods import get_method
@@ -22,16 +24,17 @@ def run_training(method_name: str, config, progress: bool = True, lm: LatentLM |
     """Train `method_name` as `config` says; a resumable checkpoint in output_dir takes precedence."""
     method = get_method(method_name)(config)
     train, held_out = load_train_and_held_out(config)
-    resume = resolve_resume(Path(config.output_dir), config.resume_from_checkpoint)
+    say = PartialState().print  # one message per run, not one per process
+    resume = resolve_resume(Path(config.output_dir), config.resume_from_checkpoint, report=say)
     if resume is not None:
         lm = LatentLM.from_pretrained(resume)
     elif lm is None:
         lm = build_latent_lm(config, train)
     kept = [p for p in train if fits(lm, p, config.max_seq_length)]
     if len(kept) < len(train):
-        print(
+        say(
             f"dropped {len(train) - len(kept)} of {len(train)} training examples longer than "
             f"max_seq_length={config.max_seq_length}"
         )
-    trainer = Trainer(config, method, lm, kept, held_out, benchmark=config.dataset, progress=progress)
+    trainer = Trainer(config, method, lm, kept, held_out, benchmark=config.dataset, progress=progress, resume=resume)
     return trainer.train()

@@ -4,6 +4,7 @@ Per optimizer step: a global batch of `per_device_train_batch_size * world * acc
 is cut from a permutation seeded by (seed, epoch); each rank takes its slice, runs its micro-batches
 (gradient sync only on the last), then clip, AdamW step, schedule step. Because the data order is a
 pure function of (seed, epoch, step), resuming from a checkpoint replays exactly the same batches.
+A NaN/inf loss or gradient norm skips the AdamW step (the schedule still advances); see guards.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,9 +29,10 @@ from transformers.utils import logging as hf_logging
 
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
-from latentreason.evaluation.harness import EvalResult, evaluate
-from latentreason.training.checkpoint import load_training_state, resolve_resume, save_checkpoint
+from latentreason.evaluation.harness import EvalResult, evaluate_sharded
+from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
 from latentreason.training.config import TrainConfig
+from latentreason.training.guards import NonFiniteGuard
 
 
 class TrainingModule(nn.Module):
@@ -61,6 +64,9 @@ def mixed_precision(setting: str) -> str:
 
 
 class Trainer:
+    """`resume`: a complete checkpoint to continue from (`lm` must hold its weights); `run_training`
+    resolves `config.resume_from_checkpoint` into it."""
+
     def __init__(
         self,
         config: TrainConfig,
@@ -70,6 +76,7 @@ class Trainer:
         held_out: list[Problem],
         benchmark: str = "",
         progress: bool = True,
+        resume: Path | None = None,
     ):
         if not train:
             raise UserError("no training examples (check dataset / num_train_examples / max_seq_length)")
@@ -80,6 +87,7 @@ class Trainer:
         lm.meta["method_config"] = asdict(config)  # so `latentreason eval` rebuilds the same solver
         hf_logging.disable_progress_bar()  # one progress bar (ours), not one per saved shard
         self.train_set, self.held_out, self.benchmark, self.progress = train, held_out, benchmark, progress
+        self.resume = resume
         cfg = config
         self.accelerator = Accelerator(
             mixed_precision=mixed_precision(cfg.bf16),
@@ -102,14 +110,18 @@ class Trainer:
             self.total_steps = math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
 
     # --- set-up ---------------------------------------------------------------------------------
-    def _check_output_dir(self, resuming: bool) -> None:
-        cfg = self.config
+    def _check_output_dir(self) -> None:
+        # Every rank checks (before the first collective), so a refusal stops all of them alike.
         existing = self.output_dir.is_dir() and any(self.output_dir.iterdir())
-        if existing and not resuming and not cfg.overwrite_output_dir:
+        if not existing or self.resume is not None:
+            return
+        if not self.config.overwrite_output_dir:
             raise UserError(
                 f"output_dir {self.output_dir} is not empty; pass resume_from_checkpoint=auto to continue it "
                 f"or overwrite_output_dir=true to train into it anyway"
             )
+        if self.accelerator.is_main_process:
+            clear_run(self.output_dir)  # old checkpoints would otherwise outrank (and rotate out) the new ones
 
     def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         # No weight decay on biases, norms and embeddings-sized vectors (1-D parameters).
@@ -124,10 +136,8 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> TrainResult:
-        cfg, acc = self.config, self.accelerator
-        resume = resolve_resume(self.output_dir, cfg.resume_from_checkpoint)
-        if acc.is_main_process:
-            self._check_output_dir(resuming=resume is not None)
+        cfg, acc, resume = self.config, self.accelerator, self.resume
+        self._check_output_dir()
         set_seed(cfg.seed)
         module = TrainingModule(self.lm, self.method)
         optimizer = self._optimizer(module)
@@ -137,6 +147,7 @@ class Trainer:
         if resume is not None:
             state = load_training_state(resume, optimizer.optimizer, scheduler)
             acc.print(f"resumed from {resume} at step {state['global_step']}")
+        guard = NonFiniteGuard(cfg.max_nonfinite_steps, state.get("skipped_nonfinite", 0), report=acc.print)
         if cfg.report_to != "none":
             acc.init_trackers("latentreason", config=asdict(cfg))
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -149,59 +160,80 @@ class Trainer:
             dynamic_ncols=True,
         )
         metrics: dict = {}
-        window = {"loss": 0.0, "steps": 0, "tokens": 0, "clock": time.perf_counter()}  # since the last log
+        window = {"loss": 0.0, "applied": 0, "tokens": 0, "clock": time.perf_counter()}  # since the last log
         step, epoch, step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
-        while step < self.total_steps:
-            # Always tell the method the epoch (a resumed run needs its curriculum stage); a requested
-            # optimizer reset applies only when the epoch really starts here.
-            if self.method.start_epoch(epoch) and step_in_epoch == 0:
-                optimizer.optimizer.state.clear()
-            order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-            while step_in_epoch < self.steps_per_epoch and step < self.total_steps:
-                if self.method.start_step(step, self.steps_per_epoch):
+        try:
+            while step < self.total_steps:
+                # Always tell the method the epoch (a resumed run needs its curriculum stage); a requested
+                # optimizer reset applies only when the epoch really starts here.
+                if self.method.start_epoch(epoch) and step_in_epoch == 0:
                     optimizer.optimizer.state.clear()
-                loss_sum, parts, tokens = self._optimizer_step(module, optimizer, order, step_in_epoch)
-                grad_norm = (
-                    acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-                )
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step, step_in_epoch = step + 1, step_in_epoch + 1
-                window["loss"] += loss_sum
-                window["steps"] += 1
-                window["tokens"] += tokens
-                bar.update(1)
-                if step % cfg.logging_steps == 0 or step == self.total_steps:
-                    took = time.perf_counter() - window["clock"]
-                    metrics = {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": window["loss"] / window["steps"],  # mean over the logging window
-                        **parts,  # the last step's parts
-                        "lr": scheduler.get_last_lr()[0],
-                        "tokens_per_s": window["tokens"] / max(took, 1e-9),
-                    }
-                    if grad_norm is not None:
-                        metrics["grad_norm"] = float(grad_norm)
-                    self._log(metrics, log_path, step)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-                    window = {"loss": 0.0, "steps": 0, "tokens": 0, "clock": time.perf_counter()}
-                if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
-                    self._evaluate(step, log_path)
-                if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
-                    self._save(
-                        optimizer, scheduler, {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch}
+                order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+                while step_in_epoch < self.steps_per_epoch and step < self.total_steps:
+                    if self.method.start_step(step, self.steps_per_epoch):
+                        optimizer.optimizer.state.clear()
+                    loss, parts, tokens, grad_norm = self._update(
+                        module, optimizer, scheduler, order, step_in_epoch, guard, step + 1
                     )
-            if step_in_epoch >= self.steps_per_epoch:
-                epoch, step_in_epoch = epoch + 1, 0
-        bar.close()
-        final_state = {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch}
+                    step, step_in_epoch = step + 1, step_in_epoch + 1
+                    if loss is not None:
+                        window["loss"] += loss
+                        window["applied"] += 1
+                    window["tokens"] += tokens
+                    bar.update(1)
+                    if step % cfg.logging_steps == 0 or step == self.total_steps:
+                        took = time.perf_counter() - window["clock"]
+                        metrics = {
+                            "step": step,
+                            "epoch": epoch,
+                            **parts,  # the last step's parts
+                            "lr": scheduler.get_last_lr()[0],
+                            "tokens_per_s": window["tokens"] / max(took, 1e-9),
+                            "grad_norm": grad_norm,
+                            "skipped_nonfinite": guard.skipped,  # over the whole run
+                        }
+                        if window["applied"]:  # mean over the window's applied updates
+                            metrics["loss"] = window["loss"] / window["applied"]
+                        self._log(metrics, log_path, step)
+                        shown = metrics.get("loss", math.nan)
+                        bar.set_postfix(loss=f"{shown:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                        window = {"loss": 0.0, "applied": 0, "tokens": 0, "clock": time.perf_counter()}
+                    if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
+                        self._evaluate(step, log_path)
+                    if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
+                        self._save(optimizer, scheduler, self._state(step, epoch, step_in_epoch, guard))
+                if step_in_epoch >= self.steps_per_epoch:
+                    epoch, step_in_epoch = epoch + 1, 0
+        finally:
+            bar.close()  # also when the run stops: the error message then starts on its own line
+        final_state = self._state(step, epoch, step_in_epoch, guard)
         self._save(optimizer, scheduler, final_state)
         final_dir = self._save_final()
-        result = self._evaluate(step, log_path) if self.held_out else None
+        result = self._evaluate(step, log_path)
         acc.end_training()
         return TrainResult(final_dir, step, metrics, result)
+
+    @staticmethod
+    def _state(step: int, epoch: int, step_in_epoch: int, guard: NonFiniteGuard) -> dict:
+        return {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "skipped_nonfinite": guard.skipped}
+
+    def _update(self, module, optimizer, scheduler, order, step_in_epoch, guard, step):
+        """One optimizer step: (mean loss or None when the update was skipped, parts, tokens, grad norm)."""
+        acc, cfg = self.accelerator, self.config
+        loss_sum, parts, tokens = self._optimizer_step(module, optimizer, order, step_in_epoch)
+        # The mean over ranks: every rank must take the same skip decision (and it is what we log).
+        loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean"))
+        # max_grad_norm 0 still measures the (global) norm for the guard; clipping by inf scales by 1.
+        grad_norm = float(acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm or math.inf))
+        applied = guard.check(loss, grad_norm, step)
+        if applied:
+            optimizer.step()
+        with warnings.catch_warnings():
+            # After a skipped first update torch warns that the schedule moved before the optimizer: intended.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            scheduler.step()  # also after a skip: the learning rate stays a function of the step
+        optimizer.zero_grad(set_to_none=True)
+        return (loss if applied else None), parts, tokens, grad_norm
 
     def _optimizer_step(self, module, optimizer, order, step_in_epoch) -> tuple[float, dict, int]:
         """Forward/backward over this rank's micro-batches of one global batch; returns mean loss."""
@@ -232,33 +264,34 @@ class Trainer:
             self.accelerator.log(metrics, step=step)
 
     def _evaluate(self, step: int, log_path: Path) -> EvalResult | None:
+        """Every process solves its shard of the held-out problems; all get the gathered result."""
         acc = self.accelerator
-        result = None
-        if acc.is_main_process and self.held_out:
-            lm = acc.unwrap_model(self.lm)
-            was_training = lm.training
-            lm.eval()
-            result = evaluate(
-                self.method.solver(lm),
-                self.held_out,
-                self.benchmark,
-                self.config.eval_batch_size,
-                self.config.answer_mode,
-                progress=self.progress,
-            )
-            lm.train(was_training)
-            self._log(
-                {
-                    "step": step,
-                    "eval_accuracy": result.accuracy,
-                    "eval_text_tokens": result.text_tokens,
-                    "eval_latent_tokens": result.latent_tokens,
-                },
-                log_path,
-                step,
-            )
-            acc.print(f"step {step}: held-out accuracy {result.accuracy:.1%} on {result.n} problems")
-        acc.wait_for_everyone()
+        if not self.held_out:
+            return None
+        lm = acc.unwrap_model(self.lm)
+        was_training = lm.training
+        lm.eval()
+        result = evaluate_sharded(
+            self.method.solver(lm),
+            self.held_out,
+            acc,
+            self.benchmark,
+            self.config.eval_batch_size,
+            self.config.answer_mode,
+            progress=self.progress and acc.is_main_process,
+        )
+        lm.train(was_training)
+        self._log(
+            {
+                "step": step,
+                "eval_accuracy": result.accuracy,
+                "eval_text_tokens": result.text_tokens,
+                "eval_latent_tokens": result.latent_tokens,
+            },
+            log_path,
+            step,
+        )
+        acc.print(f"step {step}: held-out accuracy {result.accuracy:.1%} on {result.n} problems")
         return result
 
     def _save(self, optimizer, scheduler, state: dict) -> None:
