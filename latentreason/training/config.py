@@ -67,7 +67,7 @@ class TrainConfig:
     logging_steps: int = field(10, help="log every N optimizer steps")
     eval_steps: int = field(0, help="evaluate every N optimizer steps (0 = only at the end)")
     save_steps: int = field(0, help="checkpoint every N optimizer steps (0 = only at the end)")
-    save_total_limit: int = field(2, help="checkpoints kept (older ones are deleted)")
+    save_total_limit: int = field(2, help="checkpoints kept, the latest ones (older ones are deleted; 0 keeps all)")
     resume_from_checkpoint: str | None = field(None, help="'auto' (latest in output_dir) or a checkpoint path")
     report_to: str = field("none", help=f"metrics logger: {', '.join(REPORTERS)}")
     # --- evaluation ---
