@@ -40,6 +40,14 @@ class GrowableLayer(DynamicLayer):
         self.keys, self.values = self._k[..., :needed, :], self._v[..., :needed, :]  # views, no copy
         return self.keys, self.values
 
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last |tokens_to_remove| positions (negative counts, which every transformers version
+        reads as "remove"); the buffer keeps them and the next update overwrites them."""
+        if not self.is_initialized or self._k is None:
+            return
+        self._filled -= min(abs(tokens_to_remove), self._filled)
+        self.keys, self.values = self._k[..., : self._filled, :], self._v[..., : self._filled, :]
+
 
 def inference_cache(config) -> DynamicCache:
     """A DynamicCache whose plain layers write in place (sliding-window layers are left as they are)."""

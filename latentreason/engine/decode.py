@@ -30,11 +30,13 @@ def new_cache(lm) -> DynamicCache:
     return inference_cache(lm.model.config)
 
 
-def forward_step(lm, cache, attention_mask, input_ids=None, inputs_embeds=None) -> torch.Tensor:
+def forward_step(lm, cache, attention_mask, input_ids=None, inputs_embeds=None, all_layers: bool = False):
     """Run new tokens (ids or embeddings) through the backbone on `cache`; return their hidden states.
 
     attention_mask: [B, past + L] covering the cache and the new tokens, so positions are derived
     from it and left padding or masked (finished) steps never shift a row's positions.
+    Returns [B, L, d], or with all_layers the tuple of every layer's [B, L, d] (embeddings first; the
+    last one is the default return).
     """
     new_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
     position_ids = positions_from_mask(attention_mask)[:, -new_len:]  # [B, L]
@@ -45,8 +47,9 @@ def forward_step(lm, cache, attention_mask, input_ids=None, inputs_embeds=None) 
         position_ids=position_ids,
         past_key_values=cache,
         use_cache=True,
+        output_hidden_states=all_layers,
     )
-    return out.last_hidden_state  # [B, L, d]
+    return out.hidden_states if all_layers else out.last_hidden_state  # [B, L, d]
 
 
 @torch.no_grad()

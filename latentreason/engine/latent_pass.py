@@ -46,6 +46,10 @@ class LatentBatch:
     def max_latents(self) -> int:
         return int(self.num_latents.max()) if self.num_latents.numel() else 0
 
+    def slot_mask(self) -> torch.Tensor:
+        """[B, N] True where latent slot j is used by its row."""
+        return torch.arange(self.max_latents, device=self.num_latents.device)[None] < self.num_latents[:, None]
+
 
 def build_latent_batch(
     prefixes: list[list[int]],
@@ -83,20 +87,21 @@ class LatentPassOutput:
     slot_mask: torch.Tensor  # [B, N] True where the slot is used by its row
     suffix_hidden: torch.Tensor  # [B, S, d] hidden states over the suffix
     map_outputs: list  # [N] whatever the thought map returned besides the input (e.g. mean, logvar)
+    suffix_layers: tuple | None = None  # with all_layers: every layer's [B, S, d] over the suffix, embeddings first
 
 
 ThoughtMap = Callable[[torch.Tensor, int], tuple[torch.Tensor, object]]
 
 
-def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap) -> LatentPassOutput:
+def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: bool = False) -> LatentPassOutput:
     """Run the teacher-forced latent pass.
 
     thought_map(hidden [B, d], slot j) -> (input embedding [B, d], extra): identity for Coconut,
     a projector for CODI, a Gaussian head for ATP-Latent (extra = its mean and log-variance).
+    all_layers: also return every layer's hidden states over the suffix (for distillation).
     """
     n = batch.max_latents
-    bsz = batch.prefix_ids.shape[0]
-    slot_mask = torch.arange(n, device=batch.num_latents.device)[None] < batch.num_latents[:, None]  # [B, N]
+    slot_mask = batch.slot_mask()  # [B, N]
     cache = new_cache(lm)
     mask = batch.prefix_mask
     last = forward_step(lm, cache, mask, input_ids=batch.prefix_ids)[:, -1]  # [B, d] hidden at <bot>
@@ -106,28 +111,38 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap) -> LatentPas
         z, extra = thought_map(last, j)  # [B, d]
         inputs.append(z)
         extras.append(extra)
-        mask = torch.cat([mask, slot_mask[:, j : j + 1].long()], dim=1)
         if j < n - 1:
+            mask = torch.cat([mask, slot_mask[:, j : j + 1].long()], dim=1)
             last = forward_step(lm, cache, mask, inputs_embeds=z[:, None])[:, -1]  # [B, d]
             hiddens.append(last)
-    suffix_embeds = lm.embed(batch.suffix_ids)  # [B, S, d]
-    if n > 0:
-        # The last slot rides along with the suffix: one call instead of two.
-        embeds = torch.cat([inputs[-1][:, None].to(suffix_embeds.dtype), suffix_embeds], dim=1)  # [B, 1+S, d]
-        mask = torch.cat([mask, batch.suffix_mask], dim=1)
-        out = forward_step(lm, cache, mask, inputs_embeds=embeds)  # [B, 1+S, d]
-        hiddens.append(out[:, 0])
-        suffix_hidden = out[:, 1:]
-    else:
-        mask = torch.cat([mask, batch.suffix_mask], dim=1)
-        suffix_hidden = forward_step(lm, cache, mask, inputs_embeds=suffix_embeds)
-    d = suffix_hidden.shape[-1]
-    empty = suffix_hidden.new_zeros(bsz, 0, d)
+    thoughts = torch.stack(inputs, 1) if inputs else bot_hidden[:, None][:, :0]  # [B, N, d]
+    # The last slot rides along with the suffix: one call instead of two.
+    pending = slice(n - 1, n) if n else slice(0, 0)
+    last_hidden, suffix_hidden, layers = finish_pass(
+        lm, cache, mask, thoughts[:, pending], slot_mask[:, pending], batch, all_layers
+    )
     return LatentPassOutput(
         bot_hidden=bot_hidden,
-        latent_inputs=torch.stack(inputs, 1) if inputs else empty,
-        latent_hidden=torch.stack(hiddens, 1) if hiddens else empty,
+        latent_inputs=thoughts,
+        latent_hidden=torch.cat([torch.stack(hiddens, 1), last_hidden], 1) if hiddens else last_hidden,
         slot_mask=slot_mask,
         suffix_hidden=suffix_hidden,
         map_outputs=extras,
+        suffix_layers=layers,
     )
+
+
+def finish_pass(lm, cache, mask, pending, pending_mask, batch: LatentBatch, all_layers: bool = False):
+    """The last call of a latent pass: slot inputs not yet in the cache, then the whole suffix.
+
+    mask: [B, past] over what the cache holds; pending: [B, m, d] (m may be 0); pending_mask: [B, m].
+    Returns (hidden at the pending slots [B, m, d], suffix hidden [B, S, d], per-layer suffix states or None).
+    """
+    suffix_embeds = lm.embed(batch.suffix_ids)  # [B, S, d]
+    embeds = torch.cat([pending.to(suffix_embeds.dtype), suffix_embeds], dim=1)  # [B, m+S, d]
+    mask = torch.cat([mask, pending_mask.long(), batch.suffix_mask], dim=1)
+    m = pending.shape[1]
+    out = forward_step(lm, cache, mask, inputs_embeds=embeds, all_layers=all_layers)
+    hidden = out[-1] if all_layers else out  # [B, m+S, d]
+    layers = tuple(h[:, m:] for h in out) if all_layers else None
+    return hidden[:, :m], hidden[:, m:], layers
