@@ -32,6 +32,7 @@ ROWS = {
     "coconut": True,
     "pause": True,
     "codi": True,
+    "pccot": True,
     "simcot": True,
     "atp": True,
 }

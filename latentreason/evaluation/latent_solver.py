@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from latentreason.data.problems import Problem
-from latentreason.engine.rollout import latent_rollout
+from latentreason.engine.jacobi import jacobi_rollout
+from latentreason.engine.rollout import fixed_latents, latent_rollout
 from latentreason.evaluation.solvers import Solution, count_reasoning_tokens
 from latentreason.layout import encode_problem
 
@@ -35,8 +36,14 @@ class LatentSolver:
     def solve(self, problems: list[Problem]) -> list[Solution]:
         lm = self.lm
         prompts = [encode_problem(lm.tokenizer, p).prompt + [lm.bot_id] for p in problems]
-        out = latent_rollout(
-            lm,
+        out = self.rollout(prompts)
+        texts = lm.tokenizer.batch_decode(out.tokens.cpu(), skip_special_tokens=True)
+        latents = out.num_latents.tolist()
+        return [Solution(t, count_reasoning_tokens(lm.tokenizer, t), k) for t, k in zip(texts, latents)]
+
+    def rollout(self, prompts: list[list[int]]):
+        return latent_rollout(
+            self.lm,
             prompts,
             self.thought_map,
             self.controller,
@@ -44,6 +51,22 @@ class LatentSolver:
             self.max_new_tokens,
             temperature=self.temperature,
         )
-        texts = lm.tokenizer.batch_decode(out.tokens.cpu(), skip_special_tokens=True)
-        latents = out.num_latents.tolist()
-        return [Solution(t, count_reasoning_tokens(lm.tokenizer, t), k) for t, k in zip(texts, latents)]
+
+
+class JacobiSolver(LatentSolver):
+    """A fixed number of thoughts found by `iterations` Jacobi updates (PCCoT) instead of one by one."""
+
+    def __init__(self, lm, thought_map, num_latents: int, iterations: int, max_new_tokens: int = 64, name="jacobi"):
+        super().__init__(lm, thought_map, fixed_latents(num_latents), num_latents, max_new_tokens, name)
+        self.iterations = iterations
+
+    def rollout(self, prompts: list[list[int]]):
+        return jacobi_rollout(
+            self.lm,
+            prompts,
+            self.thought_map,
+            self.max_latents,
+            self.iterations,
+            self.max_new_tokens,
+            temperature=self.temperature,
+        )

@@ -31,6 +31,7 @@ from latentreason.errors import ConfigError
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.layout import encode_problem
 from latentreason.methods.base import Method, register_method
+from latentreason.methods.coconut import identity_map
 from latentreason.model.lora import add_lora
 from latentreason.training.config import TrainConfig
 
@@ -38,6 +39,7 @@ from latentreason.training.config import TrainConfig
 @dataclass
 class CODIConfig(TrainConfig):
     num_latents: int = field(6, help="continuous thoughts between <bot> and <eot> (the reference: 6)")
+    use_projector: bool = field(True, help="map each hidden state through the MLP projector (false: feed it as is)")
     projector_size: int = field(0, help="inner width of the projector MLP (0 = the model's hidden size)")
     projector_dropout: float = field(0.0, help="dropout at the projector's input (the reference: 0)")
     distill_weight: float = field(20.0, help="weight of the hidden-state distillation (the reference: 20 for Llama)")
@@ -93,13 +95,16 @@ class CODI(Method):
         cfg = self.config
         if cfg.lora_r:
             add_lora(lm.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
-        self.projector_head(lm)
+        if cfg.use_projector:
+            self.projector_head(lm)
 
     def projector_head(self, lm):
         cfg = self.config
         return lm.add_head("projector", "projector", inner_size=cfg.projector_size, dropout=cfg.projector_dropout)
 
     def thought_map(self, lm):
+        if not self.config.use_projector:
+            return identity_map
         projector = self.projector_head(lm)
 
         def project(hidden, slot):
