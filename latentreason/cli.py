@@ -7,7 +7,6 @@ User mistakes (bad files, bad configs, missing data) end with one line on stderr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -62,6 +61,31 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+# --- rl ----------------------------------------------------------------------------------------
+def cmd_rl(argv: list[str]) -> int:
+    from latentreason.config import add_config_flags, load_config
+    from latentreason.rl.config import RLConfig
+    from latentreason.rl.run import run_rl
+
+    parser = argparse.ArgumentParser(
+        prog="latentreason rl",
+        description="GRPO over latent plans, starting from an ATP-Latent SFT model.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="YAML recipe (a path or a shipped recipe name, e.g. atp-rl-tiny)")
+    add_config_flags(parser, RLConfig)
+    args = vars(parser.parse_args(argv))
+    config = load_config(RLConfig, resolve_config_path(args.pop("config", None)), args)
+    result = run_rl(config)
+    print(f"final model: {result.final_dir}")
+    if result.eval is not None:
+        print(
+            f"held-out accuracy: {result.eval.accuracy:.1%} on {result.eval.n} problems, "
+            f"{result.eval.latent_tokens:.1f} latents per problem"
+        )
+    return 0
+
+
 # --- eval --------------------------------------------------------------------------------------
 def add_source_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
@@ -98,19 +122,12 @@ def load_trained(model_dir: str, method_name: str | None, max_new_tokens: int, d
     """A saved model in eval mode and its method, rebuilt with the config it was trained with."""
     import torch
 
-    from latentreason.config import from_dict
-    from latentreason.methods import get_method
+    from latentreason.methods.saved import method_for
     from latentreason.model.latent_lm import LatentLM
 
     lm = LatentLM.from_pretrained(model_dir)
     lm.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    method_name = method_name or lm.meta.get("method") or "cot"
-    method_cls = get_method(method_name)
-    # The solver settings the model was trained with (latents per step, stages, ...), when saved.
-    saved = lm.meta.get("method_config", {}) if method_name == lm.meta.get("method") else {}
-    known = {f.name for f in dataclasses.fields(method_cls.config_cls)}
-    config = from_dict(method_cls.config_cls, {k: v for k, v in saved.items() if k in known}, f"{model_dir} config")
-    return lm, method_cls(dataclasses.replace(config, max_new_tokens=max_new_tokens))
+    return lm, method_for(lm, model_dir, method_name, max_new_tokens=max_new_tokens)
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -203,8 +220,9 @@ def cmd_demo(argv: list[str]) -> int:
 
 
 USAGE = (
-    "usage: latentreason {train,eval,demo,data,inspect,bench} [--debug] ...\n"
+    "usage: latentreason {train,rl,eval,demo,data,inspect,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
+    "  rl     GRPO over latent plans from an ATP-Latent SFT model (--config atp-rl-tiny, ...)\n"
     "  eval   evaluate a trained model on a benchmark or file\n"
     "  demo   the embedded default job: train and compare methods on a generated task\n"
     "  data   stats / list / generate\n"
@@ -275,6 +293,7 @@ def cmd_bench(argv: list[str]) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "rl": cmd_rl,
     "eval": cmd_eval,
     "data": cmd_data,
     "demo": cmd_demo,

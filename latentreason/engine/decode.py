@@ -21,6 +21,7 @@ class Decoded:
     lengths: torch.Tensor  # [B] generated tokens per row, stop token included
     cache: DynamicCache
     attention_mask: torch.Tensor  # [B, S] mask over what the cache holds (the last generated token is not fed)
+    logprobs: torch.Tensor | None = None  # [B, T] log-prob of each generated token (0 after a row's stop)
 
 
 def new_cache(lm) -> DynamicCache:
@@ -63,6 +64,7 @@ def decode(
     last_hidden: torch.Tensor | None = None,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    return_logprobs: bool = False,
 ) -> Decoded:
     """Generate up to `max_new_tokens` per row.
 
@@ -70,6 +72,8 @@ def decode(
     attention_mask: [B, past + L] for the cache plus the new tokens.
     last_hidden: [B, d] hidden state predicting the first token, when the caller already has it.
     temperature 0 is greedy; otherwise sampling from softmax(logits / temperature).
+    return_logprobs: also return each chosen token's log-prob under the distribution it was drawn
+    from (softmax(logits / temperature); plain softmax when greedy), as RL needs.
     """
     cache = cache if cache is not None else new_cache(lm)
     if input_ids.shape[1] > 0:
@@ -80,6 +84,7 @@ def decode(
     tokens = torch.full((batch, max_new_tokens), lm.pad_id, dtype=torch.long, device=device)  # [B, T]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
     lengths = torch.zeros(batch, dtype=torch.long, device=device)  # [B]
+    logprobs = torch.zeros((batch, max_new_tokens), device=device) if return_logprobs else None  # [B, T]
     for t in range(max_new_tokens):
         logits = lm.lm_head(last_hidden).float()  # [B, V]
         if temperature > 0:
@@ -87,6 +92,10 @@ def decode(
             next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
         else:
             next_ids = logits.argmax(-1)  # [B]
+        if logprobs is not None:
+            scaled = logits / temperature if temperature > 0 else logits
+            chosen = scaled.log_softmax(-1).gather(-1, next_ids[:, None]).squeeze(-1)  # [B]
+            logprobs[:, t] = torch.where(finished, 0.0, chosen)
         next_ids = torch.where(finished, lm.pad_id, next_ids)
         tokens[:, t] = next_ids
         lengths += (~finished).long()
@@ -96,4 +105,5 @@ def decode(
         # Finished rows keep running (batch shape is fixed) but their new slot is masked out.
         attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=1)
         last_hidden = forward_step(lm, cache, attention_mask, input_ids=next_ids[:, None])[:, -1]
-    return Decoded(tokens[:, : t + 1], lengths, cache, attention_mask)
+    kept = logprobs[:, : t + 1] if logprobs is not None else None
+    return Decoded(tokens[:, : t + 1], lengths, cache, attention_mask, kept)

@@ -40,6 +40,7 @@ class Rollout:
     num_latents: torch.Tensor  # [B] latent slots each row used
     latent_inputs: torch.Tensor  # [B, N, d] thoughts fed (zeros where a row had stopped)
     extras: list  # [N] what the thought map returned per step
+    token_logprobs: torch.Tensor | None = None  # [B, T] with return_logprobs: each answer token's log-prob
 
 
 @torch.no_grad()
@@ -53,6 +54,7 @@ def latent_rollout(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     stop_ids: list[int] | None = None,
+    return_logprobs: bool = False,
 ) -> Rollout:
     """Roll out a batch of prompts (each already ending with <bot>)."""
     device = lm.device
@@ -85,7 +87,8 @@ def latent_rollout(
         cache=cache,
         temperature=temperature,
         generator=generator,
+        return_logprobs=return_logprobs,
     )
     d = last.shape[-1]
     latent_inputs = torch.stack(thoughts, 1) if thoughts else last.new_zeros(bsz, 0, d)
-    return Rollout(out.tokens, out.lengths, used, latent_inputs, extras)
+    return Rollout(out.tokens, out.lengths, used, latent_inputs, extras, out.logprobs)

@@ -1,0 +1,1 @@
+"""Reinforcement learning over latent plans (GRPO for ATP-Latent)."""

@@ -1,0 +1,70 @@
+"""Settings of GRPO over latent plans (names follow TRL's GRPOConfig where they mean the same)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latentreason.config import field
+from latentreason.errors import ConfigError
+from latentreason.rl.grpo import LOSS_TYPES
+from latentreason.rl.policy import LATENT_LOGPROB
+from latentreason.training.config import TrainConfig
+
+GATES = ("accuracy", "none")
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    model_name_or_path: str = field(
+        "runs/atp-tiny/final", help="the ATP-Latent SFT model to improve (a run's final/ or a checkpoint)"
+    )
+    learning_rate: float = field(1e-6, help="peak AdamW learning rate (the reference uses 1e-6)")
+    max_steps: int = field(-1, help="rollout batches to run; -1 derives them from num_train_epochs")
+    logging_steps: int = field(1, help="log every N rollout batches")
+    # --- rollouts ---
+    questions_per_step: int = field(16, help="questions per rollout batch, over all processes (reference 16)")
+    num_generations: int = field(8, help="rollouts per question, the GRPO group (reference 8)")
+    per_device_train_batch_size: int = field(
+        16,
+        help="rollouts per optimizer update per device; a rollout batch gives questions x generations / this "
+        "updates (reference: 128 / 16 = 8 minibatch updates)",
+    )
+    num_iterations: int = field(1, help="passes over each rollout batch")
+    temperature: float = field(1.0, help="answer-token sampling temperature (reference 1.0)")
+    max_completion_length: int = field(16, help="answer tokens per rollout (reference 16)")
+    # --- objective ---
+    loss_type: str = field("sequence-ratio", help=f"loss aggregation: {', '.join(LOSS_TYPES)}")
+    epsilon: float = field(0.2, help="PPO clip range below and above 1 (reference 0.2)")
+    epsilon_high: float = field(0.0, help="upper clip range if > 0 (DAPO's clip-higher); 0 = epsilon")
+    log_ratio_clamp: float = field(3.0, help="clamp log-ratios to [-c, c] before exp (reference 3; 0 = off)")
+    beta: float = field(0.0, help="weight of KL to the frozen starting policy (reference 0: no reference model)")
+    scale_rewards: bool = field(True, help="divide advantages by the group's reward std")
+    latent_logprob: str = field(
+        "mean", help="latent log-density: mean (per dimension, tames ratios) or sum (exact, the reference)"
+    )
+    latent_logprob_scale: float = field(1.0, help="multiplier on the latent log-density term")
+    # --- rewards ---
+    reward_funcs: list = field(["accuracy", "format", "coherence"], help="registered reward functions")
+    reward_weights: list = field([1.0, 0.5, 0.1], help="one weight per reward function (reference 1, 0.5, 0.1)")
+    coherence_gate: str = field("accuracy", help="accuracy: coherence counts only when the answer is right; none")
+    coherence_empty: float = field(0.0, help="coherence of a plan with no latent steps (reference: 1.0)")
+    coherence_max_tokens: int = field(16, help="tokens decoded per latent step for coherence (reference 16)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.questions_per_step < 1 or self.num_iterations < 1:
+            raise ConfigError("questions_per_step and num_iterations must be >= 1")
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"field 'loss_type': expected one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.latent_logprob not in LATENT_LOGPROB:
+            raise ConfigError(f"field 'latent_logprob': expected one of {LATENT_LOGPROB}, got {self.latent_logprob!r}")
+        if self.coherence_gate not in GATES:
+            raise ConfigError(f"field 'coherence_gate': expected one of {GATES}, got {self.coherence_gate!r}")
+        if len(self.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(
+                f"field 'reward_weights': {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward_funcs"
+            )
+        if self.temperature <= 0 or self.epsilon <= 0 or self.max_completion_length < 1:
+            raise ConfigError("temperature and epsilon must be > 0 and max_completion_length >= 1")
+        if self.num_generations < 2:
+            raise ConfigError("field 'num_generations': GRPO compares rollouts of a question, so it needs >= 2")

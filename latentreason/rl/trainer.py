@@ -1,0 +1,345 @@
+"""GRPO over latent plans: read top to bottom.
+
+Per rollout step (the unit of max_steps, checkpoints and resume):
+  1. questions: this rank's whole questions of the step (a group never spans ranks), from a
+     permutation seeded by (seed, epoch), so a resumed run sees the same questions;
+  2. rollouts: num_generations per question, sampled with a generator seeded by (seed, step, rank)
+     (latent noise from the learned variance, sampled stop decisions, answer tokens at `temperature`),
+     their log-probs recorded on the way;
+  3. rewards and group-normalised advantages (each group lies on one rank, so no gathering is needed);
+  4. updates: num_iterations passes over the rollouts in shuffled minibatches of
+     per_device_train_batch_size x gradient_accumulation_steps, each one optimizer step: recompute the
+     log-probs in a teacher-forced latent pass, PPO-clip loss, clip gradients, AdamW.
+The step decoder is frozen (it only scores coherence). Dropout is off throughout, so the recomputed
+log-probs of an unchanged policy equal the sampled ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from latentreason.data.problems import Problem
+from latentreason.errors import UserError
+from latentreason.evaluation.harness import EvalResult, evaluate
+from latentreason.layout import encode_problem
+from latentreason.methods.atp import ATPLatent
+from latentreason.model.step_decoder import StepDecoder
+from latentreason.rl.config import RLConfig
+from latentreason.rl.grpo import clipped_policy_loss, group_advantages
+from latentreason.rl.policy import LatentPolicy, RolloutBatch
+from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
+from latentreason.training.checkpoint import load_training_state, resolve_resume, save_checkpoint
+from latentreason.training.outputs import append_log, save_final
+from latentreason.training.trainer import mixed_precision
+
+
+class PolicyLossModule(nn.Module):
+    """The model behind one forward (recompute log-probs + GRPO loss) so DDP syncs its gradients."""
+
+    def __init__(self, lm, policy: LatentPolicy, config: RLConfig):
+        super().__init__()
+        self.lm, self.policy, self.config = lm, policy, config
+
+    def forward(self, rollouts: RolloutBatch, advantages: torch.Tensor, ref_logp: torch.Tensor | None):
+        cfg = self.config
+        new = self.policy.logprobs(rollouts)
+        return clipped_policy_loss(
+            new.flat(),
+            rollouts.old.flat(),
+            rollouts.action_mask,
+            advantages,
+            loss_type=cfg.loss_type,
+            epsilon=cfg.epsilon,
+            epsilon_high=cfg.epsilon_high or None,
+            log_ratio_clamp=cfg.log_ratio_clamp or None,
+            ref_logp=ref_logp,
+            beta=cfg.beta,
+        )
+
+
+@dataclass
+class RLResult:
+    final_dir: Path
+    global_step: int
+    last_metrics: dict
+    eval: EvalResult | None
+
+
+class RLTrainer:
+    def __init__(self, config: RLConfig, method, lm, train: list[Problem], held_out: list[Problem], progress=True):
+        if not train:
+            raise UserError("no training questions (check dataset / num_train_examples)")
+        if not isinstance(method, ATPLatent):
+            raise UserError(f"RL needs an ATP-Latent model; {config.model_name_or_path} was trained with {method.name}")
+        self.config, self.method, self.lm, self.progress = config, method, lm, progress
+        self.train_set, self.held_out = train, held_out
+        method.prepare(lm)
+        lm.meta["rl_config"] = asdict(config)  # method_config stays the SFT one: `eval` rebuilds the solver from it
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision(config.bf16),
+            log_with=None if config.report_to == "none" else config.report_to,
+            project_dir=config.output_dir,
+        )
+        acc, cfg = self.accelerator, config
+        world = acc.num_processes
+        if cfg.questions_per_step % world:
+            raise UserError(f"questions_per_step {cfg.questions_per_step} must divide over {world} processes")
+        self.local_questions = cfg.questions_per_step // world
+        local_rollouts = self.local_questions * cfg.num_generations
+        self.micro = cfg.per_device_train_batch_size
+        per_update = self.micro * cfg.gradient_accumulation_steps
+        if local_rollouts % per_update:
+            raise UserError(
+                f"{local_rollouts} rollouts per process (questions_per_step / processes x num_generations) do not "
+                f"split into updates of {per_update} (per_device_train_batch_size x gradient_accumulation_steps)"
+            )
+        self.updates_per_step = local_rollouts // per_update * cfg.num_iterations
+        self.steps_per_epoch = len(train) // cfg.questions_per_step
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"{len(train)} training questions are fewer than questions_per_step={cfg.questions_per_step}"
+            )
+        self.total_steps = (
+            cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
+        )
+        self.output_dir = Path(cfg.output_dir)
+        self.policy = LatentPolicy(
+            lm, method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
+        )
+        self.rewards = build_rewards(cfg.reward_funcs, self._reward_context())
+        self.weights = dict(zip(cfg.reward_funcs, cfg.reward_weights))
+        self.ref_policy = self._reference_policy() if cfg.beta > 0 else None
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def _reward_context(self) -> RewardContext:
+        cfg, decoder = self.config, getattr(self.method, "decoder", None)
+        if decoder is not None:
+            if decoder.mode == "shared":
+                # The base model is the decoder and RL changes it: score with a frozen copy instead.
+                decoder = StepDecoder(copy.deepcopy(self.lm).requires_grad_(False), "shared")
+            else:
+                decoder.model.requires_grad_(False)
+        c = self.method.config.c_thought
+        return RewardContext(self.lm, decoder, c, cfg.coherence_max_tokens, cfg.coherence_empty)
+
+    def _reference_policy(self) -> LatentPolicy:
+        """A frozen copy of the starting policy for the KL term (costs one more copy of the model)."""
+        ref_lm = copy.deepcopy(self.lm).requires_grad_(False)
+        ref_method = type(self.method)(self.method.config)
+        ref_method.prepare(ref_lm)
+        cfg = self.config
+        return LatentPolicy(
+            ref_lm, ref_method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
+        )
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        trainable = [p for p in self.lm.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": self.config.weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(
+            groups, lr=self.config.learning_rate, betas=(self.config.adam_beta1, self.config.adam_beta2)
+        )
+
+    # --- the loop -------------------------------------------------------------------------------
+    def train(self) -> RLResult:
+        cfg, acc = self.config, self.accelerator
+        resume = resolve_resume(self.output_dir, cfg.resume_from_checkpoint)
+        existing = self.output_dir.is_dir() and any(self.output_dir.iterdir())
+        if acc.is_main_process and existing and resume is None and not cfg.overwrite_output_dir:
+            raise UserError(
+                f"output_dir {self.output_dir} is not empty; pass resume_from_checkpoint=auto to continue it "
+                f"or overwrite_output_dir=true to train into it anyway"
+            )
+        set_seed(cfg.seed)
+        self.lm.eval()  # no dropout: sampled and recomputed log-probs must agree
+        optimizer = self._optimizer()
+        total_updates = self.total_steps * self.updates_per_step
+        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, total_updates)
+        module, optimizer = acc.prepare(PolicyLossModule(self.lm, self.policy, cfg), optimizer)
+        state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
+        if resume is not None:
+            state = load_training_state(resume, optimizer.optimizer, scheduler)
+            acc.print(f"resumed from {resume} at step {state['global_step']}")
+        if cfg.report_to != "none":
+            acc.init_trackers("latentreason-rl", config=asdict(cfg))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.output_dir / "log.jsonl"
+        bar = tqdm(
+            total=self.total_steps,
+            initial=state["global_step"],
+            desc="rl atp",
+            disable=not (self.progress and acc.is_main_process),
+            dynamic_ncols=True,
+        )
+        metrics: dict = {}
+        step, epoch, step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
+        while step < self.total_steps:
+            order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+            while step_in_epoch < self.steps_per_epoch and step < self.total_steps:
+                first = step_in_epoch * cfg.questions_per_step + acc.process_index * self.local_questions
+                questions = [self.train_set[i] for i in order[first : first + self.local_questions].tolist()]
+                metrics = self.rl_step(module, optimizer, scheduler, questions, step)
+                step, step_in_epoch = step + 1, step_in_epoch + 1
+                metrics = {"step": step, "epoch": epoch, **metrics, "lr": scheduler.get_last_lr()[0]}
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward']:.3f}", latents=f"{metrics['latents/mean_active']:.1f}")
+                if step % cfg.logging_steps == 0 or step == self.total_steps:
+                    self._log(metrics, log_path, step)
+                if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
+                    self._evaluate(step, log_path)
+                if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
+                    self._save(
+                        optimizer, scheduler, {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch}
+                    )
+            if step_in_epoch >= self.steps_per_epoch:
+                epoch, step_in_epoch = epoch + 1, 0
+        bar.close()
+        self._save(optimizer, scheduler, {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch})
+        final_dir = self._save_final()
+        result = self._evaluate(step, log_path) if self.held_out else None
+        acc.end_training()
+        return RLResult(final_dir, step, metrics, result)
+
+    def rl_step(self, module, optimizer, scheduler, questions: list[Problem], step: int) -> dict:
+        """Sample, score and update on one rollout batch; returns its metrics (phase times included)."""
+        cfg, acc, lm = self.config, self.accelerator, self.lm
+        seed = cfg.seed * 1_000_003 + step * acc.num_processes + acc.process_index
+        generator = torch.Generator(device=lm.device).manual_seed(seed)
+        began = time.perf_counter()
+        problems = [q for q in questions for _ in range(cfg.num_generations)]  # groups are consecutive
+        prompts = [encode_problem(lm.tokenizer, p).prompt + [lm.bot_id] for p in problems]
+        rollouts = self.policy.sample(prompts, generator)
+        sampled = time.perf_counter()
+        texts = lm.tokenizer.batch_decode(rollouts.tokens.cpu(), skip_special_tokens=True)
+        completions = [
+            Completion(text, rollouts.thoughts[i, : int(n)], cfg.answer_mode)
+            for i, (text, n) in enumerate(zip(texts, rollouts.num_latents.tolist()))
+        ]
+        scores = {name: fn(problems, completions) for name, fn in self.rewards.items()}
+        rewards = combine(scores, self.weights, cfg.coherence_gate)  # [B]
+        advantages = group_advantages(rewards, cfg.num_generations, scale=cfg.scale_rewards).to(lm.device)  # [B]
+        ref_logp = None
+        if self.ref_policy is not None:
+            with torch.no_grad():
+                ref_logp = self.ref_policy.logprobs(rollouts).flat()  # [B, A]
+        scored = time.perf_counter()
+        update_stats = self._updates(module, optimizer, scheduler, rollouts, advantages, ref_logp, step)
+        updated = time.perf_counter()
+        grouped = rewards.view(-1, cfg.num_generations)  # [Q, G]
+        fed = torch.arange(rollouts.thoughts.shape[1], device=lm.device)[None] < rollouts.num_latents[:, None]  # [B, R]
+        norms = rollouts.thoughts.norm(dim=-1)[fed]
+        metrics = {
+            "reward": float(rewards.mean()),
+            "reward_std": float(grouped.std(1).mean()),
+            "frac_reward_zero_std": float((grouped.std(1) < 1e-6).float().mean()),
+            **{f"rewards/{name}/mean": sum(v) / len(v) for name, v in scores.items()},
+            **update_stats,
+            "latents/mean_active": float(rollouts.num_latents.float().mean()),
+            "latents/norm": float(norms.mean()) if norms.numel() else 0.0,
+            "completions/mean_length": float(rollouts.lengths.float().mean()),
+            "time/rollout_s": sampled - began,
+            "time/score_s": scored - sampled,
+            "time/update_s": updated - scored,
+        }
+        return self._mean_over_processes(metrics)
+
+    def _updates(self, module, optimizer, scheduler, rollouts, advantages, ref_logp, step) -> dict:
+        cfg, acc = self.config, self.accelerator
+        total = advantages.shape[0]
+        sums: dict[str, float] = {}
+        micro_batches, norms = 0, []
+        shuffle = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+        for _ in range(cfg.num_iterations):
+            order = torch.randperm(total, generator=shuffle)
+            per_update = self.micro * cfg.gradient_accumulation_steps
+            for start in range(0, total, per_update):
+                chunk = order[start : start + per_update]
+                for m in range(cfg.gradient_accumulation_steps):
+                    rows = chunk[m * self.micro : (m + 1) * self.micro].to(advantages.device)
+                    sync = contextlib.nullcontext() if m == cfg.gradient_accumulation_steps - 1 else acc.no_sync(module)
+                    with sync:
+                        out = module(
+                            rollouts.select(rows), advantages[rows], ref_logp[rows] if ref_logp is not None else None
+                        )
+                        acc.backward(out.loss / cfg.gradient_accumulation_steps)
+                    for key, value in {"loss": float(out.loss.detach()), **out.stats}.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    micro_batches += 1
+                if cfg.max_grad_norm > 0:
+                    norms.append(float(acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        stats = {k: v / micro_batches for k, v in sums.items()}
+        if norms:
+            stats["grad_norm"] = sum(norms) / len(norms)
+        return stats
+
+    # --- side effects ---------------------------------------------------------------------------
+    def _mean_over_processes(self, metrics: dict) -> dict:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return metrics
+        keys = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in keys], device=acc.device)
+        return dict(zip(keys, acc.reduce(values, reduction="mean").tolist()))
+
+    def _log(self, metrics: dict, log_path: Path, step: int) -> None:
+        if self.accelerator.is_main_process:
+            append_log(log_path, metrics)
+        if self.config.report_to != "none":
+            self.accelerator.log(metrics, step=step)
+
+    def _evaluate(self, step: int, log_path: Path) -> EvalResult | None:
+        acc, cfg = self.accelerator, self.config
+        result = None
+        if acc.is_main_process and self.held_out:
+            result = evaluate(
+                self.method.solver(self.lm),
+                self.held_out,
+                cfg.dataset,
+                cfg.eval_batch_size,
+                cfg.answer_mode,
+                progress=self.progress,
+            )
+            self._log(
+                {"step": step, "eval_accuracy": result.accuracy, "eval_latent_tokens": result.latent_tokens},
+                log_path,
+                step,
+            )
+            acc.print(f"step {step}: held-out accuracy {result.accuracy:.1%}, {result.latent_tokens:.1f} latents")
+        acc.wait_for_everyone()
+        return result
+
+    def _save(self, optimizer, scheduler, state: dict) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(
+                self.output_dir,
+                state["global_step"],
+                self.lm,
+                optimizer.optimizer,
+                scheduler,
+                state,
+                self.config.save_total_limit,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _save_final(self) -> Path:
+        if self.accelerator.is_main_process:
+            save_final(self.lm, self.output_dir)
+        self.accelerator.wait_for_everyone()
+        return self.output_dir / "final"

@@ -1,0 +1,23 @@
+"""What every trainer writes besides checkpoints: the final model (atomically) and the metrics log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+
+def save_final(lm, output_dir: Path) -> Path:
+    """Write `output_dir/final` through a temporary directory, so it is either complete or absent."""
+    final, tmp = output_dir / "final", output_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def append_log(log_path: Path, metrics: dict) -> None:
+    with log_path.open("a") as fh:
+        fh.write(json.dumps(metrics) + "\n")

@@ -1,0 +1,220 @@
+"""The GRPO trainer: it runs, logs TRL's metric names, moves the policy the right way, resumes exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from latentreason.cli import main
+from latentreason.errors import ConfigError, UserError
+from latentreason.methods.atp import ATPConfig, ATPLatent
+from latentreason.rl.config import RLConfig
+from latentreason.rl.rewards import register_reward
+from latentreason.rl.run import run_rl
+from tests.helpers import build_tiny_lm
+
+
+@register_reward("test_short_plan")
+def short_plan(context):
+    """A reward that varies within every group of an untrained model: fewer latents are better."""
+    return lambda problems, completions: [-float(c.num_latents) for c in completions]
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory):
+    """A saved (untrained) ATP-Latent model, as `latentreason train --method atp` would leave it."""
+    lm = build_tiny_lm("llama", seed=2)
+    config = ATPConfig(c_thought=1, max_latent_stage=3, step_decoder="small", step_decoder_layers=1, max_new_tokens=8)
+    torch.manual_seed(0)
+    ATPLatent(config).prepare(lm)
+    lm.meta = {"method": "atp", "method_config": dataclasses.asdict(config)}
+    path = tmp_path_factory.mktemp("atp") / "final"
+    lm.save_pretrained(path)
+    return path
+
+
+def rl_config(sft_model, output_dir, **overrides) -> RLConfig:
+    values = dict(
+        model_name_or_path=str(sft_model),
+        dataset="synthetic:chain",
+        dataset_params={"num_steps": 2},
+        num_train_examples=32,
+        num_eval_examples=8,
+        output_dir=str(output_dir),
+        questions_per_step=4,
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_completion_length=6,
+        max_new_tokens=8,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        max_steps=2,
+        seed=3,
+    )
+    values.update(overrides)
+    return RLConfig(**values)
+
+
+def test_rl_runs_and_logs_trl_and_latent_metrics(tmp_path, sft_model):
+    result = run_rl(rl_config(sft_model, tmp_path / "rl"), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "rl" / "log.jsonl").read_text().splitlines()]
+    steps = [row for row in log if "reward" in row]
+    assert [row["step"] for row in steps] == [1, 2]
+    for key in (
+        "reward",
+        "reward_std",
+        "rewards/accuracy/mean",
+        "rewards/format/mean",
+        "rewards/coherence/mean",
+        "frac_reward_zero_std",
+        "kl",
+        "clip_ratio/region_mean",
+        "log_ratio/clamped_frac",
+        "latents/mean_active",
+        "latents/norm",
+        "grad_norm",
+        "time/rollout_s",
+    ):
+        assert key in steps[0], key
+    assert 0 <= steps[0]["latents/mean_active"] <= 3
+    meta = json.loads((result.final_dir / "latentreason.json").read_text())
+    assert meta["method"] == "atp" and meta["rl_config"]["num_generations"] == 4
+    assert meta["method_config"]["c_thought"] == 1  # evaluation rebuilds the SFT solver settings
+    assert result.eval is not None and result.eval.n > 0
+    # Only the policy moved: the step decoder is frozen.
+    before, after = (
+        load_file(str(sft_model / "heads.safetensors")),
+        load_file(str(result.final_dir / "heads.safetensors")),
+    )
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"latent_head", "stop_head"}
+    assert not torch.equal(
+        load_file(str(sft_model / "model.safetensors"))["model.embed_tokens.weight"],
+        load_file(str(result.final_dir / "model.safetensors"))["model.embed_tokens.weight"],
+    )
+
+
+def test_one_update_raises_the_log_prob_of_rollouts_with_positive_advantage(tmp_path, sft_model):
+    from latentreason.layout import encode_problem
+    from latentreason.methods.saved import method_for
+    from latentreason.model.latent_lm import LatentLM
+    from latentreason.rl.grpo import clipped_policy_loss
+    from latentreason.rl.policy import LatentPolicy
+    from tests.helpers import chain_problems
+
+    lm = LatentLM.from_pretrained(sft_model).eval()
+    method = method_for(lm, "test")
+    method.prepare(lm)
+    policy = LatentPolicy(lm, method, max_completion_length=6)
+    prompts = [encode_problem(lm.tokenizer, p).prompt + [lm.bot_id] for p in chain_problems(8, seed=1)]
+    batch = policy.sample(prompts, torch.Generator().manual_seed(0))
+    advantages = torch.tensor([1.0, -1.0] * 4)
+    optimizer = torch.optim.SGD([p for p in lm.parameters() if p.requires_grad], lr=1e-2)
+    for loss_type in ("sequence-ratio", "token-mean"):
+        new = policy.logprobs(batch)
+        out = clipped_policy_loss(new.flat(), batch.old.flat(), batch.action_mask, advantages, loss_type=loss_type)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        moved = (policy.logprobs(batch).flat() - batch.old.flat()).masked_fill(~batch.action_mask, 0).sum(1)  # [B]
+    assert (moved * advantages).sum() > 0
+    assert moved[advantages > 0].mean() > moved[advantages < 0].mean()
+
+
+def test_resumed_rl_run_ends_with_the_same_weights(tmp_path, sft_model):
+    whole = run_rl(rl_config(sft_model, tmp_path / "whole", max_steps=3, num_eval_examples=0), progress=False)
+    first = rl_config(sft_model, tmp_path / "split", max_steps=2, num_eval_examples=0)
+    run_rl(first, progress=False)
+    resumed = run_rl(dataclasses.replace(first, max_steps=3, resume_from_checkpoint="auto"), progress=False)
+    a, b = (
+        load_file(str(whole.final_dir / "model.safetensors")),
+        load_file(str(resumed.final_dir / "model.safetensors")),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log if "reward" in row] == [1, 2, 3]
+
+
+def test_kl_to_the_starting_policy_is_zero_at_the_start_and_grows(tmp_path, sft_model):
+    cfg = rl_config(
+        sft_model,
+        tmp_path / "kl",
+        beta=0.04,
+        num_eval_examples=0,
+        max_steps=2,
+        per_device_train_batch_size=16,
+        learning_rate=3e-2,
+        reward_funcs=["test_short_plan"],
+        reward_weights=[1.0],
+    )
+    run_rl(cfg, progress=False)  # one update per step: the first sees the starting policy
+    log = [json.loads(line) for line in (tmp_path / "kl" / "log.jsonl").read_text().splitlines()]
+    kls = [row["kl"] for row in log if "kl" in row]
+    assert abs(kls[0]) < 1e-6 and kls[1] > 1e-4
+
+
+def test_rl_learns_what_the_reward_asks(tmp_path, sft_model):
+    cfg = rl_config(
+        sft_model,
+        tmp_path / "short",
+        reward_funcs=["test_short_plan"],
+        reward_weights=[1.0],
+        learning_rate=1e-2,
+        max_steps=8,
+        num_eval_examples=0,
+    )
+    run_rl(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "short" / "log.jsonl").read_text().splitlines()]
+    latents = [row["latents/mean_active"] for row in log if "reward" in row]
+    assert sum(latents[-2:]) / 2 < 0.5 * sum(latents[:2]) / 2
+
+
+def test_bad_settings_are_refused(tmp_path, sft_model):
+    with pytest.raises(ConfigError, match="reward_weights"):
+        rl_config(sft_model, tmp_path, reward_weights=[1.0])
+    with pytest.raises(ConfigError, match="num_generations"):
+        rl_config(sft_model, tmp_path, num_generations=1)
+    with pytest.raises(UserError, match="do not split"):
+        run_rl(rl_config(sft_model, tmp_path / "split", per_device_train_batch_size=5), progress=False)
+
+
+def test_rl_refuses_a_model_without_latent_heads(tmp_path):
+    lm = build_tiny_lm("llama")
+    lm.meta = {"method": "cot"}
+    lm.save_pretrained(tmp_path / "cot")
+    with pytest.raises(UserError, match="ATP-Latent"):
+        run_rl(rl_config(tmp_path / "cot", tmp_path / "rl"), progress=False)
+
+
+def test_rl_command_line(tmp_path, sft_model, capsys):
+    code = main(
+        [
+            "rl",
+            "--config",
+            "atp-rl-tiny",
+            "--model_name_or_path",
+            str(sft_model),
+            "--output_dir",
+            str(tmp_path / "cli"),
+            "--max_steps",
+            "1",
+            "--questions_per_step",
+            "2",
+            "--num_generations",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--num_train_examples",
+            "16",
+            "--num_eval_examples",
+            "4",
+        ]
+    )
+    assert code == 0
+    assert "final model" in capsys.readouterr().out
+    assert main(["rl", "--config", "atp-rl-tiny", "--loss_type", "avg"]) == 2
