@@ -14,6 +14,7 @@ from pathlib import Path
 from latentreason.errors import UserError
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+RL_METHOD = "atp-rl"  # the `method:` of RL recipes, which `latentreason rl` runs
 
 
 def resolve_config_path(value: str | None) -> Path | None:
@@ -43,6 +44,8 @@ def cmd_train(argv: list[str]) -> int:
     known, _ = pre.parse_known_args(argv)
     config_path = resolve_config_path(known.config)
     method_name = known.method or (read_yaml(config_path).get("method") if config_path else None) or "cot"
+    if method_name == RL_METHOD:
+        raise UserError(f"{known.config or '--method'} is a reinforcement-learning recipe: run `latentreason rl`")
     method_cls = get_method(method_name)
     parser = argparse.ArgumentParser(
         prog="latentreason train", description="Train a model with one method.", allow_abbrev=False
@@ -265,13 +268,21 @@ def cmd_inspect(argv: list[str]) -> int:
 
 # --- bench -------------------------------------------------------------------------------------
 def cmd_bench(argv: list[str]) -> int:
-    from latentreason.bench.engine import EngineBenchConfig, run_engine_bench
-
     parser = argparse.ArgumentParser(prog="latentreason bench", description="Speed and memory benchmarks.")
-    parser.add_argument("suite", choices=("engine",), help="engine: the latent training pass and rollout")
+    parser.add_argument(
+        "suite", choices=("engine", "rl"), help="engine: the latent training pass and rollout; rl: one GRPO step"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="a tiny model and batch: checks the benchmark runs")
     args = parser.parse_args(argv)
+    if args.suite == "rl":
+        from latentreason.bench.rl import RLBenchConfig, run_rl_bench
+
+        quick = dict(hidden_size=32, num_hidden_layers=1, questions=2, generations=2, minibatch=2, max_latent_stage=2)
+        run_rl_bench(RLBenchConfig(**quick) if args.quick else RLBenchConfig(), args.device)
+        return 0
+    from latentreason.bench.engine import EngineBenchConfig, run_engine_bench
+
     cfg = EngineBenchConfig()
     if args.quick:
         cfg = EngineBenchConfig(

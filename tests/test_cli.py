@@ -401,3 +401,11 @@ def test_bench_engine_quick_prints_the_figures_as_json_last(capsys):
     figures = json.loads(last)
     for key in ("train_ratio_2", "train_ratio_4", "rollout_ratio_floor", "rollout_speedup_oracle", "rollout_mem_mb"):
         assert figures[key] > 0, key
+
+
+def test_bench_rl_quick_prints_the_phases_and_speed_up_as_json_last(capsys):
+    assert cli.main(["bench", "rl", "--quick", "--device", "cpu"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("step_rollout_s", "step_score_s", "step_update_s", "rollouts_per_s_batched", "rollout_speedup_loop"):
+        assert figures[key] > 0, key
+    assert figures["latents_per_rollout"] == 4  # the stop head never stops: max_latent_stage 2 x c_thought 2

@@ -218,3 +218,8 @@ def test_rl_command_line(tmp_path, sft_model, capsys):
     assert code == 0
     assert "final model" in capsys.readouterr().out
     assert main(["rl", "--config", "atp-rl-tiny", "--loss_type", "avg"]) == 2
+
+
+def test_train_refuses_an_rl_recipe_with_a_pointer_to_rl(capsys):
+    assert main(["train", "--config", "atp-rl-tiny"]) == 2
+    assert "latentreason rl" in capsys.readouterr().err

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from latentreason.cli import SHIPPED_CONFIGS, resolve_config_path
+from latentreason.cli import RL_METHOD, SHIPPED_CONFIGS, resolve_config_path
 from latentreason.config import load_config, read_yaml
 from latentreason.methods import get_method
+from latentreason.rl.config import RLConfig
+from latentreason.rl.run import run_rl
 from latentreason.training.run import run_training
 
 RECIPES = sorted(SHIPPED_CONFIGS.glob("*.yaml"))
@@ -25,6 +27,8 @@ def test_recipes_are_shipped():
         "cot-llama1b-gsm8k-aug",
         "no-cot-llama1b-gsm8k-aug",
         "coconut-llama1b-gsm8k-aug",
+        "atp-rl-tiny",
+        "atp-rl-llama1b-gsm8k-aug",
     } <= names
 
 
@@ -47,7 +51,17 @@ def test_recipe_runs_one_step_on_a_tiny_model(recipe: Path, tmp_path):
         "max_steps": 1,
         "output_dir": str(tmp_path / "run"),
     }
-    config = load_config(get_method(method).config_cls, recipe, overrides)
-    result = run_training(method, config, progress=False)
+    if method == RL_METHOD:
+        # RL starts from an ATP-Latent model: train one for a step, then run the recipe's settings on it.
+        sft = run_training("atp", load_config(get_method("atp").config_cls, None, overrides), progress=False)
+        rl_overrides = {k: v for k, v in overrides.items() if k not in ("tiny_model", "per_device_train_batch_size")}
+        rl_overrides.update(
+            model_name_or_path=str(sft.final_dir), output_dir=str(tmp_path / "rl"), questions_per_step=4
+        )
+        rl_overrides.update(num_generations=2, per_device_train_batch_size=4, max_completion_length=4)
+        result = run_rl(load_config(RLConfig, recipe, rl_overrides), progress=False)
+    else:
+        config = load_config(get_method(method).config_cls, recipe, overrides)
+        result = run_training(method, config, progress=False)
     assert result.global_step == 1
     assert (result.final_dir / "model.safetensors").is_file()

@@ -154,6 +154,16 @@ class RLTrainer:
             groups, lr=self.config.learning_rate, betas=(self.config.adam_beta1, self.config.adam_beta2)
         )
 
+    def setup(self):
+        """(module, optimizer, scheduler), prepared by accelerate; the model is put in eval mode."""
+        cfg = self.config
+        self.lm.eval()  # no dropout: sampled and recomputed log-probs must agree
+        optimizer = self._optimizer()
+        total_updates = self.total_steps * self.updates_per_step
+        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, total_updates)
+        module, optimizer = self.accelerator.prepare(PolicyLossModule(self.lm, self.policy, cfg), optimizer)
+        return module, optimizer, scheduler
+
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> RLResult:
         cfg, acc = self.config, self.accelerator
@@ -165,11 +175,7 @@ class RLTrainer:
                 f"or overwrite_output_dir=true to train into it anyway"
             )
         set_seed(cfg.seed)
-        self.lm.eval()  # no dropout: sampled and recomputed log-probs must agree
-        optimizer = self._optimizer()
-        total_updates = self.total_steps * self.updates_per_step
-        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, total_updates)
-        module, optimizer = acc.prepare(PolicyLossModule(self.lm, self.policy, cfg), optimizer)
+        module, optimizer, scheduler = self.setup()
         state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
         if resume is not None:
             state = load_training_state(resume, optimizer.optimizer, scheduler)
