@@ -5,7 +5,8 @@ Task: chains of single-digit operations modulo 10 ('7 + 5 - 3 * 8' -> '<<7+5=2>>
 occur in training. Each row trains with the shipped recipe `<method>-tiny.yaml` (the same files
 `latentreason train --config cot-tiny` uses): CoT-SFT and No-CoT from the same from-scratch
 initialisation for the same number of steps; latent methods start from the CoT-SFT checkpoint, as
-the papers do, so CoT is trained once.
+the papers do, so CoT is trained once; ATP-Latent SFT+RL is GRPO (`atp-rl-tiny.yaml`) on the ATP-Latent
+SFT model.
 """
 
 from __future__ import annotations
@@ -14,27 +15,31 @@ import shutil
 import time
 from pathlib import Path
 
-from latentreason.cli import SHIPPED_CONFIGS
+from latentreason.cli import RL_METHOD, SHIPPED_CONFIGS
 from latentreason.config import load_config
 from latentreason.data.sources import held_out_from, load_problems
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import evaluate
 from latentreason.evaluation.report import markdown_table, write_report
 from latentreason.methods import get_method
+from latentreason.methods.saved import method_for
 from latentreason.model.latent_lm import LatentLM
+from latentreason.rl.config import RLConfig
+from latentreason.rl.run import run_rl
 from latentreason.training.run import run_training
 
-# Row -> does it start from the CoT-SFT checkpoint?
+# Row -> the row whose final model it starts from (None: a fresh tiny model). `atp-rl` is GRPO on ATP-Latent SFT.
 ROWS = {
-    "cot": False,
-    "no-cot": False,
-    "icot": True,
-    "coconut": True,
-    "pause": True,
-    "codi": True,
-    "pccot": True,
-    "simcot": True,
-    "atp": True,
+    "cot": None,
+    "no-cot": None,
+    "icot": "cot",
+    "coconut": "cot",
+    "pause": "cot",
+    "codi": "cot",
+    "pccot": "cot",
+    "simcot": "cot",
+    "atp": "cot",
+    "atp-rl": "atp",
 }
 TEST_TASK = {"num_steps": 3, "ops": "+-*", "modulus": 10}
 NUM_TEST = 500
@@ -47,14 +52,19 @@ QUICK = {
     "warmup_steps": 1,
 }
 QUICK_NUM_TEST = 64
+QUICK_RL = {"max_steps": 2, "questions_per_step": 4, "num_generations": 4, "per_device_train_batch_size": 16}
 
 
-def row_config(method: str, output_dir: Path, cot_checkpoint: Path | None, quick: bool):
+def row_config(method: str, output_dir: Path, start: Path | None, quick: bool):
     overrides = {"output_dir": str(output_dir / "runs" / method), "num_eval_examples": 0}
-    if cot_checkpoint is not None:
-        overrides["model_name_or_path"] = str(cot_checkpoint)
+    if start is not None:
+        overrides["model_name_or_path"] = str(start)
+    if method == RL_METHOD:
+        return load_config(
+            RLConfig, SHIPPED_CONFIGS / f"{method}-tiny.yaml", {**overrides, **(QUICK_RL if quick else {})}
+        )
     if quick:
-        overrides.update({k: v for k, v in QUICK.items() if k != "tiny_model" or cot_checkpoint is None})
+        overrides.update({k: v for k, v in QUICK.items() if k != "tiny_model" or start is None})
     return load_config(get_method(method).config_cls, SHIPPED_CONFIGS / f"{method}-tiny.yaml", overrides)
 
 
@@ -89,16 +99,17 @@ def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, overwr
         f"{len(test)} held-out 3-step test problems"
     )
     print(f"example: {train[0].question}  ->  {train[0].cot}  ### {train[0].answer}")
-    results, timings, cot_final = [], {}, None
-    for method, from_cot in ROWS.items():
-        config = row_config(method, out, cot_final if from_cot else None, quick)
-        start = time.perf_counter()
-        run = run_training(method, config)
-        timings[f"train_{method}_s"] = round(time.perf_counter() - start, 1)
-        if method == "cot":
-            cot_final = run.final_dir
+    results, timings, finals = [], {}, {}
+    for method, start in ROWS.items():
+        config = row_config(method, out, finals.get(start), quick)
+        began_row = time.perf_counter()
+        run = run_rl(config, progress=True) if method == RL_METHOD else run_training(method, config)
+        timings[f"train_{method}_s"] = round(time.perf_counter() - began_row, 1)
+        finals[method] = run.final_dir
         lm = LatentLM.from_pretrained(run.final_dir).eval()
-        results.append(evaluate(get_method(method)(config).solver(lm), test, "chain-3step (held-out)", 250))
+        solver = method_for(lm, str(run.final_dir)).solver(lm)
+        solver.name = method
+        results.append(evaluate(solver, test, "chain-3step (held-out)", 250))
     timings["total_s"] = round(time.perf_counter() - began, 1)
     paths = write_report(results, out, {"test_task": TEST_TASK, "quick": quick, "timings": timings})
     print("\n" + markdown_table(results))

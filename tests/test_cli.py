@@ -337,7 +337,8 @@ def test_demo_quick_writes_results_and_refuses_to_overwrite(capsys, tmp_path, sm
     payload = json.loads((out / "results.json").read_text())
     assert payload["quick"] is True
     results = payload["results"]
-    assert [r["method"] for r in results] == ["cot", "no-cot", "icot", "coconut", "simcot", "atp"]
+    assert [r["method"] for r in results] == list(demo.ROWS)
+    assert {"cot", "no-cot", "icot", "coconut", "simcot", "atp", "atp-rl"} <= set(demo.ROWS)
     assert results[0]["n"] == results[1]["n"] > 0
     assert "| method | benchmark |" in stdout
     assert "| cot | chain-3step (held-out) |" in stdout and "| no-cot | chain-3step (held-out) |" in stdout

@@ -103,7 +103,8 @@ def run_rl_bench(cfg: RLBenchConfig | None = None, device: str | None = None, ou
     }
     figures["rollout_speedup_loop"] = figures["rollouts_per_s_batched"] / figures["rollouts_per_s_loop"]
     print(
-        f"RL benchmark on {device} ({figures['threads']} threads), Llama d={cfg.hidden_size} L={cfg.num_hidden_layers}; "
+        f"RL benchmark on {device} ({figures['threads']} threads), "
+        f"Llama d={cfg.hidden_size} L={cfg.num_hidden_layers}; "
         f"{cfg.questions} questions x {cfg.generations} rollouts, {latents:.0f} latents and up to "
         f"{cfg.answer_tokens} answer tokens each, updates of {cfg.minibatch} rollouts"
     )
