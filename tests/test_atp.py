@@ -173,3 +173,12 @@ def test_small_step_decoder_copies_the_first_layers_of_the_base_model():
     assert set(copied) < set(base)
     for name, tensor in copied.items():
         assert torch.equal(tensor, base[name]), name
+
+
+def test_stage_zero_has_no_stop_decisions_and_a_finite_loss():
+    lm = build_tiny_lm("llama")
+    method = ATPLatent(ATPConfig(c_thought=2, max_latent_stage=2, step_decoder="shared"))
+    method.prepare(lm)
+    method.stage = 0  # the CoT stage of the curriculum: no latent slots at all
+    total, metrics = method.loss(lm, method.collate(lm, generate_chain(4, seed=2, num_steps=2)))
+    assert torch.isfinite(total) and metrics["stop_ce"] == 0.0

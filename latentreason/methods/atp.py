@@ -94,6 +94,8 @@ class ATPLatent(StepSupervised):
         # text continues there instead, and after the last allowed group thinking ends anyway.
         ends = latent_batch.extras["all_steps_latent"][:, None] & (used < self.config.max_latent_stage)  # [B, 1]
         labels = torch.where((group == used) & ends, STOP, labels)
+        if not (labels != IGNORE).any():  # stage 0 (no latents): nothing to decide; CE of nothing is NaN
+            return logits.sum() * 0.0
         return F.cross_entropy(logits.reshape(-1, 2).float(), labels.reshape(-1), ignore_index=IGNORE)
 
     def loss(self, lm, batch):
