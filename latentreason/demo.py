@@ -37,6 +37,7 @@ ROWS = {
     "pause": "cot",
     "codi": "cot",
     "pccot": "cot",
+    "colar": "cot",
     "simcot": "cot",
     "atp": "cot",
     "atp-rl": "atp",

@@ -35,11 +35,13 @@ class LatentSolver:
     @torch.no_grad()
     def solve(self, problems: list[Problem]) -> list[Solution]:
         lm = self.lm
-        prompts = [encode_problem(lm.tokenizer, p).prompt + [lm.bot_id] for p in problems]
-        out = self.rollout(prompts)
+        out = self.rollout(self.prompts(problems))
         texts = lm.tokenizer.batch_decode(out.tokens.cpu(), skip_special_tokens=True)
         latents = out.num_latents.tolist()
         return [Solution(t, count_reasoning_tokens(lm.tokenizer, t), k) for t, k in zip(texts, latents)]
+
+    def prompts(self, problems: list[Problem]) -> list[list[int]]:
+        return [encode_problem(self.lm.tokenizer, p).prompt + [self.lm.bot_id] for p in problems]
 
     def rollout(self, prompts: list[list[int]]):
         return latent_rollout(
