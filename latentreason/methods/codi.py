@@ -77,7 +77,7 @@ def distillation_loss(
     teacher = torch.stack([h[rows, teacher_at] for h in teacher_layers]).detach().float()  # [layers, B, d]
     per_layer = F.smooth_l1_loss(student, teacher, reduction="none").mean(dim=(1, 2))  # [layers]
     if divide_std:
-        per_layer = per_layer / teacher.flatten(1).std(dim=1)
+        per_layer = per_layer / teacher.flatten(1).std(dim=1).clamp(min=1e-6)  # a constant layer must not give inf
     return per_layer.mean()
 
 

@@ -189,9 +189,6 @@ class CoLaR(Method):
             lm, self.thought_map(lm), self.controller(lm), cfg.max_latents, cfg.max_new_tokens, cfg.compression_factor
         )
 
-    def batch_tokens(self, batch) -> int:
-        return int(batch["attention_mask"].sum())
-
 
 class CoLaRSolver(LatentSolver):
     """The latent rollout from `question (speed r) <bot>`; each row thinks until it predicts <eot>."""
