@@ -130,3 +130,34 @@ def test_rollout_stops_early_when_all_rows_stop():
     out = latent_rollout(lm, prefixes, counting, fixed_latents(torch.tensor([1, 2, 0])), 20, 3)
     assert out.num_latents.tolist() == [1, 2, 0]
     assert max(calls) == 2  # slot 2 is where every row has stopped: the loop ends there, not at 20
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("capacity", [None, 4])  # None: the pass's own capacity hint; 4: forces regrowth
+def test_append_cache_gives_the_concatenating_cache_gradients(model_type, capacity, monkeypatch):
+    from transformers import DynamicCache
+
+    from latentreason.engine import latent_pass
+    from latentreason.engine.cache import training_cache
+    from latentreason.engine.loss import next_token_loss
+
+    lm = tiny_lm(model_type)
+    prefixes, counts, suffixes = rows(lm)
+    batch = build_latent_batch(prefixes, counts, suffixes, [[IGNORE] + s[1:] for s in suffixes], lm.pad_id)
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+
+    def grads():
+        out = latent_forward(lm, batch, scaled)
+        loss = next_token_loss(lm, out.suffix_hidden, batch.suffix_labels)[0] + out.latent_hidden.pow(2).mean()
+        return [loss.detach(), *torch.autograd.grad(loss, params, allow_unused=True)]
+
+    if capacity is not None:
+        monkeypatch.setattr(latent_pass, "training_cache", lambda config, hint: training_cache(config, capacity))
+    appended = grads()
+    monkeypatch.setattr(latent_pass, "training_cache", lambda config, hint: DynamicCache(config=config))
+    concatenated = grads()
+    for got, want in zip(appended, concatenated):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -1,10 +1,15 @@
-"""A KV cache for inference that writes new keys/values in place instead of concatenating.
+"""KV caches that write new keys/values into a buffer instead of concatenating the whole cache.
 
 transformers' DynamicLayer concatenates the whole cache at every step; with one call per latent and per
 answer token that copy dominated the rollout's time on CPU (~70% in a profile). Here each layer keeps
-a buffer that doubles when full and hands attention a view of its filled part. In-place writes would
-corrupt tensors autograd saved for backward, so this cache is used only when gradients are off; the
-training pass keeps the concatenating cache.
+a buffer and hands attention a view of its filled part.
+  inference_cache  for no-grad decoding: plain in-place writes, the buffer doubles when full.
+  training_cache   for the teacher-forced latent pass: writes go through `_Append`, an autograd function
+                   whose backward routes each position's gradient to the call that wrote it. Every view
+                   attention saves for backward aliases one buffer (memory O(L), not O(latents x L)), and
+                   later writes land beyond every saved view, so saved values never change. Writes use
+                   `.data` aliases, which keep their own version counters, so autograd's in-place check
+                   does not fire on positions it never saved.
 """
 
 from __future__ import annotations
@@ -47,6 +52,59 @@ class GrowableLayer(DynamicLayer):
             return
         self._filled -= min(abs(tokens_to_remove), self._filled)
         self.keys, self.values = self._k[..., : self._filled, :], self._v[..., : self._filled, :]
+
+
+class _Buffer:
+    """A growable [B, H, capacity, D] tensor, kept out of autograd's sight (passed as a plain object)."""
+
+    def __init__(self, like: torch.Tensor, capacity: int):
+        self.tensor = like.new_empty((*like.shape[:-2], capacity, like.shape[-1])).detach()
+
+
+class _Append(torch.autograd.Function):
+    """`cat([filled, new], -2)` as a view of `buffer`, where `filled` is the buffer's first positions."""
+
+    @staticmethod
+    def forward(ctx, filled: torch.Tensor, new: torch.Tensor, buffer: _Buffer) -> torch.Tensor:
+        start, end = filled.shape[-2], filled.shape[-2] + new.shape[-2]
+        buffer.tensor.data[..., start:end, :] = new
+        ctx.start = start
+        return buffer.tensor.data[..., :end, :]  # a fresh alias: its version counter is its own
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad[..., : ctx.start, :], grad[..., ctx.start :, :], None
+
+
+class AppendLayer(DynamicLayer):
+    """A cache layer for training: `update` appends through `_Append`; the buffer grows by doubling."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._kbuf, self._vbuf = _Buffer(key_states, self.capacity), _Buffer(value_states, self.capacity)
+            self.keys, self.values = key_states[..., :0, :], value_states[..., :0, :]  # [B, H, 0, D]
+        needed = self.keys.shape[-2] + key_states.shape[-2]
+        if needed > self._kbuf.tensor.shape[-2]:
+            # Move what is filled into a larger buffer, differentiably (rare: the capacity is a hint).
+            size = max(needed, 2 * self._kbuf.tensor.shape[-2])
+            self._kbuf, self._vbuf = _Buffer(key_states, size), _Buffer(value_states, size)
+            self.keys = _Append.apply(self.keys[..., :0, :], self.keys, self._kbuf)
+            self.values = _Append.apply(self.values[..., :0, :], self.values, self._vbuf)
+        self.keys = _Append.apply(self.keys, key_states, self._kbuf)
+        self.values = _Append.apply(self.values, value_states, self._vbuf)
+        return self.keys, self.values
+
+
+def training_cache(config, capacity: int) -> DynamicCache:
+    """A DynamicCache for a grad-enabled pass of about `capacity` positions (sliding layers left as they are)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [AppendLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 def inference_cache(config) -> DynamicCache:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from latentreason.engine.batch import IGNORE
+from latentreason.engine.cache import training_cache
 from latentreason.engine.decode import forward_step, new_cache
 
 
@@ -102,7 +103,8 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
     """
     n = batch.max_latents
     slot_mask = batch.slot_mask()  # [B, N]
-    cache = new_cache(lm)
+    total = batch.prefix_ids.shape[1] + n + batch.suffix_ids.shape[1]
+    cache = training_cache(lm.model.config, total) if torch.is_grad_enabled() else new_cache(lm)
     mask = batch.prefix_mask
     last = forward_step(lm, cache, mask, input_ids=batch.prefix_ids)[:, -1]  # [B, d] hidden at <bot>
     bot_hidden = last
