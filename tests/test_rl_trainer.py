@@ -223,3 +223,22 @@ def test_rl_command_line(tmp_path, sft_model, capsys):
 def test_train_refuses_an_rl_recipe_with_a_pointer_to_rl(capsys):
     assert main(["train", "--config", "atp-rl-tiny"]) == 2
     assert "latentreason rl" in capsys.readouterr().err
+
+
+@register_reward("test_nan")
+def nan_reward(context):
+    return lambda problems, completions: [float("nan")] * len(completions)
+
+
+def test_non_finite_updates_are_skipped_and_too_many_in_a_row_stop_the_run(tmp_path, sft_model):
+    cfg = rl_config(sft_model, tmp_path / "nan", reward_funcs=["test_nan"], reward_weights=[1.0], max_steps=1)
+    result = run_rl(dataclasses.replace(cfg, max_nonfinite_steps=10), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["skipped_nonfinite"] == 2  # both updates of the step
+    before, after = (
+        load_file(str(sft_model / "model.safetensors")),
+        load_file(str(result.final_dir / "model.safetensors")),
+    )
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no NaN reached the weights
+    with pytest.raises(UserError, match="not finite for 2 steps in a row"):
+        run_rl(dataclasses.replace(cfg, output_dir=str(tmp_path / "stop"), max_nonfinite_steps=2), progress=False)

@@ -41,6 +41,7 @@ from latentreason.rl.grpo import clipped_policy_loss, group_advantages
 from latentreason.rl.policy import LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
 from latentreason.training.checkpoint import load_training_state, resolve_resume, save_checkpoint
+from latentreason.training.guards import NonFiniteGuard, advance_schedule
 from latentreason.training.outputs import append_log, save_final
 from latentreason.training.trainer import mixed_precision
 
@@ -162,6 +163,7 @@ class RLTrainer:
         total_updates = self.total_steps * self.updates_per_step
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, total_updates)
         module, optimizer = self.accelerator.prepare(PolicyLossModule(self.lm, self.policy, cfg), optimizer)
+        self.guard = NonFiniteGuard(cfg.max_nonfinite_steps, report=self.accelerator.print)
         return module, optimizer, scheduler
 
     # --- the loop -------------------------------------------------------------------------------
@@ -179,6 +181,7 @@ class RLTrainer:
         state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
         if resume is not None:
             state = load_training_state(resume, optimizer.optimizer, scheduler)
+            self.guard.skipped = state.get("skipped_nonfinite", 0)
             acc.print(f"resumed from {resume} at step {state['global_step']}")
         if cfg.report_to != "none":
             acc.init_trackers("latentreason-rl", config=asdict(cfg))
@@ -208,17 +211,23 @@ class RLTrainer:
                 if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
                     self._evaluate(step, log_path)
                 if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
-                    self._save(
-                        optimizer, scheduler, {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch}
-                    )
+                    self._save(optimizer, scheduler, self._state(step, epoch, step_in_epoch))
             if step_in_epoch >= self.steps_per_epoch:
                 epoch, step_in_epoch = epoch + 1, 0
         bar.close()
-        self._save(optimizer, scheduler, {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch})
+        self._save(optimizer, scheduler, self._state(step, epoch, step_in_epoch))
         final_dir = self._save_final()
         result = self._evaluate(step, log_path) if self.held_out else None
         acc.end_training()
         return RLResult(final_dir, step, metrics, result)
+
+    def _state(self, step: int, epoch: int, step_in_epoch: int) -> dict:
+        return {
+            "global_step": step,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "skipped_nonfinite": self.guard.skipped,
+        }
 
     def rl_step(self, module, optimizer, scheduler, questions: list[Problem], step: int) -> dict:
         """Sample, score and update on one rollout batch; returns its metrics (phase times included)."""
@@ -264,16 +273,18 @@ class RLTrainer:
         return self._mean_over_processes(metrics)
 
     def _updates(self, module, optimizer, scheduler, rollouts, advantages, ref_logp, step) -> dict:
+        """num_iterations passes of minibatch updates; a non-finite loss or gradient skips its update."""
         cfg, acc = self.config, self.accelerator
         total = advantages.shape[0]
+        per_update = self.micro * cfg.gradient_accumulation_steps
         sums: dict[str, float] = {}
         micro_batches, norms = 0, []
         shuffle = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
         for _ in range(cfg.num_iterations):
             order = torch.randperm(total, generator=shuffle)
-            per_update = self.micro * cfg.gradient_accumulation_steps
             for start in range(0, total, per_update):
                 chunk = order[start : start + per_update]
+                loss_sum = 0.0
                 for m in range(cfg.gradient_accumulation_steps):
                     rows = chunk[m * self.micro : (m + 1) * self.micro].to(advantages.device)
                     sync = contextlib.nullcontext() if m == cfg.gradient_accumulation_steps - 1 else acc.no_sync(module)
@@ -282,17 +293,22 @@ class RLTrainer:
                             rollouts.select(rows), advantages[rows], ref_logp[rows] if ref_logp is not None else None
                         )
                         acc.backward(out.loss / cfg.gradient_accumulation_steps)
+                    loss_sum += float(out.loss.detach()) / cfg.gradient_accumulation_steps
                     for key, value in {"loss": float(out.loss.detach()), **out.stats}.items():
                         sums[key] = sums.get(key, 0.0) + value
                     micro_batches += 1
-                if cfg.max_grad_norm > 0:
-                    norms.append(float(acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)))
-                optimizer.step()
-                scheduler.step()
+                # The mean over ranks, so every rank takes the same skip decision; clipping by inf measures only.
+                loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean"))
+                norm = float(acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm or math.inf))
+                if self.guard.check(loss, norm, step + 1):
+                    optimizer.step()
+                    norms.append(norm)
+                advance_schedule(scheduler)
                 optimizer.zero_grad(set_to_none=True)
         stats = {k: v / micro_batches for k, v in sums.items()}
         if norms:
             stats["grad_norm"] = sum(norms) / len(norms)
+        stats["skipped_nonfinite"] = self.guard.skipped
         return stats
 
     # --- side effects ---------------------------------------------------------------------------

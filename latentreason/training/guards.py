@@ -9,6 +9,7 @@ disk holds the parameters of the last finite update.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -55,3 +56,11 @@ class NonFiniteGuard:
             f"{at}non-finite loss {loss_value} or gradient norm {norm_value}: update skipped ({self.in_a_row} in a row)"
         )
         return False
+
+
+def advance_schedule(scheduler) -> None:
+    """scheduler.step() after an update, applied or skipped: the learning rate stays a function of the step."""
+    with warnings.catch_warnings():
+        # After a skipped first update torch warns that the schedule moved before the optimizer: intended.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        scheduler.step()
