@@ -65,3 +65,14 @@ def test_recipe_runs_one_step_on_a_tiny_model(recipe: Path, tmp_path):
         result = run_training(method, config, progress=False)
     assert result.global_step == 1
     assert (result.final_dir / "model.safetensors").is_file()
+
+
+def test_shipped_accelerate_ddp_config_loads():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    from latentreason.cli import SHIPPED_CONFIGS
+
+    config = load_config_from_file(str(SHIPPED_CONFIGS / "accelerate" / "ddp.yaml"))
+    assert config.distributed_type == DistributedType.MULTI_GPU
+    assert config.mixed_precision == "no"  # the recipe's bf16 field decides

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from accelerate import PartialState
-
 from latentreason.data.sources import load_train_and_held_out
 from latentreason.layout import encode_problem
 from latentreason.methods import get_method
 from latentreason.model.build import build_latent_lm
 from latentreason.model.latent_lm import LatentLM
 from latentreason.training.checkpoint import resolve_resume
+from latentreason.training.processes import say
 from latentreason.training.trainer import Trainer, TrainResult
 
 
@@ -24,7 +23,6 @@ def run_training(method_name: str, config, progress: bool = True, lm: LatentLM |
     """Train `method_name` as `config` says; a resumable checkpoint in output_dir takes precedence."""
     method = get_method(method_name)(config)
     train, held_out = load_train_and_held_out(config)
-    say = PartialState().print  # one message per run, not one per process
     resume = resolve_resume(Path(config.output_dir), config.resume_from_checkpoint, report=say)
     if resume is not None:
         lm = LatentLM.from_pretrained(resume)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -33,6 +33,7 @@ from latentreason.evaluation.harness import EvalResult, evaluate_sharded
 from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
 from latentreason.training.config import TrainConfig
 from latentreason.training.guards import NonFiniteGuard
+from latentreason.training.processes import multi_process_cpu
 
 
 class TrainingModule(nn.Module):
@@ -90,10 +91,18 @@ class Trainer:
         self.resume = resume
         cfg = config
         self.accelerator = Accelerator(
+            cpu=multi_process_cpu(),
             mixed_precision=mixed_precision(cfg.bf16),
             log_with=None if cfg.report_to == "none" else cfg.report_to,
             project_dir=cfg.output_dir,
         )
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            # Checkpoints save whole parameters from the main process and the guard owns the optimizer step;
+            # sharded parameters (FSDP) or DeepSpeed's own step would silently break both.
+            raise UserError(
+                f"{self.accelerator.distributed_type.value} is not supported by the training loop yet; "
+                "launch with DDP (latentreason/configs/accelerate/ddp.yaml or torchrun)"
+            )
         self.output_dir = Path(cfg.output_dir)
         world = self.accelerator.num_processes
         self.micro = cfg.per_device_train_batch_size
@@ -210,6 +219,7 @@ class Trainer:
         self._save(optimizer, scheduler, final_state)
         final_dir = self._save_final()
         result = self._evaluate(step, log_path)
+        acc.wait_for_everyone()  # a rank tearing down the process group while another still logs can hang
         acc.end_training()
         return TrainResult(final_dir, step, metrics, result)
 
