@@ -82,17 +82,20 @@ def timed(fn, repeats: int) -> float:
 
 
 def saved_bytes(fn) -> int:
-    """Bytes autograd keeps for backward while `fn` runs its forward (activation memory)."""
-    total = 0
+    """Bytes autograd keeps for backward while `fn` runs its forward (activation memory).
+
+    Counted per storage, so views of one buffer (the training cache's saved keys) count once.
+    """
+    storages: dict[int, int] = {}
 
     def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     with saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return total
+    return sum(storages.values())
 
 
 def peak_cuda(fn) -> int:
