@@ -10,13 +10,14 @@ from latentreason.model.latent_lm import LatentLM
 from latentreason.rl.config import RLConfig
 from latentreason.rl.trainer import RLResult, RLTrainer
 from latentreason.training.checkpoint import resolve_resume
+from latentreason.training.processes import say
 
 
 def run_rl(config: RLConfig, progress: bool = True) -> RLResult:
     """GRPO on `config.model_name_or_path`; a resumable checkpoint in output_dir takes precedence."""
-    resume = resolve_resume(Path(config.output_dir), config.resume_from_checkpoint)
+    resume = resolve_resume(Path(config.output_dir), config.resume_from_checkpoint, report=say)
     source = resume or config.model_name_or_path
     lm = LatentLM.from_pretrained(source)
     method = method_for(lm, str(source), max_new_tokens=config.max_new_tokens)
     train, held_out = load_train_and_held_out(config)
-    return RLTrainer(config, method, lm, train, held_out, progress=progress).train()
+    return RLTrainer(config, method, lm, train, held_out, progress=progress, resume=resume).train()

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
@@ -32,7 +31,7 @@ from transformers import get_scheduler
 
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
-from latentreason.evaluation.harness import EvalResult, evaluate
+from latentreason.evaluation.harness import EvalResult
 from latentreason.layout import encode_problem
 from latentreason.methods.atp import ATPLatent
 from latentreason.model.step_decoder import StepDecoder
@@ -40,10 +39,9 @@ from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
 from latentreason.rl.policy import LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
-from latentreason.training.checkpoint import load_training_state, resolve_resume, save_checkpoint
+from latentreason.training.checkpoint import load_training_state
 from latentreason.training.guards import NonFiniteGuard, advance_schedule
-from latentreason.training.outputs import append_log, save_final
-from latentreason.training.trainer import mixed_precision
+from latentreason.training.loop import TrainingLoop
 
 
 class PolicyLossModule(nn.Module):
@@ -78,21 +76,28 @@ class RLResult:
     eval: EvalResult | None
 
 
-class RLTrainer:
-    def __init__(self, config: RLConfig, method, lm, train: list[Problem], held_out: list[Problem], progress=True):
+class RLTrainer(TrainingLoop):
+    """`resume`: a complete checkpoint to continue from (`lm` must hold its weights); `run_rl` resolves it."""
+
+    def __init__(
+        self,
+        config: RLConfig,
+        method,
+        lm,
+        train: list[Problem],
+        held_out: list[Problem],
+        progress: bool = True,
+        resume: Path | None = None,
+    ):
         if not train:
             raise UserError("no training questions (check dataset / num_train_examples)")
         if not isinstance(method, ATPLatent):
             raise UserError(f"RL needs an ATP-Latent model; {config.model_name_or_path} was trained with {method.name}")
-        self.config, self.method, self.lm, self.progress = config, method, lm, progress
+        self.method, self.lm = method, lm
         self.train_set, self.held_out = train, held_out
         method.prepare(lm)
         lm.meta["rl_config"] = asdict(config)  # method_config stays the SFT one: `eval` rebuilds the solver from it
-        self.accelerator = Accelerator(
-            mixed_precision=mixed_precision(config.bf16),
-            log_with=None if config.report_to == "none" else config.report_to,
-            project_dir=config.output_dir,
-        )
+        super().__init__(config, resume, progress)
         acc, cfg = self.accelerator, config
         world = acc.num_processes
         if cfg.questions_per_step % world:
@@ -115,7 +120,6 @@ class RLTrainer:
         self.total_steps = (
             cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
         )
-        self.output_dir = Path(cfg.output_dir)
         self.policy = LatentPolicy(
             lm, method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
         )
@@ -145,21 +149,11 @@ class RLTrainer:
             ref_lm, ref_method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
         )
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        trainable = [p for p in self.lm.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": self.config.weight_decay},
-            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW(
-            groups, lr=self.config.learning_rate, betas=(self.config.adam_beta1, self.config.adam_beta2)
-        )
-
     def setup(self):
         """(module, optimizer, scheduler), prepared by accelerate; the model is put in eval mode."""
         cfg = self.config
         self.lm.eval()  # no dropout: sampled and recomputed log-probs must agree
-        optimizer = self._optimizer()
+        optimizer = self.adamw(self.lm.parameters())
         total_updates = self.total_steps * self.updates_per_step
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, total_updates)
         module, optimizer = self.accelerator.prepare(PolicyLossModule(self.lm, self.policy, cfg), optimizer)
@@ -168,14 +162,8 @@ class RLTrainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> RLResult:
-        cfg, acc = self.config, self.accelerator
-        resume = resolve_resume(self.output_dir, cfg.resume_from_checkpoint)
-        existing = self.output_dir.is_dir() and any(self.output_dir.iterdir())
-        if acc.is_main_process and existing and resume is None and not cfg.overwrite_output_dir:
-            raise UserError(
-                f"output_dir {self.output_dir} is not empty; pass resume_from_checkpoint=auto to continue it "
-                f"or overwrite_output_dir=true to train into it anyway"
-            )
+        cfg, acc, resume = self.config, self.accelerator, self.resume
+        self.check_output_dir()
         set_seed(cfg.seed)
         module, optimizer, scheduler = self.setup()
         state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
@@ -186,7 +174,6 @@ class RLTrainer:
         if cfg.report_to != "none":
             acc.init_trackers("latentreason-rl", config=asdict(cfg))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.output_dir / "log.jsonl"
         bar = tqdm(
             total=self.total_steps,
             initial=state["global_step"],
@@ -207,17 +194,17 @@ class RLTrainer:
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward']:.3f}", latents=f"{metrics['latents/mean_active']:.1f}")
                 if step % cfg.logging_steps == 0 or step == self.total_steps:
-                    self._log(metrics, log_path, step)
+                    self.log(metrics, step)
                 if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
-                    self._evaluate(step, log_path)
+                    self.evaluate(step)
                 if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
-                    self._save(optimizer, scheduler, self._state(step, epoch, step_in_epoch))
+                    self.save(optimizer, scheduler, self._state(step, epoch, step_in_epoch))
             if step_in_epoch >= self.steps_per_epoch:
                 epoch, step_in_epoch = epoch + 1, 0
         bar.close()
-        self._save(optimizer, scheduler, self._state(step, epoch, step_in_epoch))
-        final_dir = self._save_final()
-        result = self._evaluate(step, log_path) if self.held_out else None
+        self.save(optimizer, scheduler, self._state(step, epoch, step_in_epoch))
+        final_dir = self.save_final()
+        result = self.evaluate(step)
         acc.end_training()
         return RLResult(final_dir, step, metrics, result)
 
@@ -319,49 +306,3 @@ class RLTrainer:
         keys = sorted(metrics)
         values = torch.tensor([float(metrics[k]) for k in keys], device=acc.device)
         return dict(zip(keys, acc.reduce(values, reduction="mean").tolist()))
-
-    def _log(self, metrics: dict, log_path: Path, step: int) -> None:
-        if self.accelerator.is_main_process:
-            append_log(log_path, metrics)
-        if self.config.report_to != "none":
-            self.accelerator.log(metrics, step=step)
-
-    def _evaluate(self, step: int, log_path: Path) -> EvalResult | None:
-        acc, cfg = self.accelerator, self.config
-        result = None
-        if acc.is_main_process and self.held_out:
-            result = evaluate(
-                self.method.solver(self.lm),
-                self.held_out,
-                cfg.dataset,
-                cfg.eval_batch_size,
-                cfg.answer_mode,
-                progress=self.progress,
-            )
-            self._log(
-                {"step": step, "eval_accuracy": result.accuracy, "eval_latent_tokens": result.latent_tokens},
-                log_path,
-                step,
-            )
-            acc.print(f"step {step}: held-out accuracy {result.accuracy:.1%}, {result.latent_tokens:.1f} latents")
-        acc.wait_for_everyone()
-        return result
-
-    def _save(self, optimizer, scheduler, state: dict) -> None:
-        if self.accelerator.is_main_process:
-            save_checkpoint(
-                self.output_dir,
-                state["global_step"],
-                self.lm,
-                optimizer.optimizer,
-                scheduler,
-                state,
-                self.config.save_total_limit,
-            )
-        self.accelerator.wait_for_everyone()
-
-    def _save_final(self) -> Path:
-        if self.accelerator.is_main_process:
-            save_final(self.lm, self.output_dir)
-        self.accelerator.wait_for_everyone()
-        return self.output_dir / "final"

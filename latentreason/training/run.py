@@ -34,5 +34,5 @@ def run_training(method_name: str, config, progress: bool = True, lm: LatentLM |
             f"dropped {len(train) - len(kept)} of {len(train)} training examples longer than "
             f"max_seq_length={config.max_seq_length}"
         )
-    trainer = Trainer(config, method, lm, kept, held_out, benchmark=config.dataset, progress=progress, resume=resume)
+    trainer = Trainer(config, method, lm, kept, held_out, progress=progress, resume=resume)
     return trainer.train()

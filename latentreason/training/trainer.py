@@ -10,18 +10,13 @@ A NaN/inf loss or gradient norm skips the AdamW step (the schedule still advance
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import shutil
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -29,11 +24,11 @@ from transformers.utils import logging as hf_logging
 
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
-from latentreason.evaluation.harness import EvalResult, evaluate_sharded
-from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
+from latentreason.evaluation.harness import EvalResult
+from latentreason.training.checkpoint import load_training_state
 from latentreason.training.config import TrainConfig
-from latentreason.training.guards import NonFiniteGuard
-from latentreason.training.processes import multi_process_cpu
+from latentreason.training.guards import NonFiniteGuard, advance_schedule
+from latentreason.training.loop import TrainingLoop
 
 
 class TrainingModule(nn.Module):
@@ -56,15 +51,7 @@ class TrainResult:
     eval: EvalResult | None
 
 
-def mixed_precision(setting: str) -> str:
-    if setting == "true":
-        return "bf16"
-    if setting == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
-class Trainer:
+class Trainer(TrainingLoop):
     """`resume`: a complete checkpoint to continue from (`lm` must hold its weights); `run_training`
     resolves `config.resume_from_checkpoint` into it."""
 
@@ -75,35 +62,20 @@ class Trainer:
         lm,
         train: list[Problem],
         held_out: list[Problem],
-        benchmark: str = "",
         progress: bool = True,
         resume: Path | None = None,
     ):
         if not train:
             raise UserError("no training examples (check dataset / num_train_examples / max_seq_length)")
-        self.config, self.method, self.lm = config, method, lm
+        self.method, self.lm = method, lm
         set_seed(config.seed)  # new heads are initialised from the global RNG: make that reproducible
         method.prepare(lm)  # heads must exist before the optimizer sees the parameters
         lm.meta["method"] = method.name
         lm.meta["method_config"] = asdict(config)  # so `latentreason eval` rebuilds the same solver
         hf_logging.disable_progress_bar()  # one progress bar (ours), not one per saved shard
-        self.train_set, self.held_out, self.benchmark, self.progress = train, held_out, benchmark, progress
-        self.resume = resume
+        self.train_set, self.held_out = train, held_out
+        super().__init__(config, resume, progress)
         cfg = config
-        self.accelerator = Accelerator(
-            cpu=multi_process_cpu(),
-            mixed_precision=mixed_precision(cfg.bf16),
-            log_with=None if cfg.report_to == "none" else cfg.report_to,
-            project_dir=cfg.output_dir,
-        )
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            # Checkpoints save whole parameters from the main process and the guard owns the optimizer step;
-            # sharded parameters (FSDP) or DeepSpeed's own step would silently break both.
-            raise UserError(
-                f"{self.accelerator.distributed_type.value} is not supported by the training loop yet; "
-                "launch with DDP (latentreason/configs/accelerate/ddp.yaml or torchrun)"
-            )
-        self.output_dir = Path(cfg.output_dir)
         world = self.accelerator.num_processes
         self.micro = cfg.per_device_train_batch_size
         self.global_batch = self.micro * world * cfg.gradient_accumulation_steps
@@ -118,38 +90,13 @@ class Trainer:
         else:
             self.total_steps = math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
 
-    # --- set-up ---------------------------------------------------------------------------------
-    def _check_output_dir(self) -> None:
-        # Every rank checks (before the first collective), so a refusal stops all of them alike.
-        existing = self.output_dir.is_dir() and any(self.output_dir.iterdir())
-        if not existing or self.resume is not None:
-            return
-        if not self.config.overwrite_output_dir:
-            raise UserError(
-                f"output_dir {self.output_dir} is not empty; pass resume_from_checkpoint=auto to continue it "
-                f"or overwrite_output_dir=true to train into it anyway"
-            )
-        if self.accelerator.is_main_process:
-            clear_run(self.output_dir)  # old checkpoints would otherwise outrank (and rotate out) the new ones
-
-    def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
-        # No weight decay on biases, norms and embeddings-sized vectors (1-D parameters).
-        decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
-        groups = [
-            {"params": decay, "weight_decay": self.config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        betas = (self.config.adam_beta1, self.config.adam_beta2)
-        return torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=betas)
-
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> TrainResult:
         cfg, acc, resume = self.config, self.accelerator, self.resume
-        self._check_output_dir()
+        self.check_output_dir()
         set_seed(cfg.seed)
         module = TrainingModule(self.lm, self.method)
-        optimizer = self._optimizer(module)
+        optimizer = self.adamw(module.parameters())
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, self.total_steps)
         module, optimizer = acc.prepare(module, optimizer)
         state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
@@ -160,7 +107,6 @@ class Trainer:
         if cfg.report_to != "none":
             acc.init_trackers("latentreason", config=asdict(cfg))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.output_dir / "log.jsonl"
         bar = tqdm(
             total=self.total_steps,
             initial=state["global_step"],
@@ -203,22 +149,22 @@ class Trainer:
                         }
                         if window["applied"]:  # mean over the window's applied updates
                             metrics["loss"] = window["loss"] / window["applied"]
-                        self._log(metrics, log_path, step)
+                        self.log(metrics, step)
                         shown = metrics.get("loss", math.nan)
                         bar.set_postfix(loss=f"{shown:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                         window = {"loss": 0.0, "applied": 0, "tokens": 0, "clock": time.perf_counter()}
                     if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
-                        self._evaluate(step, log_path)
+                        self.evaluate(step)
                     if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
-                        self._save(optimizer, scheduler, self._state(step, epoch, step_in_epoch, guard))
+                        self.save(optimizer, scheduler, self._state(step, epoch, step_in_epoch, guard))
                 if step_in_epoch >= self.steps_per_epoch:
                     epoch, step_in_epoch = epoch + 1, 0
         finally:
             bar.close()  # also when the run stops: the error message then starts on its own line
         final_state = self._state(step, epoch, step_in_epoch, guard)
-        self._save(optimizer, scheduler, final_state)
-        final_dir = self._save_final()
-        result = self._evaluate(step, log_path)
+        self.save(optimizer, scheduler, final_state)
+        final_dir = self.save_final()
+        result = self.evaluate(step)
         acc.wait_for_everyone()  # a rank tearing down the process group while another still logs can hang
         acc.end_training()
         return TrainResult(final_dir, step, metrics, result)
@@ -238,10 +184,7 @@ class Trainer:
         applied = guard.check(loss, grad_norm, step)
         if applied:
             optimizer.step()
-        with warnings.catch_warnings():
-            # After a skipped first update torch warns that the schedule moved before the optimizer: intended.
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-            scheduler.step()  # also after a skip: the learning rate stays a function of the step
+        advance_schedule(scheduler)
         optimizer.zero_grad(set_to_none=True)
         return (loss if applied else None), parts, tokens, grad_norm
 
@@ -264,66 +207,3 @@ class Trainer:
                 parts[key] = parts.get(key, 0.0) + value / accum
             tokens += self.method.batch_tokens(batch)
         return loss_sum, parts, tokens * acc.num_processes
-
-    # --- side effects ---------------------------------------------------------------------------
-    def _log(self, metrics: dict, log_path: Path, step: int) -> None:
-        if self.accelerator.is_main_process:
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
-        if self.config.report_to != "none":
-            self.accelerator.log(metrics, step=step)
-
-    def _evaluate(self, step: int, log_path: Path) -> EvalResult | None:
-        """Every process solves its shard of the held-out problems; all get the gathered result."""
-        acc = self.accelerator
-        if not self.held_out:
-            return None
-        lm = acc.unwrap_model(self.lm)
-        was_training = lm.training
-        lm.eval()
-        result = evaluate_sharded(
-            self.method.solver(lm),
-            self.held_out,
-            acc,
-            self.benchmark,
-            self.config.eval_batch_size,
-            self.config.answer_mode,
-            progress=self.progress and acc.is_main_process,
-        )
-        lm.train(was_training)
-        self._log(
-            {
-                "step": step,
-                "eval_accuracy": result.accuracy,
-                "eval_text_tokens": result.text_tokens,
-                "eval_latent_tokens": result.latent_tokens,
-            },
-            log_path,
-            step,
-        )
-        acc.print(f"step {step}: held-out accuracy {result.accuracy:.1%} on {result.n} problems")
-        return result
-
-    def _save(self, optimizer, scheduler, state: dict) -> None:
-        if self.accelerator.is_main_process:
-            save_checkpoint(
-                self.output_dir,
-                state["global_step"],
-                self.lm,
-                optimizer.optimizer,
-                scheduler,
-                state,
-                self.config.save_total_limit,
-            )
-        self.accelerator.wait_for_everyone()
-
-    def _save_final(self) -> Path:
-        final = self.output_dir / "final"
-        if self.accelerator.is_main_process:
-            tmp = self.output_dir / ".tmp-final"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.lm.save_pretrained(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        self.accelerator.wait_for_everyone()
-        return final

@@ -1,0 +1,129 @@
+"""What every training loop (SFT and RL) shares: accelerate set-up, the output directory rules,
+AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+from latentreason.errors import UserError
+from latentreason.evaluation.harness import EvalResult, evaluate_sharded
+from latentreason.training.checkpoint import clear_run, save_checkpoint
+from latentreason.training.config import TrainConfig
+from latentreason.training.outputs import append_log, save_final
+from latentreason.training.processes import multi_process_cpu
+
+
+def mixed_precision(setting: str) -> str:
+    if setting == "true":
+        return "bf16"
+    if setting == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+class TrainingLoop:
+    """Subclasses set `self.lm`, `self.method`, `self.held_out` and run their own loop with these parts."""
+
+    config: TrainConfig
+
+    def __init__(self, config: TrainConfig, resume: Path | None, progress: bool):
+        self.config, self.resume, self.progress = config, resume, progress
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(
+            cpu=multi_process_cpu(),
+            mixed_precision=mixed_precision(config.bf16),
+            log_with=None if config.report_to == "none" else config.report_to,
+            project_dir=config.output_dir,
+        )
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            # Checkpoints save whole parameters from the main process and the guard owns the optimizer step;
+            # sharded parameters (FSDP) or DeepSpeed's own step would silently break both.
+            raise UserError(
+                f"{self.accelerator.distributed_type.value} is not supported by the training loop yet; "
+                "launch with DDP (latentreason/configs/accelerate/ddp.yaml or torchrun)"
+            )
+
+    def check_output_dir(self) -> None:
+        # Every rank checks (before the first collective), so a refusal stops all of them alike.
+        existing = self.output_dir.is_dir() and any(self.output_dir.iterdir())
+        if not existing or self.resume is not None:
+            return
+        if not self.config.overwrite_output_dir:
+            raise UserError(
+                f"output_dir {self.output_dir} is not empty; pass resume_from_checkpoint=auto to continue it "
+                f"or overwrite_output_dir=true to train into it anyway"
+            )
+        if self.accelerator.is_main_process:
+            clear_run(self.output_dir)  # old checkpoints would otherwise outrank (and rotate out) the new ones
+
+    def adamw(self, parameters) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters; no weight decay on 1-D ones (biases, norms)."""
+        trainable = [p for p in parameters if p.requires_grad]
+        groups = [
+            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": self.config.weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        betas = (self.config.adam_beta1, self.config.adam_beta2)
+        return torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=betas)
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.accelerator.is_main_process:
+            append_log(self.output_dir / "log.jsonl", metrics)
+        if self.config.report_to != "none":
+            self.accelerator.log(metrics, step=step)
+
+    def evaluate(self, step: int) -> EvalResult | None:
+        """Every process solves its shard of the held-out problems; all get the gathered result."""
+        acc = self.accelerator
+        if not self.held_out:
+            return None
+        lm = acc.unwrap_model(self.lm)
+        was_training = lm.training
+        lm.eval()
+        result = evaluate_sharded(
+            self.method.solver(lm),
+            self.held_out,
+            acc,
+            self.config.dataset,
+            self.config.eval_batch_size,
+            self.config.answer_mode,
+            progress=self.progress and acc.is_main_process,
+        )
+        lm.train(was_training)
+        self.log(
+            {
+                "step": step,
+                "eval_accuracy": result.accuracy,
+                "eval_text_tokens": result.text_tokens,
+                "eval_latent_tokens": result.latent_tokens,
+            },
+            step,
+        )
+        acc.print(
+            f"step {step}: held-out accuracy {result.accuracy:.1%} on {result.n} problems, "
+            f"{result.latent_tokens:.1f} latents and {result.text_tokens:.1f} reasoning tokens per problem"
+        )
+        return result
+
+    def save(self, optimizer, scheduler, state: dict) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(
+                self.output_dir,
+                state["global_step"],
+                self.lm,
+                optimizer.optimizer,
+                scheduler,
+                state,
+                self.config.save_total_limit,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self) -> Path:
+        if self.accelerator.is_main_process:
+            save_final(self.lm, self.output_dir)
+        self.accelerator.wait_for_everyone()
+        return self.output_dir / "final"
