@@ -99,3 +99,37 @@ def tiny_train_config(config_cls, output_dir, **overrides):
     )
     values.update(overrides)
     return config_cls(**values)
+
+
+def kill_cli_run_after_checkpoint(cli_args: list[str], run_dir, max_step: int) -> int:
+    """Start `latentreason <cli_args>`, SIGKILL it once a checkpoint of a random step in [1, max_step]
+    exists (mid-step or mid-save), check it died unfinished; returns the chosen step."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from latentreason.training.checkpoint import list_checkpoints
+
+    # SystemRandom: training seeds the `random` module, which would pick the same step every time.
+    kill_after = random.SystemRandom().randint(1, max_step)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "latentreason.cli", *cli_args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if run_dir.is_dir() and any(int(p.name.split("-")[1]) >= kill_after for p in list_checkpoints(run_dir)):
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, (kill_after, err.decode()[-2000:])
+    assert not (run_dir / "final").exists(), f"the run finished before the kill after step {kill_after}"
+    assert int(list_checkpoints(run_dir)[-1].name.split("-")[1]) >= kill_after
+    return kill_after

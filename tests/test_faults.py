@@ -3,13 +3,6 @@ skipped by name; the last K checkpoints are kept; an existing output_dir is neve
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,7 +11,7 @@ from latentreason.errors import UserError
 from latentreason.training.checkpoint import list_checkpoints
 from latentreason.training.config import TrainConfig
 from latentreason.training.run import run_training
-from tests.helpers import TINY_TRAIN_MODEL, tiny_train_config
+from tests.helpers import TINY_TRAIN_MODEL, kill_cli_run_after_checkpoint, tiny_train_config
 
 # Enough steps that the run is still going when the kill lands (each step also writes a checkpoint).
 KILL_RUN = dict(
@@ -60,27 +53,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_p
     expected = weights(run_training("cot", config(tmp_path / "straight"), progress=False).final_dir)
 
     killed = config(tmp_path / "killed")
-    # SystemRandom: training seeds the `random` module, which would pick the same step every time.
-    kill_after = random.SystemRandom().randint(1, 16)  # the kill lands a step or two later, mid-step or mid-save
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "latentreason.cli", *cli_flags(killed)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    run = tmp_path / "killed" / "run"
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if run.is_dir() and any(int(p.name.split("-")[1]) >= kill_after for p in list_checkpoints(run)):
-            break
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, (kill_after, err.decode()[-2000:])
-    assert not (run / "final").exists(), f"the run finished before the kill after step {kill_after}"
-    latest = list_checkpoints(run)[-1]
-    assert int(latest.name.split("-")[1]) >= kill_after
+    kill_cli_run_after_checkpoint(cli_flags(killed), tmp_path / "killed" / "run", max_step=16)
 
     resumed = run_training("cot", config(tmp_path / "killed", resume_from_checkpoint="auto"), progress=False)
     assert resumed.global_step == KILL_RUN["max_steps"]

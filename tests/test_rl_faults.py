@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 
 import torch
 from safetensors.torch import load_file
 
 from latentreason.rl.run import run_rl
-from latentreason.training.checkpoint import list_checkpoints
+from tests.helpers import kill_cli_run_after_checkpoint
 from tests.test_rl_trainer import rl_config, sft_model  # noqa: F401  (the fixture)
 
 STEPS = 24
@@ -43,21 +37,7 @@ def test_sigkill_at_a_random_rl_step_then_resume_matches_an_uninterrupted_run(tm
     ):
         flags += [f"--{name}", str(getattr(killed, name))]
     flags += ["--dataset_params", "{num_steps: 2}"]
-    kill_after = random.SystemRandom().randint(1, STEPS // 2)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "latentreason.cli", *flags], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    run = tmp_path / "killed"
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if run.is_dir() and any(int(p.name.split("-")[1]) >= kill_after for p in list_checkpoints(run)):
-            break
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, (kill_after, err.decode()[-2000:])
-    assert not (run / "final").exists(), f"the run finished before the kill after step {kill_after}"
+    kill_cli_run_after_checkpoint(flags, tmp_path / "killed", max_step=STEPS // 2)
 
     resumed = run_rl(dataclasses.replace(killed, resume_from_checkpoint="auto"), progress=False)
     assert resumed.global_step == STEPS
