@@ -72,3 +72,76 @@ def test_sharded_evaluation_gathers_every_problem_exactly_once(two_ranks):
     lm = LatentLM.from_pretrained(two_ranks / "run" / "final").eval()
     alone = evaluate(get_method("cot")(config).solver(lm), held_out, progress=False)
     assert [r["generated"] for r in views[0]["records"]] == [r["generated"] for r in alone.records]
+
+
+# --- GRPO over two ranks -------------------------------------------------------------------------
+# 4 questions per step over 2 ranks, 4 rollouts each: each rank rolls out 2 whole groups of 4.
+RL_RUN = {
+    "dataset": "synthetic:chain",
+    "dataset_params": {"num_steps": 2},
+    "num_train_examples": 32,
+    "num_eval_examples": 4,
+    "questions_per_step": 4,
+    "num_generations": 4,
+    "per_device_train_batch_size": 8,
+    "max_completion_length": 4,
+    "max_new_tokens": 8,
+    "learning_rate": 1e-3,
+    "max_steps": 3,
+    "seed": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def two_rl_ranks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp-rl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += [str(REPO / "tests" / "distributed_rl_worker.py"), str(out), json.dumps(RL_RUN)]
+    proc = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_rl_groups_stay_whole_on_one_rank_and_advantages_are_per_group(two_rl_ranks):
+    from latentreason.rl.config import RLConfig
+
+    ranks = [json.loads((two_rl_ranks / f"rl{r}.json").read_text()) for r in (0, 1)]
+    config = RLConfig(model_name_or_path="(in memory)", output_dir="unused", **RL_RUN)
+    train = load_train_and_held_out(config)[0]
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    g = config.num_generations
+    for step in range(config.max_steps):
+        both = [ranks[r][step] for r in (0, 1)]
+        # The step's questions split by whole questions: each question and its whole group on one rank.
+        expected = [train[i].question for i in order[step * 4 : step * 4 + 4]]
+        assert both[0]["questions"] + both[1]["questions"] == expected
+        for view in both:
+            assert len(view["rewards"]) == len(view["questions"]) * g
+            for q in range(len(view["questions"])):
+                rewards = torch.tensor(view["rewards"][q * g : (q + 1) * g])
+                advantages = torch.tensor(view["advantages"][q * g : (q + 1) * g])
+                centred = rewards - rewards.mean()
+                # Normalised by the group's own statistics (0 where the group's rewards are all equal).
+                expected_adv = centred / (rewards.std() + 1e-4) if rewards.std() > 0 else torch.zeros(g)
+                torch.testing.assert_close(advantages, expected_adv, atol=1e-5, rtol=1e-4)
+
+
+def test_rl_parameters_are_identical_across_ranks(two_rl_ranks):
+    ranks = [load_file(str(two_rl_ranks / f"rl_rank{r}.safetensors")) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    start = build_atp_start()
+    assert any(not torch.equal(start[k], ranks[0][k]) for k in start)  # the updates did happen
+
+
+def build_atp_start() -> dict:
+    """The workers' starting weights (built the same way), to check that training moved them."""
+    from latentreason.methods.atp import ATPConfig, ATPLatent
+    from tests.helpers import build_tiny_lm
+
+    lm = build_tiny_lm("llama", seed=2)
+    torch.manual_seed(0)
+    ATPLatent(ATPConfig(c_thought=1, max_latent_stage=3, step_decoder="small", step_decoder_layers=1)).prepare(lm)
+    return {k: v.detach().clone() for k, v in lm.state_dict().items()}

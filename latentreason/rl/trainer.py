@@ -205,7 +205,7 @@ class RLTrainer(TrainingLoop):
         self.save(optimizer, scheduler, self._state(step, epoch, step_in_epoch))
         final_dir = self.save_final()
         result = self.evaluate(step)
-        acc.end_training()
+        self.end()
         return RLResult(final_dir, step, metrics, result)
 
     def _state(self, step: int, epoch: int, step_in_epoch: int) -> dict:

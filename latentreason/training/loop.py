@@ -127,3 +127,7 @@ class TrainingLoop:
             save_final(self.lm, self.output_dir)
         self.accelerator.wait_for_everyone()
         return self.output_dir / "final"
+
+    def end(self) -> None:
+        self.accelerator.wait_for_everyone()  # a rank tearing down the process group while another logs can hang
+        self.accelerator.end_training()

@@ -165,8 +165,7 @@ class Trainer(TrainingLoop):
         self.save(optimizer, scheduler, final_state)
         final_dir = self.save_final()
         result = self.evaluate(step)
-        acc.wait_for_everyone()  # a rank tearing down the process group while another still logs can hang
-        acc.end_training()
+        self.end()
         return TrainResult(final_dir, step, metrics, result)
 
     @staticmethod

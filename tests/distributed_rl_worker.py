@@ -1,0 +1,59 @@
+"""One rank of the two-process GRPO run in test_distributed.py (started by torchrun).
+
+Runs the RL trainer on a tiny ATP-Latent model (the same on every rank: same seed) and writes what this
+rank saw: per step the questions it rolled out, the rewards and the advantages it computed
+(rl{r}.json), and its parameters after training (rl_rank{r}.safetensors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from latentreason.data.sources import load_train_and_held_out
+from latentreason.methods.atp import ATPConfig, ATPLatent
+from latentreason.rl import trainer as rl_trainer
+from latentreason.rl.config import RLConfig
+from tests.helpers import build_tiny_lm
+
+
+def main(out: Path, overrides: dict) -> None:
+    lm = build_tiny_lm("llama", seed=2)
+    method = ATPLatent(ATPConfig(c_thought=1, max_latent_stage=3, step_decoder="small", step_decoder_layers=1))
+    torch.manual_seed(0)
+    method.prepare(lm)
+    lm.meta = {"method": "atp", "method_config": dataclasses.asdict(method.config)}
+    config = RLConfig(model_name_or_path="(in memory)", output_dir=str(out / "rl"), **overrides)
+    train, held_out = load_train_and_held_out(config)
+    seen = []
+    grouped = rl_trainer.group_advantages
+
+    def recording(rewards, group_size, **kwargs):
+        advantages = grouped(rewards, group_size, **kwargs)
+        seen[-1].update(rewards=rewards.tolist(), advantages=advantages.tolist())
+        return advantages
+
+    rl_trainer.group_advantages = recording
+    trainer = rl_trainer.RLTrainer(config, method, lm, train, held_out, progress=False)
+    step = trainer.rl_step
+
+    def recorded_step(module, optimizer, scheduler, questions, index):
+        seen.append({"step": index, "questions": [q.question for q in questions]})
+        return step(module, optimizer, scheduler, questions, index)
+
+    trainer.rl_step = recorded_step
+    trainer.train()
+    rank = int(os.environ["RANK"])
+    (out / f"rl{rank}.json").write_text(json.dumps(seen))
+    state = {k: v.detach().clone().contiguous() for k, v in lm.state_dict().items()}
+    save_file(state, out / f"rl_rank{rank}.safetensors")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), json.loads(sys.argv[2]))
