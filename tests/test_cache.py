@@ -27,3 +27,14 @@ def test_new_cache_is_in_place_only_without_gradients():
         assert all(isinstance(layer, GrowableLayer) for layer in new_cache(lm).layers)
     assert not any(isinstance(layer, GrowableLayer) for layer in new_cache(lm).layers)
     assert len(inference_cache(lm.model.config).layers) == lm.model.config.num_hidden_layers
+
+
+def test_the_training_cache_refuses_to_crop():
+    import pytest
+
+    from latentreason.engine.cache import training_cache
+
+    cache = training_cache(tiny_lm("llama").model.config, capacity=8)
+    cache.layers[0].update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))
+    with pytest.raises(RuntimeError, match="only appends"):
+        cache.layers[0].crop(-1)

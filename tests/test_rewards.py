@@ -27,6 +27,7 @@ def test_coherence_of_a_chained_plan():
     assert coherence(steps, "71") == pytest.approx(2 / 3)  # the last step is not the answer
     assert coherence(["<<2+2=4>>", "<<14-1=13>>"], "13") == 0.5  # 4 is not used by 14-1: numbers, not substrings
     assert coherence(["<<2+2=4>>", "<<4.0-1=3>>"], "3") == 1.0  # 4 == 4.0 as numbers
+    assert coherence(["<<3*4=12>>", "<<12/2=6>>"], "6") == 1.0  # "12/2" is two operands, not the fraction 6
 
 
 def test_unparsable_steps_and_empty_plans_are_not_coherent():

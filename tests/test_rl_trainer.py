@@ -174,11 +174,42 @@ def test_rl_learns_what_the_reward_asks(tmp_path, sft_model):
     assert sum(latents[-2:]) / 2 < 0.5 * sum(latents[:2]) / 2
 
 
+def test_kl_runs_on_minibatches_and_resumes_against_the_starting_policy(tmp_path, sft_model):
+    # 16 rollouts in updates of 4: each minibatch is trimmed to its own rollouts' lengths, the reference
+    # log-probs with it; resuming rebuilds the reference from the SFT model, not from the checkpoint.
+    kl = dict(beta=0.04, per_device_train_batch_size=4, num_eval_examples=0, reward_funcs=["test_short_plan"])
+    kl.update(reward_weights=[1.0], learning_rate=3e-2)
+    whole = run_rl(rl_config(sft_model, tmp_path / "whole", max_steps=3, **kl), progress=False)
+    first = rl_config(sft_model, tmp_path / "split", max_steps=2, **kl)
+    run_rl(first, progress=False)
+    resumed = run_rl(dataclasses.replace(first, max_steps=3, resume_from_checkpoint="auto"), progress=False)
+    a, b = (
+        load_file(str(whole.final_dir / "model.safetensors")),
+        load_file(str(resumed.final_dir / "model.safetensors")),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["kl"] > 0
+
+
+def test_recomputed_old_logprobs_train_like_the_sampled_ones_in_float32(tmp_path, sft_model):
+    runs = {}
+    for setting in ("false", "true"):
+        cfg = rl_config(sft_model, tmp_path / setting, num_eval_examples=0, recompute_old_logprobs=setting)
+        runs[setting] = load_file(str(run_rl(cfg, progress=False).final_dir / "model.safetensors"))
+    for name in runs["false"]:
+        torch.testing.assert_close(runs["true"][name], runs["false"][name], atol=1e-4, rtol=1e-3)
+
+
 def test_bad_settings_are_refused(tmp_path, sft_model):
     with pytest.raises(ConfigError, match="reward_weights"):
         rl_config(sft_model, tmp_path, reward_weights=[1.0])
     with pytest.raises(ConfigError, match="num_generations"):
         rl_config(sft_model, tmp_path, num_generations=1)
+    with pytest.raises(ConfigError, match="coherence_gate"):
+        rl_config(sft_model, tmp_path, reward_funcs=["format", "coherence"], reward_weights=[0.5, 1.0])
+    with pytest.raises(ConfigError, match="at least one"):
+        rl_config(sft_model, tmp_path, reward_funcs=[], reward_weights=[])
     with pytest.raises(UserError, match="do not split"):
         run_rl(rl_config(sft_model, tmp_path / "split", per_device_train_batch_size=5), progress=False)
 
@@ -242,3 +273,11 @@ def test_non_finite_updates_are_skipped_and_too_many_in_a_row_stop_the_run(tmp_p
     assert all(torch.equal(before[k], after[k]) for k in before)  # no NaN reached the weights
     with pytest.raises(UserError, match="not finite for 2 steps in a row"):
         run_rl(dataclasses.replace(cfg, output_dir=str(tmp_path / "stop"), max_nonfinite_steps=2), progress=False)
+
+
+def test_under_bf16_the_first_update_sees_ratio_one(tmp_path, sft_model):
+    # bf16 autocast (on CPU here): old log-probs are recomputed in the updates' own precision.
+    cfg = rl_config(sft_model, tmp_path / "bf16", bf16="true", per_device_train_batch_size=16, max_steps=1)
+    run_rl(dataclasses.replace(cfg, num_eval_examples=0), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["log_ratio/max_abs"] < 1e-3

@@ -98,12 +98,6 @@ def parse_number(s: str, *, percent_as_fraction: bool = False) -> Fraction | Non
     return -value if "-" in (match["sign"] or "", match["sign2"] or "") else value
 
 
-def numbers_in(text: str) -> list[Fraction]:
-    """The values of every number written in `text`, in order ("16-3" gives 16 and 3)."""
-    values = (parse_number(m) for m in _NUMBER_RE.findall(text))
-    return [v for v in values if v is not None]
-
-
 def format_number(value: Fraction) -> str:
     """A canonical text form: "18", "-0.5", "1.25", or "p/q" when the decimal would not terminate."""
     if value.denominator == 1:

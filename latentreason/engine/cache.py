@@ -99,6 +99,10 @@ class AppendLayer(DynamicLayer):
         self.values = _Append.apply(self.values, value_states, self._vbuf)
         return self.keys, self.values
 
+    def crop(self, tokens_to_remove: int) -> None:
+        # A later write would land inside views attention saved for backward, unseen by autograd's checks.
+        raise RuntimeError("the training cache only appends; crop a DynamicCache instead")
+
 
 def training_cache(config, capacity: int) -> DynamicCache:
     """A DynamicCache for a grad-enabled pass of about `capacity` positions (sliding layers left as they are)."""

@@ -15,9 +15,11 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from latentreason.data.answers import numbers_in, parse_number
+from latentreason.data.answers import parse_number
 
 _RESULT = re.compile(r"=([^=<>]*)>>")
+# Operands are plain numbers: "12/2" is two operands, not the fraction 6 (a division step).
+_OPERAND = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
 def step_result(step: str) -> Fraction | None:
@@ -30,7 +32,8 @@ def step_operands(step: str) -> set[Fraction]:
     """Numbers on the left of the step's last '=' (inside its last '<<', when it has one)."""
     head = step.rsplit("=", 1)[0] if "=" in step else step
     head = head.rsplit("<<", 1)[-1]
-    return set(numbers_in(head))
+    values = (parse_number(m) for m in _OPERAND.findall(head))
+    return {v for v in values if v is not None}
 
 
 def coherence(steps: list[str], answer: str | None, empty: float = 0.0) -> float:

@@ -39,6 +39,11 @@ class RLConfig(TrainConfig):
     log_ratio_clamp: float = field(3.0, help="clamp log-ratios to [-c, c] before exp (reference 3; 0 = off)")
     beta: float = field(0.0, help="weight of KL to the frozen starting policy (reference 0: no reference model)")
     scale_rewards: bool = field(True, help="divide advantages by the group's reward std")
+    recompute_old_logprobs: str = field(
+        "auto",
+        help="true: the old log-probs come from a no-grad teacher-forced pass, not from sampling; auto: true "
+        "under bf16 (where the two passes round differently), false otherwise",
+    )
     latent_logprob: str = field(
         "mean", help="latent log-density: mean (per dimension, tames ratios) or sum (exact, the reference)"
     )
@@ -58,6 +63,18 @@ class RLConfig(TrainConfig):
             raise ConfigError(f"field 'loss_type': expected one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.latent_logprob not in LATENT_LOGPROB:
             raise ConfigError(f"field 'latent_logprob': expected one of {LATENT_LOGPROB}, got {self.latent_logprob!r}")
+        if self.recompute_old_logprobs not in ("auto", "true", "false"):
+            raise ConfigError(
+                f"field 'recompute_old_logprobs': expected auto, true or false, got {self.recompute_old_logprobs!r}"
+            )
+        if not self.reward_funcs:
+            raise ConfigError("field 'reward_funcs': name at least one reward function")
+        if (
+            self.coherence_gate == "accuracy"
+            and "coherence" in self.reward_funcs
+            and "accuracy" not in self.reward_funcs
+        ):
+            raise ConfigError("coherence_gate 'accuracy' needs 'accuracy' in reward_funcs (or coherence_gate: none)")
         if self.coherence_gate not in GATES:
             raise ConfigError(f"field 'coherence_gate': expected one of {GATES}, got {self.coherence_gate!r}")
         if len(self.reward_weights) != len(self.reward_funcs):

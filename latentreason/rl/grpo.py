@@ -48,7 +48,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-action estimate of KL(policy || reference) from a sample of the policy (Schulman's k3, >= 0)."""
-    diff = ref_logp - logp
+    diff = (ref_logp - logp).clamp(-20.0, 20.0)  # exp of a summed latent density can overflow
     return diff.exp() - diff - 1.0
 
 
@@ -82,6 +82,7 @@ def clipped_policy_loss(
     else:
         log_ratio = torch.where(mask, logp - old_logp, zero)  # [B, A]
         act_mask = mask
+    raw = log_ratio.detach()[act_mask]  # statistics before the clamp: how far the policy really moved
     clamped = torch.zeros_like(log_ratio, dtype=torch.bool)
     if log_ratio_clamp is not None:
         clamped = log_ratio.abs() > log_ratio_clamp
@@ -110,7 +111,6 @@ def clipped_policy_loss(
         low_clip = (ratio < 1 - epsilon) & (adv < 0) & act_mask
         high_clip = (ratio > 1 + high) & (adv > 0) & act_mask
         n = act_mask.sum().clamp(min=1)
-        raw = log_ratio[act_mask]
         stats = {
             "clip_ratio/low_mean": float(low_clip.sum() / n),
             "clip_ratio/high_mean": float(high_clip.sum() / n),

@@ -50,7 +50,8 @@ class RolloutBatch:
     decision_stop: torch.Tensor  # [B, R] the decision was "stop"
     tokens: torch.Tensor  # [B, T] answer tokens (pad after the stop token)
     lengths: torch.Tensor  # [B] answer tokens, stop token included
-    old: ActionLogprobs  # recorded while sampling
+    old: ActionLogprobs  # recorded while sampling (or recomputed, see RLConfig.recompute_old_logprobs)
+    ref: ActionLogprobs | None = None  # under the frozen starting policy, when the KL term is on
 
     @property
     def token_mask(self) -> torch.Tensor:
@@ -64,7 +65,12 @@ class RolloutBatch:
         """The rollouts at `rows` (a [M] index tensor), trimmed to what they use."""
         r = int(self.latent_mask[rows].sum(1).max()) if len(rows) else 0
         t = int(self.lengths[rows].max()) if len(rows) else 0
-        old = ActionLogprobs(self.old.latent[rows, :r], self.old.decision[rows, :r], self.old.token[rows, :t])
+
+        def trim(logprobs: ActionLogprobs | None) -> ActionLogprobs | None:
+            if logprobs is None:
+                return None
+            return ActionLogprobs(logprobs.latent[rows, :r], logprobs.decision[rows, :r], logprobs.token[rows, :t])
+
         return RolloutBatch(
             [self.prompts[i] for i in rows.tolist()],
             self.num_latents[rows],
@@ -74,7 +80,8 @@ class RolloutBatch:
             self.decision_stop[rows, :r],
             self.tokens[rows, :t],
             self.lengths[rows],
-            old,
+            trim(self.old),
+            trim(self.ref),
         )
 
 

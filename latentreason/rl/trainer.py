@@ -34,6 +34,7 @@ from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult
 from latentreason.layout import encode_problem
 from latentreason.methods.atp import ATPLatent
+from latentreason.model.latent_lm import LatentLM
 from latentreason.model.step_decoder import StepDecoder
 from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
@@ -51,7 +52,7 @@ class PolicyLossModule(nn.Module):
         super().__init__()
         self.lm, self.policy, self.config = lm, policy, config
 
-    def forward(self, rollouts: RolloutBatch, advantages: torch.Tensor, ref_logp: torch.Tensor | None):
+    def forward(self, rollouts: RolloutBatch, advantages: torch.Tensor):
         cfg = self.config
         new = self.policy.logprobs(rollouts)
         return clipped_policy_loss(
@@ -63,7 +64,7 @@ class PolicyLossModule(nn.Module):
             epsilon=cfg.epsilon,
             epsilon_high=cfg.epsilon_high or None,
             log_ratio_clamp=cfg.log_ratio_clamp or None,
-            ref_logp=ref_logp,
+            ref_logp=rollouts.ref.flat() if rollouts.ref is not None else None,
             beta=cfg.beta,
         )
 
@@ -123,25 +124,38 @@ class RLTrainer(TrainingLoop):
         self.policy = LatentPolicy(
             lm, method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
         )
-        self.rewards = build_rewards(cfg.reward_funcs, self._reward_context())
+        self.reward_context = self._reward_context()
+        self.rewards = build_rewards(cfg.reward_funcs, self.reward_context)
         self.weights = dict(zip(cfg.reward_funcs, cfg.reward_weights))
         self.ref_policy = self._reference_policy() if cfg.beta > 0 else None
+        # Under bf16 the incremental sampling pass and the teacher-forced pass round differently: recompute
+        # the old log-probs in the updates' own pass (one more no-grad pass per rollout batch).
+        mixed = self.accelerator.mixed_precision != "no"
+        self.recompute_old = cfg.recompute_old_logprobs == "true" or (cfg.recompute_old_logprobs == "auto" and mixed)
 
     # --- set-up ---------------------------------------------------------------------------------
+    def _starting_model(self):
+        """A frozen copy of the model RL started from (the SFT model, also when resuming a checkpoint)."""
+        if self.resume is None:
+            start = copy.deepcopy(self.lm)
+        else:
+            start = LatentLM.from_pretrained(self.config.model_name_or_path)
+        return start.requires_grad_(False).eval()
+
     def _reward_context(self) -> RewardContext:
         cfg, decoder = self.config, getattr(self.method, "decoder", None)
         if decoder is not None:
             if decoder.mode == "shared":
-                # The base model is the decoder and RL changes it: score with a frozen copy instead.
-                decoder = StepDecoder(copy.deepcopy(self.lm).requires_grad_(False), "shared")
+                # The base model is the decoder and RL changes it: score with the frozen starting model.
+                decoder = StepDecoder(self._starting_model(), "shared")
             else:
                 decoder.model.requires_grad_(False)
         c = self.method.config.c_thought
         return RewardContext(self.lm, decoder, c, cfg.coherence_max_tokens, cfg.coherence_empty)
 
     def _reference_policy(self) -> LatentPolicy:
-        """A frozen copy of the starting policy for the KL term (costs one more copy of the model)."""
-        ref_lm = copy.deepcopy(self.lm).requires_grad_(False)
+        """The frozen starting policy for the KL term (costs one more copy of the model)."""
+        ref_lm = self._starting_model()
         ref_method = type(self.method)(self.method.config)
         ref_method.prepare(ref_lm)
         cfg = self.config
@@ -157,6 +171,12 @@ class RLTrainer(TrainingLoop):
         total_updates = self.total_steps * self.updates_per_step
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, total_updates)
         module, optimizer = self.accelerator.prepare(PolicyLossModule(self.lm, self.policy, cfg), optimizer)
+        # The frozen copies are not prepared: put them where the policy now lives.
+        device = self.accelerator.device
+        if self.ref_policy is not None:
+            self.ref_policy.lm.to(device)
+        if self.reward_context.decoder is not None:
+            self.reward_context.decoder.lm.to(device)
         self.guard = NonFiniteGuard(cfg.max_nonfinite_steps, report=self.accelerator.print)
         return module, optimizer, scheduler
 
@@ -224,7 +244,13 @@ class RLTrainer(TrainingLoop):
         began = time.perf_counter()
         problems = [q for q in questions for _ in range(cfg.num_generations)]  # groups are consecutive
         prompts = [encode_problem(lm.tokenizer, p).prompt + [lm.bot_id] for p in problems]
-        rollouts = self.policy.sample(prompts, generator)
+        with acc.autocast():  # the precision the updates use, so an unchanged policy has ratio 1
+            rollouts = self.policy.sample(prompts, generator)
+            with torch.no_grad():
+                if self.recompute_old:
+                    rollouts.old = self.policy.logprobs(rollouts)
+                if self.ref_policy is not None:
+                    rollouts.ref = self.ref_policy.logprobs(rollouts)
         sampled = time.perf_counter()
         texts = lm.tokenizer.batch_decode(rollouts.tokens.cpu(), skip_special_tokens=True)
         completions = [
@@ -234,12 +260,8 @@ class RLTrainer(TrainingLoop):
         scores = {name: fn(problems, completions) for name, fn in self.rewards.items()}
         rewards = combine(scores, self.weights, cfg.coherence_gate)  # [B]
         advantages = group_advantages(rewards, cfg.num_generations, scale=cfg.scale_rewards).to(lm.device)  # [B]
-        ref_logp = None
-        if self.ref_policy is not None:
-            with torch.no_grad():
-                ref_logp = self.ref_policy.logprobs(rollouts).flat()  # [B, A]
         scored = time.perf_counter()
-        update_stats = self._updates(module, optimizer, scheduler, rollouts, advantages, ref_logp, step)
+        update_stats = self._updates(module, optimizer, scheduler, rollouts, advantages, step)
         updated = time.perf_counter()
         grouped = rewards.view(-1, cfg.num_generations)  # [Q, G]
         fed = torch.arange(rollouts.thoughts.shape[1], device=lm.device)[None] < rollouts.num_latents[:, None]  # [B, R]
@@ -259,7 +281,7 @@ class RLTrainer(TrainingLoop):
         }
         return self._mean_over_processes(metrics)
 
-    def _updates(self, module, optimizer, scheduler, rollouts, advantages, ref_logp, step) -> dict:
+    def _updates(self, module, optimizer, scheduler, rollouts, advantages, step) -> dict:
         """num_iterations passes of minibatch updates; a non-finite loss or gradient skips its update."""
         cfg, acc = self.config, self.accelerator
         total = advantages.shape[0]
@@ -276,9 +298,7 @@ class RLTrainer(TrainingLoop):
                     rows = chunk[m * self.micro : (m + 1) * self.micro].to(advantages.device)
                     sync = contextlib.nullcontext() if m == cfg.gradient_accumulation_steps - 1 else acc.no_sync(module)
                     with sync:
-                        out = module(
-                            rollouts.select(rows), advantages[rows], ref_logp[rows] if ref_logp is not None else None
-                        )
+                        out = module(rollouts.select(rows), advantages[rows])
                         acc.backward(out.loss / cfg.gradient_accumulation_steps)
                     loss_sum += float(out.loss.detach()) / cfg.gradient_accumulation_steps
                     for key, value in {"loss": float(out.loss.detach()), **out.stats}.items():
