@@ -126,17 +126,20 @@ def test_one_update_raises_the_log_prob_of_rollouts_with_positive_advantage(tmp_
     assert moved[advantages > 0].mean() > moved[advantages < 0].mean()
 
 
-def test_resumed_rl_run_ends_with_the_same_weights(tmp_path, sft_model):
-    whole = run_rl(rl_config(sft_model, tmp_path / "whole", max_steps=3, num_eval_examples=0), progress=False)
-    first = rl_config(sft_model, tmp_path / "split", max_steps=2, num_eval_examples=0)
+def split_and_resume(sft_model, tmp_path, **overrides) -> list[dict]:
+    """Run 3 steps straight, and 2 steps then a resume to 3; check equal weights; return the split run's log."""
+    whole = run_rl(rl_config(sft_model, tmp_path / "whole", max_steps=3, num_eval_examples=0, **overrides), False)
+    first = rl_config(sft_model, tmp_path / "split", max_steps=2, num_eval_examples=0, **overrides)
     run_rl(first, progress=False)
     resumed = run_rl(dataclasses.replace(first, max_steps=3, resume_from_checkpoint="auto"), progress=False)
-    a, b = (
-        load_file(str(whole.final_dir / "model.safetensors")),
-        load_file(str(resumed.final_dir / "model.safetensors")),
-    )
+    a = load_file(str(whole.final_dir / "model.safetensors"))
+    b = load_file(str(resumed.final_dir / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+
+
+def test_resumed_rl_run_ends_with_the_same_weights(tmp_path, sft_model):
+    log = split_and_resume(sft_model, tmp_path)
     assert [row["step"] for row in log if "reward" in row] == [1, 2, 3]
 
 
@@ -177,18 +180,8 @@ def test_rl_learns_what_the_reward_asks(tmp_path, sft_model):
 def test_kl_runs_on_minibatches_and_resumes_against_the_starting_policy(tmp_path, sft_model):
     # 16 rollouts in updates of 4: each minibatch is trimmed to its own rollouts' lengths, the reference
     # log-probs with it; resuming rebuilds the reference from the SFT model, not from the checkpoint.
-    kl = dict(beta=0.04, per_device_train_batch_size=4, num_eval_examples=0, reward_funcs=["test_short_plan"])
-    kl.update(reward_weights=[1.0], learning_rate=3e-2)
-    whole = run_rl(rl_config(sft_model, tmp_path / "whole", max_steps=3, **kl), progress=False)
-    first = rl_config(sft_model, tmp_path / "split", max_steps=2, **kl)
-    run_rl(first, progress=False)
-    resumed = run_rl(dataclasses.replace(first, max_steps=3, resume_from_checkpoint="auto"), progress=False)
-    a, b = (
-        load_file(str(whole.final_dir / "model.safetensors")),
-        load_file(str(resumed.final_dir / "model.safetensors")),
-    )
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    kl = dict(beta=0.04, per_device_train_batch_size=4, reward_funcs=["test_short_plan"], reward_weights=[1.0])
+    log = split_and_resume(sft_model, tmp_path, learning_rate=3e-2, **kl)
     assert log[-1]["kl"] > 0
 
 
@@ -275,7 +268,17 @@ def test_non_finite_updates_are_skipped_and_too_many_in_a_row_stop_the_run(tmp_p
         run_rl(dataclasses.replace(cfg, output_dir=str(tmp_path / "stop"), max_nonfinite_steps=2), progress=False)
 
 
-def test_under_bf16_the_first_update_sees_ratio_one(tmp_path, sft_model):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide precision: let this test pick bf16 and leave no trace."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_under_bf16_the_first_update_sees_ratio_one(tmp_path, sft_model, fresh_accelerate_state):
     # bf16 autocast (on CPU here): old log-probs are recomputed in the updates' own precision.
     cfg = rl_config(sft_model, tmp_path / "bf16", bf16="true", per_device_train_batch_size=16, max_steps=1)
     run_rl(dataclasses.replace(cfg, num_eval_examples=0), progress=False)
