@@ -14,7 +14,8 @@ from pathlib import Path
 from latentreason.errors import UserError
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
-RL_METHOD = "atp-rl"  # the `method:` of RL recipes, which `latentreason rl` runs
+# The `method:` of RL recipes, which `latentreason rl` runs -> the method of the SFT model each starts from.
+RL_METHODS = {"atp-rl": "atp", "colar-rl": "colar"}
 
 
 def resolve_config_path(value: str | None) -> Path | None:
@@ -44,7 +45,7 @@ def cmd_train(argv: list[str]) -> int:
     known, _ = pre.parse_known_args(argv)
     config_path = resolve_config_path(known.config)
     method_name = known.method or (read_yaml(config_path).get("method") if config_path else None) or "cot"
-    if method_name == RL_METHOD:
+    if method_name in RL_METHODS:
         raise UserError(f"{known.config or '--method'} is a reinforcement-learning recipe: run `latentreason rl`")
     method_cls = get_method(method_name)
     parser = argparse.ArgumentParser(
@@ -72,10 +73,12 @@ def cmd_rl(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="latentreason rl",
-        description="GRPO over latent plans, starting from an ATP-Latent SFT model.",
+        description="GRPO over latent plans, starting from an ATP-Latent or CoLaR SFT model.",
         allow_abbrev=False,
     )
-    parser.add_argument("--config", help="YAML recipe (a path or a shipped recipe name, e.g. atp-rl-tiny)")
+    parser.add_argument(
+        "--config", help="YAML recipe (a path or a shipped recipe name, e.g. atp-rl-tiny, colar-rl-tiny)"
+    )
     add_config_flags(parser, RLConfig)
     args = vars(parser.parse_args(argv))
     config = load_config(RLConfig, resolve_config_path(args.pop("config", None)), args)
@@ -225,7 +228,7 @@ def cmd_demo(argv: list[str]) -> int:
 USAGE = (
     "usage: latentreason {train,rl,eval,demo,data,inspect,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
-    "  rl     GRPO over latent plans from an ATP-Latent SFT model (--config atp-rl-tiny, ...)\n"
+    "  rl     GRPO over latent plans from an ATP-Latent or CoLaR SFT model (--config atp-rl-tiny, ...)\n"
     "  eval   evaluate a trained model on a benchmark or file\n"
     "  demo   the embedded default job: train and compare methods on a generated task\n"
     "  data   stats / list / generate\n"

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from latentreason.cli import RL_METHOD, SHIPPED_CONFIGS
+from latentreason.cli import RL_METHODS, SHIPPED_CONFIGS
 from latentreason.config import load_config
 from latentreason.data.sources import held_out_from, load_problems
 from latentreason.errors import UserError
@@ -60,7 +60,7 @@ def row_config(method: str, output_dir: Path, start: Path | None, quick: bool):
     overrides = {"output_dir": str(output_dir / "runs" / method), "num_eval_examples": 0}
     if start is not None:
         overrides["model_name_or_path"] = str(start)
-    if method == RL_METHOD:
+    if method in RL_METHODS:
         return load_config(
             RLConfig, SHIPPED_CONFIGS / f"{method}-tiny.yaml", {**overrides, **(QUICK_RL if quick else {})}
         )
@@ -104,7 +104,7 @@ def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, overwr
     for method, start in ROWS.items():
         config = row_config(method, out, finals.get(start), quick)
         began_row = time.perf_counter()
-        run = run_rl(config, progress=True) if method == RL_METHOD else run_training(method, config)
+        run = run_rl(config, progress=True) if method in RL_METHODS else run_training(method, config)
         timings[f"train_{method}_s"] = round(time.perf_counter() - began_row, 1)
         finals[method] = run.final_dir
         lm = LatentLM.from_pretrained(run.final_dir).eval()

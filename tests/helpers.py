@@ -79,6 +79,14 @@ def _diversify(model, seed: int) -> None:
             param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
 
 
+@torch.no_grad()
+def eot_at_varied_steps(lm, gain: float = 3.0) -> None:
+    """Point the (tied) LM head's <eot> row along a random direction: an untrained model almost never predicts
+    <eot>, this one does at varied steps, so CoLaR's rows stop thinking at different points."""
+    row = torch.randn(lm.embed.weight.shape[1], generator=torch.Generator().manual_seed(3))
+    lm.model.get_output_embeddings().weight[lm.eot_id] = gain * row.to(lm.embed.weight.dtype)
+
+
 TINY_TRAIN_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 

@@ -1,4 +1,5 @@
-"""The latent policy: sampled log-probs equal their teacher-forced recomputation; gradients reach every part."""
+"""The latent policy (ATP-Latent, CoLaR): sampled log-probs equal their teacher-forced recomputation; gradients
+reach every part."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import torch
 
 from latentreason.layout import encode_problem
 from latentreason.methods.atp import ATPConfig, ATPLatent
+from latentreason.methods.colar import CoLaR, CoLaRConfig
 from latentreason.rl.policy import LatentPolicy, gaussian_logpdf
-from tests.helpers import build_tiny_lm, chain_problems
+from tests.helpers import build_tiny_lm, chain_problems, eot_at_varied_steps
 
 
 def atp_policy(model_type="llama", latent_logprob="mean", temperature=1.0, seed=0):
@@ -82,3 +84,64 @@ def test_gradients_reach_base_model_latent_head_and_stop_head():
     assert lm.model.get_input_embeddings().weight.grad.abs().sum() > 0
     # The step decoder is not part of the policy.
     assert all(p.grad is None for p in lm.heads["step_decoder"].parameters())
+
+
+def colar_policy(model_type="llama", latent_logprob="mean"):
+    """A tiny CoLaR policy whose rows stop thinking at varied steps."""
+    lm = build_tiny_lm(model_type)
+    method = CoLaR(CoLaRConfig(max_latents=6, compression_factor=2, embedding_std=0.25))  # x and / 0.25 are exact
+    torch.manual_seed(0)
+    method.prepare(lm)
+    eot_at_varied_steps(lm)
+    lm.eval()
+    return lm, method, LatentPolicy(lm, method, 0.7, max_completion_length=8, latent_logprob=latent_logprob)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("latent_logprob", ["mean", "sum"])
+def test_colar_recomputed_logprobs_equal_sampled(model_type, latent_logprob):
+    lm, _, policy = colar_policy(model_type, latent_logprob)
+    batch = policy.sample(policy.prompts(chain_problems(12, seed=3)), torch.Generator().manual_seed(1))
+    assert len(set(batch.num_latents.tolist())) > 2  # rows stop at their own <eot>, at different steps
+    made = batch.decision_stop[batch.decision_mask]
+    assert made.any() and (~made).any()
+    # A decision before every slot up to the stop; the latents are exactly the fed ones (no z at the stop).
+    slots = torch.arange(batch.thoughts.shape[1])[None]
+    assert torch.equal(batch.decision_mask, slots <= batch.num_latents[:, None])
+    assert torch.equal(batch.latent_mask, slots < batch.num_latents[:, None])
+    with torch.no_grad():
+        new = policy.logprobs(batch)
+        part = batch.select(torch.tensor([4, 0, 9]))
+        new_part = policy.logprobs(part)
+    for name in ("latent", "decision", "token"):
+        torch.testing.assert_close(getattr(new, name), getattr(batch.old, name), atol=1e-4, rtol=0)
+    torch.testing.assert_close(new_part.flat(), part.old.flat(), atol=1e-4, rtol=0)
+    assert (batch.old.flat()[~batch.action_mask] == 0).all()
+
+
+def test_colar_policy_prompts_with_its_speed_and_feeds_z_times_the_embedding_std():
+    lm, method, policy = colar_policy()
+    problems = chain_problems(6, seed=5)
+    solver = method.solver(lm)
+    assert policy.prompts(problems) == solver.prompts(problems)  # question (speed 2) <bot>
+    with torch.no_grad():  # a near-zero variance: the sampled z is the mean the SFT solver feeds (x std)
+        method.latent_head.logvar.weight.zero_()
+        method.latent_head.logvar.bias.fill_(-40.0)
+        batch = policy.sample(policy.prompts(problems), torch.Generator().manual_seed(0))
+        first = solver.rollout(solver.prompts(problems)).latent_inputs[:, 0]  # [B, d]
+    both = (batch.num_latents > 0) & (first.abs().sum(-1) > 0)
+    assert both.any()
+    torch.testing.assert_close(batch.thoughts[both, 0], first[both])
+    # The density is of thought / std: at this variance about -(logvar + log 2 pi) / 2 = 19.1 per dimension.
+    assert (batch.old.latent[batch.latent_mask] > 18).all()
+
+
+def test_colar_gradients_reach_the_latent_head_and_the_base_model_through_the_stop_decisions():
+    lm, method, policy = colar_policy()
+    batch = policy.sample(policy.prompts(chain_problems(12, seed=3)), torch.Generator().manual_seed(5))
+    new = policy.logprobs(batch)
+    new.decision[batch.decision_mask].sum().backward()  # the LM head's <eot> decides: the base model learns to stop
+    assert lm.model.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.latent_head.parameters())
+    policy.logprobs(batch).latent[batch.latent_mask].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.latent_head.parameters())

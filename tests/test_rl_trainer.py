@@ -1,4 +1,5 @@
-"""The GRPO trainer: it runs, logs TRL's metric names, moves the policy the right way, resumes exactly."""
+"""The GRPO trainer (ATP-Latent, CoLaR): it runs, logs TRL's metric names, moves the policy the right way, resumes
+exactly."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from safetensors.torch import load_file
 from latentreason.cli import main
 from latentreason.errors import ConfigError, UserError
 from latentreason.methods.atp import ATPConfig, ATPLatent
+from latentreason.methods.colar import STD_KEY, CoLaR, CoLaRConfig
 from latentreason.rl.config import RLConfig
 from latentreason.rl.rewards import register_reward
 from latentreason.rl.run import run_rl
-from tests.helpers import build_tiny_lm
+from tests.helpers import build_tiny_lm, eot_at_varied_steps
 
 
 @register_reward("test_short_plan")
@@ -33,6 +35,22 @@ def sft_model(tmp_path_factory):
     ATPLatent(config).prepare(lm)
     lm.meta = {"method": "atp", "method_config": dataclasses.asdict(config)}
     path = tmp_path_factory.mktemp("atp") / "final"
+    lm.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def colar_model(tmp_path_factory):
+    """A saved (untrained) CoLaR model whose rows stop thinking at varied steps, by soft decisions."""
+    lm = build_tiny_lm("llama", seed=2)
+    config = CoLaRConfig(max_latents=6, compression_factor=2, embedding_std=0.25, max_new_tokens=8)
+    torch.manual_seed(0)
+    CoLaR(config).prepare(lm)
+    with torch.no_grad():  # flatter logits: p(<eot>) is rarely near 0 or 1, so RL can move the stop decisions
+        lm.model.model.norm.weight.mul_(0.3)
+    eot_at_varied_steps(lm)
+    lm.meta.update(method="colar", method_config=dataclasses.asdict(config))
+    path = tmp_path_factory.mktemp("colar") / "final"
     lm.save_pretrained(path)
     return path
 
@@ -161,9 +179,10 @@ def test_kl_to_the_starting_policy_is_zero_at_the_start_and_grows(tmp_path, sft_
     assert abs(kls[0]) < 1e-6 and kls[1] > 1e-4
 
 
-def test_rl_learns_what_the_reward_asks(tmp_path, sft_model):
+@pytest.mark.parametrize("model", ["sft_model", "colar_model"])
+def test_rl_learns_what_the_reward_asks(tmp_path, model, request):
     cfg = rl_config(
-        sft_model,
+        request.getfixturevalue(model),
         tmp_path / "short",
         reward_funcs=["test_short_plan"],
         reward_weights=[1.0],
@@ -284,3 +303,40 @@ def test_under_bf16_the_first_update_sees_ratio_one(tmp_path, sft_model, fresh_a
     run_rl(dataclasses.replace(cfg, num_eval_examples=0), progress=False)
     log = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
     assert log[0]["log_ratio/max_abs"] < 1e-3
+
+
+def colar_config(colar_model, output_dir, **overrides) -> RLConfig:
+    """No coherence (CoLaR has no step decoder); the short-plan term gives an untrained model a learning signal."""
+    rewards = {"reward_funcs": ["accuracy", "format", "test_short_plan"], "reward_weights": [1.0, 0.5, 0.1]}
+    return rl_config(colar_model, output_dir, **(rewards | overrides))
+
+
+def test_colar_rl_runs_logs_and_keeps_its_method(tmp_path, colar_model):
+    result = run_rl(colar_config(colar_model, tmp_path / "rl"), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "rl" / "log.jsonl").read_text().splitlines()]
+    steps = [row for row in log if "reward" in row]
+    assert [row["step"] for row in steps] == [1, 2]
+    for key in ("rewards/accuracy/mean", "rewards/format/mean", "clip_ratio/region_mean", "kl"):
+        assert key in steps[0], key
+    assert steps[0]["grad_norm"] > 0
+    assert 0 < steps[0]["latents/mean_active"] < 6  # rows stop at their own <eot>
+    meta = json.loads((result.final_dir / "latentreason.json").read_text())
+    assert meta["method"] == "colar" and meta[STD_KEY] == 0.25 and meta["method_config"]["compression_factor"] == 2
+    assert result.eval is not None and result.eval.n > 0  # evaluated by the CoLaR solver
+    before, after = (load_file(str(p / "heads.safetensors")) for p in (colar_model, result.final_dir))
+    assert all(not torch.equal(before[k], after[k]) for k in before)  # the latent head (its only head) moved
+
+
+def test_colar_rl_refuses_the_coherence_reward(tmp_path, colar_model):
+    with pytest.raises(ConfigError, match="'coherence' decodes the latent plan with a step decoder"):
+        run_rl(rl_config(colar_model, tmp_path / "rl"), progress=False)  # the default rewards include coherence
+    assert not (tmp_path / "rl").exists()
+
+
+def test_resumed_colar_rl_run_ends_with_the_same_weights(tmp_path, colar_model):
+    first = colar_config(colar_model, tmp_path / "split", max_steps=2, num_eval_examples=0)
+    whole = run_rl(dataclasses.replace(first, output_dir=str(tmp_path / "whole"), max_steps=3), progress=False)
+    run_rl(first, progress=False)
+    resumed = run_rl(dataclasses.replace(first, max_steps=3, resume_from_checkpoint="auto"), progress=False)
+    a, b = (load_file(str(r.final_dir / "model.safetensors")) for r in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from latentreason.cli import RL_METHOD, SHIPPED_CONFIGS, resolve_config_path
+from latentreason.cli import RL_METHODS, SHIPPED_CONFIGS, resolve_config_path
 from latentreason.config import load_config, read_yaml
 from latentreason.methods import get_method
 from latentreason.rl.config import RLConfig
@@ -29,6 +29,8 @@ def test_recipes_are_shipped():
         "coconut-llama1b-gsm8k-aug",
         "atp-rl-tiny",
         "atp-rl-llama1b-gsm8k-aug",
+        "colar-rl-tiny",
+        "colar-rl-llama1b-gsm8k-aug",
     } <= names
 
 
@@ -51,9 +53,10 @@ def test_recipe_runs_one_step_on_a_tiny_model(recipe: Path, tmp_path):
         "max_steps": 1,
         "output_dir": str(tmp_path / "run"),
     }
-    if method == RL_METHOD:
-        # RL starts from an ATP-Latent model: train one for a step, then run the recipe's settings on it.
-        sft = run_training("atp", load_config(get_method("atp").config_cls, None, overrides), progress=False)
+    if method in RL_METHODS:
+        # RL starts from an SFT model of its method: train one for a step, then run the recipe's settings on it.
+        sft_method = RL_METHODS[method]
+        sft = run_training(sft_method, load_config(get_method(sft_method).config_cls, None, overrides), progress=False)
         rl_overrides = {k: v for k, v in overrides.items() if k not in ("tiny_model", "per_device_train_batch_size")}
         rl_overrides.update(
             model_name_or_path=str(sft.final_dir), output_dir=str(tmp_path / "rl"), questions_per_step=4

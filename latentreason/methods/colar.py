@@ -13,7 +13,7 @@
   answer continues on the same KV cache (the reference re-prefills the whole sequence).
 - The embedding std is `embedding_std`, or, when 0, measured from the embedding matrix when training
   starts and saved with the model, so evaluation scales exactly as training did.
-The reference's RL stage is not part of this method.
+The RL stage is GRPO on the shared trainer (`latentreason rl`; rl/policy.py's CoLaRActions).
 """
 
 from __future__ import annotations

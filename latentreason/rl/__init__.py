@@ -1,1 +1,1 @@
-"""Reinforcement learning over latent plans (GRPO for ATP-Latent)."""
+"""Reinforcement learning over latent plans (GRPO for ATP-Latent and CoLaR)."""

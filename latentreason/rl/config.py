@@ -16,7 +16,7 @@ GATES = ("accuracy", "none")
 @dataclass
 class RLConfig(TrainConfig):
     model_name_or_path: str = field(
-        "runs/atp-tiny/final", help="the ATP-Latent SFT model to improve (a run's final/ or a checkpoint)"
+        "runs/atp-tiny/final", help="the ATP-Latent or CoLaR SFT model to improve (a run's final/ or a checkpoint)"
     )
     learning_rate: float = field(1e-6, help="peak AdamW learning rate (the reference uses 1e-6)")
     max_steps: int = field(-1, help="rollout batches to run; -1 derives them from num_train_epochs")
@@ -49,7 +49,9 @@ class RLConfig(TrainConfig):
     )
     latent_logprob_scale: float = field(1.0, help="multiplier on the latent log-density term")
     # --- rewards ---
-    reward_funcs: list = field(["accuracy", "format", "coherence"], help="registered reward functions")
+    reward_funcs: list = field(
+        ["accuracy", "format", "coherence"], help="registered reward functions (coherence: ATP-Latent only)"
+    )
     reward_weights: list = field([1.0, 0.5, 0.1], help="one weight per reward function (reference 1, 0.5, 0.1)")
     coherence_gate: str = field("accuracy", help="accuracy: coherence counts only when the answer is right; none")
     coherence_empty: float = field(0.0, help="coherence of a plan with no latent steps (reference: 1.0)")

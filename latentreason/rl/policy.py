@@ -1,13 +1,20 @@
-"""The latent policy of ATP-Latent: sampled rollouts with their log-probabilities, and their recomputation.
+"""The latent policy of ATP-Latent and CoLaR: sampled rollouts with their log-probabilities, and their recomputation.
 
 A rollout's actions, each with a log-probability:
-  latent     z_j ~ N(mean_j, var_j) from the Gaussian head, at every slot the row reached: its used
-             latents and, when it stopped by a sampled decision, the z the stop head saw there
-  decision   continue/stop sampled from the stop head at each group start the row reached
+  latent     z_j ~ N(mean_j, var_j) from the Gaussian latent head at every slot the row used (fed as
+             z_j x scale) and, for ATP-Latent, the z its stop head saw where the row stopped
+  decision   continue/stop, sampled at each slot where the method decides (see the actions below)
   token      each answer token, sampled from softmax(logits / temperature)
 `sample` records them while rolling out (no grad, in-place cache); `logprobs` recomputes them for the
 same actions in one teacher-forced latent pass with gradients. For an unchanged policy the two agree
 (tests check 1e-4).
+
+What differs per method lives in a small actions object (`ACTIONS`, by method name):
+  ATPActions    prompt `question <bot>`; z fed as drawn; the stop head decides on z at the first slot
+                of every c_thought group.
+  CoLaRActions  prompt `question (speed r) <bot>`; the head predicts the next compressed embedding
+                divided by the embedding std, so z x std is fed; before every slot the LM head's
+                probability of `<eot>` is the probability of stopping (any other token: continue).
 
 The Gaussian log-density of a d-dimensional z is a sum of d terms, so its changes dwarf every other
 action's and its importance ratios explode. `latent_logprob: mean` divides it by d (a per-dimension
@@ -25,7 +32,9 @@ from latentreason.engine.batch import IGNORE
 from latentreason.engine.latent_pass import build_latent_batch, latent_forward
 from latentreason.engine.rollout import latent_rollout
 from latentreason.errors import ConfigError
+from latentreason.layout import encode_problem
 from latentreason.methods.atp import STOP
+from latentreason.methods.colar import STD_KEY, CoLaR
 
 LATENT_LOGPROB = ("mean", "sum")
 
@@ -44,9 +53,9 @@ class ActionLogprobs:
 class RolloutBatch:
     prompts: list[list[int]]  # token ids, each ending with <bot>
     num_latents: torch.Tensor  # [B] latents each row used
-    thoughts: torch.Tensor  # [B, R] x d: every z drawn, R = latent steps the rollout ran
+    thoughts: torch.Tensor  # [B, R] x d: every thought drawn, as fed (z x scale), R = latent steps the rollout ran
     latent_mask: torch.Tensor  # [B, R] z whose density is an action of the row
-    decision_mask: torch.Tensor  # [B, R] group starts where the row decided
+    decision_mask: torch.Tensor  # [B, R] slots where the row decided
     decision_stop: torch.Tensor  # [B, R] the decision was "stop"
     tokens: torch.Tensor  # [B, T] answer tokens (pad after the stop token)
     lengths: torch.Tensor  # [B] answer tokens, stop token included
@@ -63,7 +72,8 @@ class RolloutBatch:
 
     def select(self, rows: torch.Tensor) -> RolloutBatch:
         """The rollouts at `rows` (a [M] index tensor), trimmed to what they use."""
-        r = int(self.latent_mask[rows].sum(1).max()) if len(rows) else 0
+        # Both masks are prefixes of the slots (ATP's decisions lie inside its latents), so their union's length.
+        r = int((self.latent_mask | self.decision_mask)[rows].sum(1).max()) if len(rows) else 0
         t = int(self.lengths[rows].max()) if len(rows) else 0
 
         def trim(logprobs: ActionLogprobs | None) -> ActionLogprobs | None:
@@ -90,8 +100,51 @@ def gaussian_logpdf(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -
     return -0.5 * ((z - mean).pow(2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
 
 
+class ATPActions:
+    """ATP-Latent: z is fed as drawn; the stop head reads z at the first slot of each c_thought group."""
+
+    scale = 1.0
+    stop_reads_latent = True  # where a row stops, the z drawn there is an action: the stop head saw it
+
+    def __init__(self, lm, method):
+        self.lm, self.latent_head, self.stop_head = lm, method.latent_head, method.stop_head
+        self.group = method.config.c_thought  # decisions at slots j with j % group == 0
+        self.max_latents = method.config.max_latent_stage * self.group
+
+    def prompt(self, problem) -> list[int]:
+        return encode_problem(self.lm.tokenizer, problem).prompt + [self.lm.bot_id]
+
+    def stop_logits(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.stop_head(z).float()  # [.., 2] (continue, stop)
+
+
+class CoLaRActions:
+    """CoLaR: z x embedding std is fed; before every slot, the LM head predicting <eot> ends the thinking."""
+
+    group = 1
+    stop_reads_latent = False  # the decision reads the hidden state before the slot, never its z
+
+    def __init__(self, lm, method):
+        self.lm, self.latent_head = lm, method.latent_head
+        self.scale = lm.meta[STD_KEY]
+        self.max_latents = method.config.max_latents
+        self.factor = method.config.compression_factor
+
+    def prompt(self, problem) -> list[int]:
+        return CoLaR.speed_prompt(self.lm, encode_problem(self.lm.tokenizer, problem), self.factor)
+
+    def stop_logits(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        logits = self.lm.lm_head(hidden).float()  # [.., V]
+        eot = torch.arange(logits.shape[-1], device=logits.device) == self.lm.eot_id  # [V]
+        # Any token but <eot> continues: log-sum-exp of the others, so softmax gives (1 - p(eot), p(eot)).
+        return torch.stack([logits.masked_fill(eot, -math.inf).logsumexp(-1), logits[..., self.lm.eot_id]], -1)
+
+
+ACTIONS = {"atp": ATPActions, "colar": CoLaRActions}  # method name -> its actions; RL runs these methods
+
+
 class LatentPolicy:
-    """Samples and scores rollouts of an ATP-Latent model (its latent head, stop head and LM)."""
+    """Samples and scores rollouts of an ATP-Latent or CoLaR model (its latent head, stop rule and LM)."""
 
     def __init__(
         self,
@@ -106,37 +159,48 @@ class LatentPolicy:
             raise ConfigError(f"latent_logprob: expected one of {LATENT_LOGPROB}, got {latent_logprob!r}")
         if temperature <= 0:
             raise ConfigError(f"temperature: RL samples its answers, so it must be > 0, got {temperature}")
-        self.lm, self.method = lm, method
+        self.lm, self.actions = lm, ACTIONS[method.name](lm, method)
         self.temperature, self.max_completion_length = temperature, max_completion_length
         self.latent_logprob, self.latent_logprob_scale = latent_logprob, latent_logprob_scale
-        self.c = method.config.c_thought
-        self.max_latents = method.config.max_latent_stage * self.c
 
-    def latent_density(self, z, mean, logvar) -> torch.Tensor:
-        per_dim = gaussian_logpdf(z.float(), mean.float(), logvar.float())  # [.., d]
+    def prompts(self, problems) -> list[list[int]]:
+        return [self.actions.prompt(p) for p in problems]
+
+    def latent_density(self, thought, mean, logvar) -> torch.Tensor:
+        per_dim = gaussian_logpdf(thought.float() / self.actions.scale, mean.float(), logvar.float())  # [.., d]
         reduced = per_dim.mean(-1) if self.latent_logprob == "mean" else per_dim.sum(-1)  # [..]
         return reduced * self.latent_logprob_scale
 
-    def decision_logprob(self, z, stop) -> torch.Tensor:
-        logp = self.method.stop_head(z).float().log_softmax(-1)  # [.., 2]
-        return logp.gather(-1, stop.long()[..., None]).squeeze(-1)  # [..]
+    def latent_and_decision(
+        self, thoughts, mean, logvar, before, latent_mask, decision_mask, decision_stop
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs of the latent and decision actions, [B, R] each (0 where masked).
+
+        thoughts, mean, logvar, before: [B, R, d] (before: the hidden state before each slot); masks [B, R].
+        Decisions are scored only where made: CoLaR's go through the LM head, [K, V] rather than [B, R, V].
+        """
+        zero = torch.zeros(thoughts.shape[:2], device=thoughts.device)  # [B, R]
+        latent = torch.where(latent_mask, self.latent_density(thoughts, mean, logvar), zero)
+        logits = self.actions.stop_logits(before[decision_mask], thoughts[decision_mask])  # [K, 2]
+        stop = decision_stop[decision_mask].long()[:, None]  # [K, 1]
+        return latent, zero.masked_scatter(decision_mask, logits.log_softmax(-1).gather(-1, stop).squeeze(-1))
 
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], generator: torch.Generator | None = None) -> RolloutBatch:
-        method, c = self.method, self.c
-        drawn = []  # per latent step: (z, mean, logvar), every row
+        acts = self.actions
+        drawn = []  # per latent step: (thought fed, mean, logvar, hidden before the slot), every row
 
         def thought(hidden, j):
-            mean, logvar = method.latent_head(hidden)  # [B, d], [B, d]
+            mean, logvar = acts.latent_head(hidden)  # [B, d], [B, d]
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            z = mean + (0.5 * logvar).exp() * noise  # [B, d]
-            drawn.append((z, mean, logvar))
-            return z, (mean, logvar)
+            fed = (mean + (0.5 * logvar).exp() * noise) * acts.scale  # [B, d]
+            drawn.append((fed, mean, logvar, hidden))
+            return fed, None
 
-        def controller(j, hidden, z, extra):
-            if j % c:
-                return torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-            probs = method.stop_head(z).float().softmax(-1)  # [B, 2]
+        def controller(j, hidden, fed, extra):
+            if j % acts.group:
+                return torch.zeros(fed.shape[0], dtype=torch.bool, device=fed.device)
+            probs = acts.stop_logits(hidden, fed).softmax(-1)  # [B, 2]
             return torch.multinomial(probs, 1, generator=generator).squeeze(-1) == STOP
 
         out = latent_rollout(
@@ -144,7 +208,7 @@ class LatentPolicy:
             prompts,
             thought,
             controller,
-            self.max_latents,
+            acts.max_latents,
             self.max_completion_length,
             temperature=self.temperature,
             generator=generator,
@@ -152,24 +216,18 @@ class LatentPolicy:
         )
         bsz, device = len(prompts), out.tokens.device
         if drawn:
-            z, mean, logvar = (torch.stack(parts, 1) for parts in zip(*drawn))  # [B, R, d] each
-        else:  # max_latent_stage 0: no latent steps at all
-            z = mean = logvar = torch.zeros(bsz, 0, self.lm.model.config.hidden_size, device=device)
-        slots = torch.arange(z.shape[1], device=device)[None]  # [1, R]
+            fed, mean, logvar, before = (torch.stack(parts, 1) for parts in zip(*drawn))  # [B, R, d] each
+        else:  # no latent steps at all (max_latents 0)
+            fed = mean = logvar = before = torch.zeros(bsz, 0, self.lm.model.config.hidden_size, device=device)
+        slots = torch.arange(fed.shape[1], device=device)[None]  # [1, R]
         used = out.num_latents[:, None]  # [B, 1]
-        # Rows stop only at group starts, so slot `used` (when it was run) is where the row said stop.
-        latent_mask = slots <= used  # [B, R]
-        decision_mask = latent_mask & (slots % c == 0)  # [B, R]
+        # A row stops only where it decides, so slot `used` (when it was run) is where it said stop.
         decision_stop = slots == used  # [B, R]
-        zero = torch.zeros(bsz, z.shape[1], device=device)
-        old = ActionLogprobs(
-            torch.where(latent_mask, self.latent_density(z, mean, logvar), zero),
-            torch.where(decision_mask, self.decision_logprob(z, decision_stop), zero),
-            out.token_logprobs,
-        )
-        return RolloutBatch(
-            prompts, out.num_latents, z, latent_mask, decision_mask, decision_stop, out.tokens, out.lengths, old
-        )
+        decision_mask = (slots <= used) & (slots % acts.group == 0)  # [B, R]
+        latent_mask = (slots < used) | (decision_stop & acts.stop_reads_latent)  # [B, R]
+        masks = (latent_mask, decision_mask, decision_stop)
+        old = ActionLogprobs(*self.latent_and_decision(fed, mean, logvar, before, *masks), out.token_logprobs)
+        return RolloutBatch(prompts, out.num_latents, fed, *masks, out.tokens, out.lengths, old)
 
     def logprobs(self, batch: RolloutBatch) -> ActionLogprobs:
         """The same actions' log-probs under the current weights, in one teacher-forced pass (with grad)."""
@@ -182,16 +240,16 @@ class LatentPolicy:
         )
         thoughts = batch.thoughts
 
-        def feed(hidden, j):  # the drawn z, not a new sample
+        def feed(hidden, j):  # the drawn thought, not a new sample
             return thoughts[:, j].to(hidden.dtype), None
 
+        # Each row's latents end where it stopped (masked beyond); <eot> and its answer follow on the cache.
         out = latent_forward(lm, latent_batch, feed)
         before = torch.cat([out.bot_hidden[:, None], out.latent_hidden], dim=1)  # [B, N+1, d] hidden before slot j
-        r = thoughts.shape[1]
-        mean, logvar = self.method.latent_head(before[:, :r])  # [B, R, d] each
-        zero = torch.zeros(thoughts.shape[:2], device=thoughts.device)
-        latent = torch.where(batch.latent_mask, self.latent_density(thoughts, mean, logvar), zero)
-        decision = torch.where(batch.decision_mask, self.decision_logprob(thoughts, batch.decision_stop), zero)
+        before = before[:, : thoughts.shape[1]]  # [B, R, d]
+        mean, logvar = self.actions.latent_head(before)  # [B, R, d] each
+        masks = (batch.latent_mask, batch.decision_mask, batch.decision_stop)
+        latent, decision = self.latent_and_decision(thoughts, mean, logvar, before, *masks)
         t = batch.tokens.shape[1]
         logits = lm.lm_head(out.suffix_hidden[:, :t]).float() / self.temperature  # [B, T, V]: <eot>.. predict tokens
         token = logits.log_softmax(-1).gather(-1, batch.tokens[..., None]).squeeze(-1)  # [B, T]

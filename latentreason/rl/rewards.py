@@ -109,7 +109,10 @@ def decode_plans(context: RewardContext, completions: list[Completion]) -> list[
 @register_reward("coherence")
 def coherence_reward(context: RewardContext) -> RewardFn:
     if context.decoder is None:
-        raise ConfigError("reward 'coherence' needs a method with a step decoder (atp)")
+        raise ConfigError(
+            "reward 'coherence' decodes the latent plan with a step decoder, which only ATP-Latent models have: "
+            "leave it out of reward_funcs"
+        )
 
     def score(problems, completions):
         plans = decode_plans(context, completions)

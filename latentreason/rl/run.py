@@ -1,4 +1,4 @@
-"""From an RL config to a finished run: the ATP-Latent SFT model (or a resumable checkpoint), data, trainer."""
+"""From an RL config to a finished run: the ATP-Latent or CoLaR SFT model (or a resumable checkpoint), data, trainer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GRPO over latent plans: read top to bottom.
+"""GRPO over latent plans (ATP-Latent or CoLaR; rl/policy.py has what differs): read top to bottom.
 
 Per rollout step (the unit of max_steps, checkpoints and resume):
   1. questions: this rank's whole questions of the step (a group never spans ranks), from a
@@ -10,7 +10,7 @@ Per rollout step (the unit of max_steps, checkpoints and resume):
   4. updates: num_iterations passes over the rollouts in shuffled minibatches of
      per_device_train_batch_size x gradient_accumulation_steps, each one optimizer step: recompute the
      log-probs in a teacher-forced latent pass, PPO-clip loss, clip gradients, AdamW.
-The step decoder is frozen (it only scores coherence). Dropout is off throughout, so the recomputed
+ATP-Latent's step decoder is frozen (it only scores coherence). Dropout is off throughout, so the recomputed
 log-probs of an unchanged policy equal the sampled ones.
 """
 
@@ -32,13 +32,11 @@ from transformers import get_scheduler
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult
-from latentreason.layout import encode_problem
-from latentreason.methods.atp import ATPLatent
 from latentreason.model.latent_lm import LatentLM
 from latentreason.model.step_decoder import StepDecoder
 from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
-from latentreason.rl.policy import LatentPolicy, RolloutBatch
+from latentreason.rl.policy import ACTIONS, LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
 from latentreason.training.checkpoint import load_training_state
 from latentreason.training.guards import NonFiniteGuard, advance_schedule
@@ -92,8 +90,10 @@ class RLTrainer(TrainingLoop):
     ):
         if not train:
             raise UserError("no training questions (check dataset / num_train_examples)")
-        if not isinstance(method, ATPLatent):
-            raise UserError(f"RL needs an ATP-Latent model; {config.model_name_or_path} was trained with {method.name}")
+        if method.name not in ACTIONS:
+            raise UserError(
+                f"RL needs an ATP-Latent or CoLaR model; {config.model_name_or_path} was trained with {method.name}"
+            )
         self.method, self.lm = method, lm
         self.train_set, self.held_out = train, held_out
         method.prepare(lm)
@@ -143,14 +143,14 @@ class RLTrainer(TrainingLoop):
         return start.requires_grad_(False).eval()
 
     def _reward_context(self) -> RewardContext:
-        cfg, decoder = self.config, getattr(self.method, "decoder", None)
+        cfg, decoder = self.config, getattr(self.method, "decoder", None)  # CoLaR has none: no coherence reward
         if decoder is not None:
             if decoder.mode == "shared":
                 # The base model is the decoder and RL changes it: score with the frozen starting model.
                 decoder = StepDecoder(self._starting_model(), "shared")
             else:
                 decoder.model.requires_grad_(False)
-        c = self.method.config.c_thought
+        c = self.policy.actions.group  # latents per step: ATP's c_thought
         return RewardContext(self.lm, decoder, c, cfg.coherence_max_tokens, cfg.coherence_empty)
 
     def _reference_policy(self) -> LatentPolicy:
@@ -197,7 +197,7 @@ class RLTrainer(TrainingLoop):
         bar = tqdm(
             total=self.total_steps,
             initial=state["global_step"],
-            desc="rl atp",
+            desc=f"rl {self.method.name}",
             disable=not (self.progress and acc.is_main_process),
             dynamic_ncols=True,
         )
@@ -243,9 +243,8 @@ class RLTrainer(TrainingLoop):
         generator = torch.Generator(device=lm.device).manual_seed(seed)
         began = time.perf_counter()
         problems = [q for q in questions for _ in range(cfg.num_generations)]  # groups are consecutive
-        prompts = [encode_problem(lm.tokenizer, p).prompt + [lm.bot_id] for p in problems]
         with acc.autocast():  # the precision the updates use, so an unchanged policy has ratio 1
-            rollouts = self.policy.sample(prompts, generator)
+            rollouts = self.policy.sample(self.policy.prompts(problems), generator)
             with torch.no_grad():
                 if self.recompute_old:
                     rollouts.old = self.policy.logprobs(rollouts)
