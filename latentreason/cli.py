@@ -67,7 +67,7 @@ def cmd_train(argv: list[str]) -> int:
 
 # --- rl ----------------------------------------------------------------------------------------
 def cmd_rl(argv: list[str]) -> int:
-    from latentreason.config import add_config_flags, load_config
+    from latentreason.config import add_config_flags, load_config, read_yaml
     from latentreason.rl.config import RLConfig
     from latentreason.rl.run import run_rl
 
@@ -81,8 +81,10 @@ def cmd_rl(argv: list[str]) -> int:
     )
     add_config_flags(parser, RLConfig)
     args = vars(parser.parse_args(argv))
-    config = load_config(RLConfig, resolve_config_path(args.pop("config", None)), args)
-    result = run_rl(config)
+    config_path = resolve_config_path(args.pop("config", None))
+    config = load_config(RLConfig, config_path, args)
+    marker = read_yaml(config_path).get("method") if config_path else None
+    result = run_rl(config, expected_method=RL_METHODS.get(marker))
     print(f"final model: {result.final_dir}")
     if result.eval is not None:
         print(

@@ -340,3 +340,9 @@ def test_resumed_colar_rl_run_ends_with_the_same_weights(tmp_path, colar_model):
     resumed = run_rl(dataclasses.replace(first, max_steps=3, resume_from_checkpoint="auto"), progress=False)
     a, b = (load_file(str(r.final_dir / "model.safetensors")) for r in (whole, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_rl_recipe_refuses_a_model_of_another_method(tmp_path, sft_model, capsys):
+    args = ["rl", "--config", "colar-rl-tiny", "--model_name_or_path", str(sft_model)]
+    assert main([*args, "--output_dir", str(tmp_path / "rl")]) == 2
+    assert "for colar models" in capsys.readouterr().err
