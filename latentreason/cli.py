@@ -222,8 +222,13 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--output-dir", default="demo_output", help="where models, results and the plot go")
     parser.add_argument("--quick", action="store_true", help="a smoke run of under a minute (tiny budget)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument(
+        "--rows",
+        help="comma-separated rows to run (the rows they start from are added), e.g. cot,no-cot,atp-rl; default all",
+    )
     args = parser.parse_args(argv)
-    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
+    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite, rows=rows)
     return 0
 
 

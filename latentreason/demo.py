@@ -41,6 +41,7 @@ ROWS = {
     "simcot": "cot",
     "atp": "cot",
     "atp-rl": "atp",
+    "colar-rl": "colar",
 }
 TEST_TASK = {"num_steps": 3, "ops": "+-*", "modulus": 10}
 NUM_TEST = 500
@@ -69,8 +70,26 @@ def row_config(method: str, output_dir: Path, start: Path | None, quick: bool):
     return load_config(get_method(method).config_cls, SHIPPED_CONFIGS / f"{method}-tiny.yaml", overrides)
 
 
-def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, overwrite: bool = False) -> list:
+def select_rows(names: list[str] | None) -> list[str]:
+    """The rows asked for plus the rows they start from, in the table's order (None: every row)."""
+    if not names:
+        return list(ROWS)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise UserError(f"--rows: unknown {', '.join(unknown)}; the rows are {', '.join(ROWS)}")
+    wanted = set()
+    for name in names:
+        while name is not None and name not in wanted:
+            wanted.add(name)
+            name = ROWS[name]
+    return [name for name in ROWS if name in wanted]
+
+
+def run_demo(
+    output_dir: str | Path = "demo_output", quick: bool = False, overwrite: bool = False, rows: list[str] | None = None
+) -> list:
     """Train CoT-SFT, No-CoT and the latent methods on a generated task and compare them on held-out problems."""
+    selected = select_rows(rows)
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -101,8 +120,8 @@ def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, overwr
     )
     print(f"example: {train[0].question}  ->  {train[0].cot}  ### {train[0].answer}")
     results, timings, finals = [], {}, {}
-    for method, start in ROWS.items():
-        config = row_config(method, out, finals.get(start), quick)
+    for method in selected:
+        config = row_config(method, out, finals.get(ROWS[method]), quick)
         began_row = time.perf_counter()
         run = run_rl(config, progress=True) if method in RL_METHODS else run_training(method, config)
         timings[f"train_{method}_s"] = round(time.perf_counter() - began_row, 1)

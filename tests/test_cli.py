@@ -338,7 +338,7 @@ def test_demo_quick_writes_results_and_refuses_to_overwrite(capsys, tmp_path, sm
     assert payload["quick"] is True
     results = payload["results"]
     assert [r["method"] for r in results] == list(demo.ROWS)
-    assert {"cot", "no-cot", "icot", "coconut", "simcot", "atp", "atp-rl"} <= set(demo.ROWS)
+    assert {"cot", "no-cot", "icot", "coconut", "simcot", "atp", "atp-rl", "colar-rl"} <= set(demo.ROWS)
     assert results[0]["n"] == results[1]["n"] > 0
     assert "| method | benchmark |" in stdout
     assert "| cot | chain-3step (held-out) |" in stdout and "| no-cot | chain-3step (held-out) |" in stdout
@@ -410,3 +410,13 @@ def test_bench_rl_quick_prints_the_phases_and_speed_up_as_json_last(capsys):
     for key in ("step_rollout_s", "step_score_s", "step_update_s", "rollouts_per_s_batched", "rollout_speedup_loop"):
         assert figures[key] > 0, key
     assert figures["latents_per_rollout"] == 4  # the stop head never stops: max_latent_stage 2 x c_thought 2
+
+
+def test_demo_rows_bring_the_rows_they_start_from(capsys, tmp_path, small_quick_plan):
+    assert demo.select_rows(["atp-rl", "no-cot"]) == ["cot", "no-cot", "atp", "atp-rl"]
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--quick", "--output-dir", str(out), "--rows", "coconut"]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [r["method"] for r in results] == ["cot", "coconut"]
+    line = user_error(capsys, ["demo", "--quick", "--output-dir", str(tmp_path / "x"), "--rows", "cocnut"])
+    assert "--rows: unknown cocnut" in line
