@@ -240,7 +240,7 @@ USAGE = (
     "  demo   the embedded default job: train and compare methods on a generated task\n"
     "  data   stats / list / generate\n"
     "  inspect  show what a latent model thought (decoded steps, stop decisions, nearest tokens)\n"
-    "  bench  speed and memory benchmarks (bench engine)"
+    "  bench  speed and memory benchmarks (bench engine, bench rl)"
 )
 
 
