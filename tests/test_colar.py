@@ -135,3 +135,8 @@ def test_colar_trains_saves_its_scale_and_answers(tmp_path):
 def test_config_rejects_unknown_latent_loss():
     with pytest.raises(ConfigError, match="latent_loss"):
         CoLaRConfig(latent_loss="l1")
+
+
+def test_compress_of_rows_without_steps_is_empty_not_an_error():
+    latents, mask = compress(torch.randn(2, 3, 4), torch.tensor([0, 0]), torch.tensor([2, 3]))
+    assert latents.shape == (2, 0, 4) and mask.shape == (2, 0)

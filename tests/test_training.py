@@ -94,3 +94,21 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
     # Same 16 problems per step; per-micro-batch token means differ slightly from one 16-row mean.
     for name in a:
         assert torch.allclose(a[name], b[name], atol=2e-4), name
+
+
+def test_a_method_can_ask_for_a_fresh_optimizer_on_resume(tmp_path, capsys, monkeypatch):
+    # CODI/PCCoT with LoRA: resumed runs train new adapters, so old Adam moments must not be reused.
+    method_cls = get_method("cot")
+    monkeypatch.setattr(method_cls, "resume_resets_optimizer", lambda self: True)
+    run_training("cot", config(tmp_path, max_steps=2, num_eval_examples=0), progress=False)
+    capsys.readouterr()
+    run_training(
+        "cot", config(tmp_path, max_steps=3, num_eval_examples=0, resume_from_checkpoint="auto"), progress=False
+    )
+    assert "the optimizer state starts anew" in capsys.readouterr().out
+
+
+def test_codi_with_lora_resets_the_optimizer_on_resume():
+    codi = get_method("codi")
+    assert codi(codi.config_cls(lora_r=4)).resume_resets_optimizer()
+    assert not codi(codi.config_cls()).resume_resets_optimizer()

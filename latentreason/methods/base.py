@@ -50,6 +50,11 @@ class Method(abc.ABC):
         """Called before each optimizer step (step-based schedules); return True to reset the optimizer."""
         return False
 
+    def resume_resets_optimizer(self) -> bool:
+        """True when a resumed run's trainable parameters are new (fresh LoRA adapters on merged weights),
+        so the checkpoint's optimizer moments belong to other parameters and must not be loaded."""
+        return False
+
     def batch_tokens(self, batch: dict) -> int:
         """Positions a micro-batch occupies (for the tokens/s figure)."""
         return int(batch["attention_mask"].sum())

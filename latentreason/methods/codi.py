@@ -91,6 +91,9 @@ def answer_value_index(tokenizer, problem, answer_ids: list[int]) -> int:
 class CODI(Method):
     config_cls = CODIConfig
 
+    def resume_resets_optimizer(self) -> bool:
+        return self.config.lora_r > 0
+
     def prepare(self, lm) -> None:
         cfg = self.config
         if cfg.lora_r:

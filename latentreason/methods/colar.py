@@ -77,7 +77,7 @@ def compress(embeds: torch.Tensor, lengths: torch.Tensor, factor: torch.Tensor) 
     counts = torch.bincount(index, minlength=bsz * width).clamp(min=1)  # [B*M]
     latents = sums / counts.to(sums.dtype).sqrt()[:, None]
     mask = torch.arange(width, device=embeds.device)[None] < groups[:, None]  # [B, M]
-    return latents.view(bsz, width, -1), mask
+    return latents.view(bsz, width, embeds.shape[-1]), mask  # explicit d: width may be 0
 
 
 def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from latentreason.config import field
 from latentreason.engine.batch import IGNORE, left_pad
 from latentreason.methods.base import register_method
@@ -56,6 +58,7 @@ class PauseTokens(Coconut):
 
     def thought_map(self, lm):
         def pause(hidden, slot):
-            return lm.embed.weight[lm.latent_id].expand(hidden.shape[0], -1), None  # [B, d]
+            pause = lm.embed(torch.tensor([lm.latent_id], device=hidden.device))  # [1, d]; embed() may scale
+            return pause.expand(hidden.shape[0], -1), None  # [B, d]
 
         return pause

@@ -103,6 +103,9 @@ class Trainer(TrainingLoop):
         if resume is not None:
             state = load_training_state(resume, optimizer.optimizer, scheduler)
             acc.print(f"resumed from {resume} at step {state['global_step']}")
+            if self.method.resume_resets_optimizer():
+                optimizer.optimizer.state.clear()
+                acc.print("fresh LoRA adapters on the merged checkpoint: the optimizer state starts anew")
         guard = NonFiniteGuard(cfg.max_nonfinite_steps, state.get("skipped_nonfinite", 0), report=acc.print)
         if cfg.report_to != "none":
             acc.init_trackers("latentreason", config=asdict(cfg))
