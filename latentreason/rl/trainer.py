@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from latentreason.data.problems import Problem
@@ -38,7 +37,6 @@ from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
 from latentreason.rl.policy import ACTIONS, LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
-from latentreason.training.checkpoint import load_training_state
 from latentreason.training.guards import NonFiniteGuard, advance_schedule
 from latentreason.training.loop import TrainingLoop
 
@@ -182,25 +180,12 @@ class RLTrainer(TrainingLoop):
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> RLResult:
-        cfg, acc, resume = self.config, self.accelerator, self.resume
+        cfg, acc = self.config, self.accelerator
         self.check_output_dir()
         set_seed(cfg.seed)
         module, optimizer, scheduler = self.setup()
-        state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
-        if resume is not None:
-            state = load_training_state(resume, optimizer.optimizer, scheduler)
-            self.guard.skipped = state.get("skipped_nonfinite", 0)
-            acc.print(f"resumed from {resume} at step {state['global_step']}")
-        if cfg.report_to != "none":
-            acc.init_trackers("latentreason-rl", config=asdict(cfg))
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(
-            total=self.total_steps,
-            initial=state["global_step"],
-            desc=f"rl {self.method.name}",
-            disable=not (self.progress and acc.is_main_process),
-            dynamic_ncols=True,
-        )
+        state, bar = self.begin(optimizer, scheduler, "latentreason-rl", f"rl {self.method.name}")
+        self.guard.skipped = state.get("skipped_nonfinite", 0)
         metrics: dict = {}
         step, epoch, step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
         while step < self.total_steps:

@@ -3,15 +3,17 @@ AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final m
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from tqdm.auto import tqdm
 
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult, evaluate_sharded
-from latentreason.training.checkpoint import clear_run, save_checkpoint
+from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
 from latentreason.training.config import TrainConfig
 from latentreason.training.outputs import append_log, save_final
 from latentreason.training.processes import multi_process_cpu
@@ -26,7 +28,8 @@ def mixed_precision(setting: str) -> str:
 
 
 class TrainingLoop:
-    """Subclasses set `self.lm`, `self.method`, `self.held_out` and run their own loop with these parts."""
+    """Subclasses set `self.lm`, `self.method`, `self.held_out`, `self.total_steps` and run their own loop
+    with these parts."""
 
     config: TrainConfig
 
@@ -46,6 +49,25 @@ class TrainingLoop:
                 f"{self.accelerator.distributed_type.value} is not supported by the training loop yet; "
                 "launch with DDP (latentreason/configs/accelerate/ddp.yaml or torchrun)"
             )
+
+    def begin(self, optimizer, scheduler, tracker: str, desc: str) -> tuple[dict, tqdm]:
+        """The run's starting state (from the resumed checkpoint, if any), trackers, output dir, progress bar."""
+        acc = self.accelerator
+        state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
+        if self.resume is not None:
+            state = load_training_state(self.resume, optimizer.optimizer, scheduler)
+            acc.print(f"resumed from {self.resume} at step {state['global_step']}")
+        if self.config.report_to != "none":
+            acc.init_trackers(tracker, config=asdict(self.config))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=state["global_step"],
+            desc=desc,
+            disable=not (self.progress and acc.is_main_process),
+            dynamic_ncols=True,
+        )
+        return state, bar
 
     def check_output_dir(self) -> None:
         # Every rank checks (before the first collective), so a refusal stops all of them alike.

@@ -18,14 +18,12 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult
-from latentreason.training.checkpoint import load_training_state
 from latentreason.training.config import TrainConfig
 from latentreason.training.guards import NonFiniteGuard, advance_schedule
 from latentreason.training.loop import TrainingLoop
@@ -99,24 +97,11 @@ class Trainer(TrainingLoop):
         optimizer = self.adamw(module.parameters())
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, self.total_steps)
         module, optimizer = acc.prepare(module, optimizer)
-        state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
-        if resume is not None:
-            state = load_training_state(resume, optimizer.optimizer, scheduler)
-            acc.print(f"resumed from {resume} at step {state['global_step']}")
-            if self.method.resume_resets_optimizer():
-                optimizer.optimizer.state.clear()
-                acc.print("fresh LoRA adapters on the merged checkpoint: the optimizer state starts anew")
+        state, bar = self.begin(optimizer, scheduler, "latentreason", f"train {self.method.name}")
+        if resume is not None and self.method.resume_resets_optimizer():
+            optimizer.optimizer.state.clear()
+            acc.print("fresh LoRA adapters on the merged checkpoint: the optimizer state starts anew")
         guard = NonFiniteGuard(cfg.max_nonfinite_steps, state.get("skipped_nonfinite", 0), report=acc.print)
-        if cfg.report_to != "none":
-            acc.init_trackers("latentreason", config=asdict(cfg))
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(
-            total=self.total_steps,
-            initial=state["global_step"],
-            desc=f"train {self.method.name}",
-            disable=not (self.progress and acc.is_main_process),
-            dynamic_ncols=True,
-        )
         metrics: dict = {}
         window = {"loss": 0.0, "applied": 0, "tokens": 0, "clock": time.perf_counter()}  # since the last log
         step, epoch, step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
