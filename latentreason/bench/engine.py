@@ -39,8 +39,8 @@ class EngineBenchConfig:
     prompt_length: int = 60
     rollout_latents: int = 20
     answer_tokens: int = 10
-    oracle_problems: int = 4  # the reference path is slow: time a few problems, report per problem
-    repeats: int = 3
+    oracle_problems: int = 8  # the reference path is slow: time a few problems, report per problem
+    repeats: int = 5
     seed: int = 0
 
 
@@ -66,19 +66,32 @@ def identity(hidden, slot):
     return hidden, None
 
 
+def _once(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def paired(fn, floor, repeats: int) -> tuple[float, float, float]:
+    """(median ratio fn/floor, median fn time, median floor time), the two timed alternately after a
+    warm-up, so a slow spell of a shared machine hits both sides of a ratio alike."""
+    fn(), floor()
+    pairs = [(_once(fn), _once(floor)) for _ in range(repeats)]
+    return median([a / b for a, b in pairs]), median([a for a, _ in pairs]), median([b for _, b in pairs])
+
+
 def timed(fn, repeats: int) -> float:
     """Median wall time of `repeats` runs after one warm-up."""
     fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return median([_once(fn) for _ in range(repeats)])
 
 
 def saved_bytes(fn) -> int:
@@ -126,7 +139,7 @@ def train_figures(lm: LatentLM, cfg: EngineBenchConfig, k: int) -> dict:
         hidden = lm.backbone(input_ids=plain_ids).last_hidden_state
         next_token_loss(lm, hidden, plain_labels)[0].backward()
 
-    latent_s, plain_s = timed(latent_step, cfg.repeats), timed(plain_step, cfg.repeats)
+    ratio, latent_s, plain_s = paired(latent_step, plain_step, cfg.repeats)
     lm.zero_grad(set_to_none=True)
     if torch.cuda.is_available():
         mem_latent, mem_plain = peak_cuda(latent_step), peak_cuda(plain_step)
@@ -135,7 +148,7 @@ def train_figures(lm: LatentLM, cfg: EngineBenchConfig, k: int) -> dict:
         mem_plain = saved_bytes(lambda: lm.backbone(input_ids=plain_ids).last_hidden_state)
     lm.zero_grad(set_to_none=True)
     return {
-        f"train_ratio_{k}": latent_s / plain_s,
+        f"train_ratio_{k}": ratio,
         f"train_latent_{k}_s": latent_s,
         f"train_plain_{k}_s": plain_s,
         f"train_latent_{k}_mem_mb": mem_latent / 2**20,
@@ -159,15 +172,14 @@ def rollout_figures(lm: LatentLM, cfg: EngineBenchConfig) -> dict:
 
     total = cfg.prompt_length + k + 1 + cfg.answer_tokens
     floor_ids = torch.randint(3, vocab, (cfg.rollout_batch, total), generator=gen).to(lm.device)
-    rollout_s = timed(rollout, cfg.repeats)
-    floor_s = timed(lambda: lm.backbone(input_ids=floor_ids), cfg.repeats)
+    floor_ratio, rollout_s, floor_s = paired(rollout, lambda: lm.backbone(input_ids=floor_ids), cfg.repeats)
     n = cfg.oracle_problems
     oracle_s = (
         timed(lambda: [reference_rollout(lm, p, k, identity, cfg.answer_tokens, no_stop) for p in prompts[:n]], 1) / n
     )
     cache_bytes = 2 * cfg.num_hidden_layers * cfg.rollout_batch * total * cfg.hidden_size * 4
     return {
-        "rollout_ratio_floor": rollout_s / floor_s,
+        "rollout_ratio_floor": floor_ratio,
         "rollout_speedup_oracle": oracle_s * cfg.rollout_batch / rollout_s,
         "rollout_s": rollout_s,
         "rollout_floor_s": floor_s,
