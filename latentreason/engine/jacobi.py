@@ -4,7 +4,7 @@ Sequential latents cost one model call per slot because slot j's input is a func
 state just before it. Jacobi iteration feeds all N slots at once and refreshes every input from the
 hidden states of that call:
 
-    call 1       prefix + N placeholder tokens        -> z^1 (inputs from the hidden state before each slot)
+    call 1       prefix + N <|latent|> tokens (the initial guesses) -> z^1 (from the hidden state before each slot)
     call t       z^(t-1) on the prefix cache, then dropped from the cache   -> z^t      (t = 2..T)
     last call    z^T with the suffix (training) or <eot> (rollout): what the answer sees
 
@@ -36,9 +36,9 @@ def jacobi_thoughts(lm, cache, prefix_ids, prefix_mask, slot_mask, thought_map: 
     prefix_ids, prefix_mask: [B, P] left-padded, ending with <bot>; slot_mask: [B, N] (N >= 1).
     """
     n = slot_mask.shape[1]
-    placeholders = torch.full_like(prefix_ids[:, :1], lm.latent_id).expand(-1, n)  # [B, N]
+    guesses = torch.full_like(prefix_ids[:, :1], lm.latent_id).expand(-1, n)  # [B, N] initial slot inputs
     mask = torch.cat([prefix_mask, slot_mask.long()], dim=1)  # [B, P+N]
-    ids = torch.cat([prefix_ids, placeholders], dim=1)
+    ids = torch.cat([prefix_ids, guesses], dim=1)
     hidden = forward_step(lm, cache, mask, input_ids=ids)[:, -n - 1 :]  # [B, 1+N, d] at <bot> and each slot
     bot_hidden = hidden[:, 0]  # [B, d]
     thoughts, extras = map_slots(thought_map, hidden[:, :n], 0)  # [B, N, d]
