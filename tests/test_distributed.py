@@ -32,15 +32,19 @@ RUN.update(learning_rate=3e-3, seed=2)
 TOLERANCE = 1e-6
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
+def torchrun_two(worker: str, out: Path, run: dict, timeout: int) -> Path:
+    """Run tests/<worker> as two processes (torchrun, gloo) writing into `out`; fail with its stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += [str(REPO / "tests" / "distributed_worker.py"), str(out), json.dumps(RUN)]
-    proc = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    command += [str(REPO / "tests" / worker), str(out), json.dumps(run)]
+    proc = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    return torchrun_two("distributed_worker.py", tmp_path_factory.mktemp("ddp"), RUN, timeout=120)
 
 
 def test_parameters_are_identical_across_ranks(two_ranks):
@@ -94,13 +98,7 @@ RL_RUN = {
 
 @pytest.fixture(scope="module")
 def two_rl_ranks(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp-rl")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += [str(REPO / "tests" / "distributed_rl_worker.py"), str(out), json.dumps(RL_RUN)]
-    proc = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return torchrun_two("distributed_rl_worker.py", tmp_path_factory.mktemp("ddp-rl"), RL_RUN, timeout=180)
 
 
 def test_rl_groups_stay_whole_on_one_rank_and_advantages_are_per_group(two_rl_ranks):
