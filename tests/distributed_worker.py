@@ -27,7 +27,7 @@ def main(out: Path, overrides: dict) -> None:
     config = tiny_train_config(TrainConfig, out / "run", **overrides)
     train, held_out = load_train_and_held_out(config)
     lm = build_latent_lm(config, train)
-    # One problem over two processes: one shard is empty. (Before training: its end closes the process group.)
+    # One problem over two processes: one shard is empty.
     one = evaluate_sharded(get_method("cot")(config).solver(lm.eval()), held_out[:1], PartialState(cpu=True))
     result = run_training("cot", config, progress=False, lm=lm)  # trains `lm` in place
     rank = int(os.environ["RANK"])

@@ -151,5 +151,8 @@ class TrainingLoop:
         return self.output_dir / "final"
 
     def end(self) -> None:
-        self.accelerator.wait_for_everyone()  # a rank tearing down the process group while another logs can hang
-        self.accelerator.end_training()
+        """Finish the trackers once every rank is done. The process group stays up (it goes with the
+        process): gloo's teardown, racing a rank that already left, hung a two-process run now and then."""
+        self.accelerator.wait_for_everyone()
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
