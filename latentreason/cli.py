@@ -307,6 +307,7 @@ def cmd_bench(argv: list[str]) -> int:
             answer_tokens=3,
             oracle_problems=2,
             repeats=1,
+            oracle_repeats=1,
         )
     run_engine_bench(cfg, args.device)
     return 0

@@ -400,7 +400,8 @@ def test_bench_engine_quick_prints_the_figures_as_json_last(capsys):
     assert cli.main(["bench", "engine", "--quick", "--device", "cpu"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     figures = json.loads(last)
-    for key in ("train_ratio_2", "train_ratio_4", "rollout_ratio_floor", "rollout_speedup_oracle", "rollout_mem_mb"):
+    names = ("train_ratio_2", "train_ratio_4", "rollout_ratio_floor", "rollout_speedup_oracle", "rollout_mem_mb")
+    for key in (*names, "oracle_speedup_at_floor"):
         assert figures[key] > 0, key
 
 
