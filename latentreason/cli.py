@@ -226,9 +226,12 @@ def cmd_demo(argv: list[str]) -> int:
         "--rows",
         help="comma-separated rows to run (the rows they start from are added), e.g. cot,no-cot,atp-rl; default all",
     )
+    parser.add_argument(
+        "--seed", type=int, help="replace every recipe's seed (problems, initialisation, data order): a replicate"
+    )
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
-    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite, rows=rows)
+    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite, rows=rows, seed=args.seed)
     return 0
 
 

@@ -57,8 +57,10 @@ QUICK_NUM_TEST = 64
 QUICK_RL = {"max_steps": 2, "questions_per_step": 4, "num_generations": 4, "per_device_train_batch_size": 16}
 
 
-def row_config(method: str, output_dir: Path, start: Path | None, quick: bool):
+def row_config(method: str, output_dir: Path, start: Path | None, quick: bool, seed: int | None = None):
     overrides = {"output_dir": str(output_dir / "runs" / method), "num_eval_examples": 0}
+    if seed is not None:
+        overrides["seed"] = seed
     if start is not None:
         overrides["model_name_or_path"] = str(start)
     if method in RL_METHODS:
@@ -86,9 +88,17 @@ def select_rows(names: list[str] | None) -> list[str]:
 
 
 def run_demo(
-    output_dir: str | Path = "demo_output", quick: bool = False, overwrite: bool = False, rows: list[str] | None = None
+    output_dir: str | Path = "demo_output",
+    quick: bool = False,
+    overwrite: bool = False,
+    rows: list[str] | None = None,
+    seed: int | None = None,
 ) -> list:
-    """Train CoT-SFT, No-CoT and the latent methods on a generated task and compare them on held-out problems."""
+    """Train CoT-SFT, No-CoT and the latent methods on a generated task and compare them on held-out problems.
+
+    `seed` replaces every recipe's seed: another draw of the training and test problems, of the
+    initialisation and of the data order, for a replicate of the whole table.
+    """
     selected = select_rows(rows)
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):
@@ -96,7 +106,7 @@ def run_demo(
             raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --output-dir")
         shutil.rmtree(out)
     began = time.perf_counter()
-    cot_config = row_config("cot", out, None, quick)
+    cot_config = row_config("cot", out, None, quick, seed)
     train = load_problems(
         cot_config.dataset,
         "train",
@@ -121,7 +131,7 @@ def run_demo(
     print(f"example: {train[0].question}  ->  {train[0].cot}  ### {train[0].answer}")
     results, timings, finals = [], {}, {}
     for method in selected:
-        config = row_config(method, out, finals.get(ROWS[method]), quick)
+        config = row_config(method, out, finals.get(ROWS[method]), quick, seed)
         began_row = time.perf_counter()
         run = run_rl(config, progress=True) if method in RL_METHODS else run_training(method, config)
         timings[f"train_{method}_s"] = round(time.perf_counter() - began_row, 1)
@@ -131,7 +141,8 @@ def run_demo(
         solver.name = method
         results.append(evaluate(solver, test, "chain-3step (held-out)", 250))
     timings["total_s"] = round(time.perf_counter() - began, 1)
-    paths = write_report(results, out, {"test_task": TEST_TASK, "quick": quick, "timings": timings})
+    meta = {"test_task": TEST_TASK, "quick": quick, "seed": cot_config.seed, "timings": timings}
+    paths = write_report(results, out, meta)
     print("\n" + markdown_table(results))
     print(
         f"\ntotal time {timings['total_s']:.0f} s; report: {paths['json']}"

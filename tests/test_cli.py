@@ -421,3 +421,11 @@ def test_demo_rows_bring_the_rows_they_start_from(capsys, tmp_path, small_quick_
     assert [r["method"] for r in results] == ["cot", "coconut"]
     line = user_error(capsys, ["demo", "--quick", "--output-dir", str(tmp_path / "x"), "--rows", "cocnut"])
     assert "--rows: unknown cocnut" in line
+
+
+def test_demo_seed_replaces_every_recipe_seed(tmp_path, small_quick_plan):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--quick", "--output-dir", str(out), "--rows", "no-cot", "--seed", "5"]) == 0
+    assert json.loads((out / "results.json").read_text())["seed"] == 5
+    saved = json.loads((out / "runs" / "no-cot" / "final" / "latentreason.json").read_text())
+    assert saved["method_config"]["seed"] == 5
