@@ -44,8 +44,21 @@ def test_collate_writes_the_factor_and_one_slot_per_window():
         cot = encode_problem(lm.tokenizer, problem).cot
         assert ids.count(lm.latent_id) == math.ceil(len(cot) / factors[row])
         assert f"(speed {factors[row]})" in lm.tokenizer.decode(ids[: ids.index(lm.bot_id)])
-        labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
-        assert labelled[0] == lm.eot_id  # the end-of-thinking marker is trained, then the answer
+        labels = batch["labels"][row][batch["attention_mask"][row].bool()].tolist()
+        slots = [i for i, token in enumerate(ids) if token == lm.latent_id]
+        r = factors[row]
+        for w, i in enumerate(slots):  # each slot's label is a token of its own window of r
+            assert labels[i] in cot[w * r : (w + 1) * r]
+        assert labels[slots[-1] + 1] == lm.eot_id  # then the end-of-thinking marker, then the answer
+        assert all(label == -100 for label in labels[: slots[0]])
+
+
+def test_window_token_ce_can_be_turned_off():
+    lm = build_tiny_lm("llama")
+    problems = generate_chain(4, seed=1, num_steps=3)
+    batch = CoLaR(CoLaRConfig(window_token_ce=False)).collate(lm, problems)
+    at_slots = batch["labels"][batch["input_ids"] == lm.latent_id]
+    assert at_slots.numel() > 0 and bool((at_slots == -100).all())
 
 
 def test_teacher_forced_pass_is_independent_of_batch_composition():

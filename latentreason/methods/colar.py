@@ -6,8 +6,9 @@
 - Training is one teacher-forced call over `question (speed r) <bot> [compressed CoT] <eot> answer`:
   the ground-truth latents are the inputs. A Gaussian latent head reads the hidden state before each
   latent and predicts it divided by the embedding std (`latent_loss`: MSE on the mean or Gaussian NLL,
-  targets detached); CE on `<eot>` (the end-of-thinking marker, predicted after the last latent) and the
-  answer.
+  targets detached); CE on `<eot>` (the end-of-thinking marker, predicted after the last latent), on the
+  answer and, at each latent slot, on one token of its window drawn at random (as the reference does:
+  without it the LM head is never told not to say `<eot>` before the last latent).
 - Inference: the head's mean (or a sample, `eval_sample_latents`) times the embedding std is the next
   input; a row stops when the LM head's argmax is `<eot>` (so latent counts vary per row), and the
   answer continues on the same KV cache (the reference re-prefills the whole sequence).
@@ -49,6 +50,11 @@ class CoLaRConfig(TrainConfig):
         0.0, help="scale of the latents (0 = measured from the embedding matrix; the reference: 0.018 for Llama-1B)"
     )
     max_latents: int = field(64, help="most latents per problem at evaluation (rows stop at <eot> before)")
+    window_token_ce: bool = field(
+        True,
+        help="CE at each latent slot on one token of its window, drawn at random (the reference): the LM head "
+        "learns that thinking goes on there, not only where <eot> comes",
+    )
     eval_sample_latents: bool = field(False, help="sample latents at evaluation instead of using the mean")
 
     def __post_init__(self):
@@ -102,9 +108,21 @@ class CoLaR(Method):
         self.step = step
         return False
 
+    def rng_for(self, problem) -> random.Random:
+        """Deterministic per (seed, step, question), so a resumed run draws what the uninterrupted one did."""
+        return random.Random(zlib.crc32(f"{self.config.seed}|{self.step}|{problem.question}".encode()))
+
     def factor_for(self, problem) -> int:
-        rng = random.Random(zlib.crc32(f"{self.config.seed}|{self.step}|{problem.question}".encode()))
-        return rng.randint(1, self.config.max_compression)
+        return self.rng_for(problem).randint(1, self.config.max_compression)
+
+    def window_labels(self, problem, cot: list[int], factor: int) -> list[int]:
+        """One token of each window, drawn at random, as the label of its latent slot (or IGNORE)."""
+        windows = [cot[start : start + factor] for start in range(0, len(cot), factor)]
+        if not self.config.window_token_ce:
+            return [IGNORE] * len(windows)
+        rng = self.rng_for(problem)
+        rng.random()  # past the factor's draw
+        return [rng.choice(window) for window in windows]
 
     @staticmethod
     def speed_prompt(lm, enc, factor: int) -> list[int]:
@@ -116,10 +134,11 @@ class CoLaR(Method):
         for problem in problems:
             enc = encode_problem(lm.tokenizer, problem)
             factor = self.factor_for(problem)
-            head = self.speed_prompt(lm, enc, factor) + [lm.latent_id] * math.ceil(len(enc.cot) / factor)
+            prompt = self.speed_prompt(lm, enc, factor)
+            slots = [lm.latent_id] * math.ceil(len(enc.cot) / factor)
             tail = [lm.eot_id] + enc.answer  # <eot> is predicted: the model learns when to stop thinking
-            sequences.append(head + tail)
-            labels.append([IGNORE] * len(head) + tail)
+            sequences.append(prompt + slots + tail)
+            labels.append([IGNORE] * len(prompt) + self.window_labels(problem, enc.cot, factor) + tail)
             cots.append(enc.cot)
             factors.append(factor)
         batch = left_pad(sequences, lm.pad_id, labels)
