@@ -8,11 +8,13 @@ from dataclasses import asdict
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from latentreason.config import from_dict
 from latentreason.engine.batch import IGNORE
 from latentreason.errors import ConfigError, UserError
+from latentreason.methods.atp import ATPConfig, ATPLatent
 from latentreason.methods.base import next_token_loss
 from latentreason.methods.sft import CoTSFT
 from latentreason.model.build import problem_texts
@@ -141,6 +143,25 @@ def test_save_load_round_trip(tmp_path, model_type):
     assert loaded.tokenizer.padding_side == "left"
     # Still special after the reload: solvers drop them from decoded text.
     assert loaded.tokenizer.decode([loaded.bot_id, loaded.latent_id, loaded.eot_id], skip_special_tokens=True) == ""
+
+
+@pytest.mark.parametrize("step_decoder", ["copy", "small"])
+def test_saving_whole_weights_given_as_copies_writes_the_files_the_live_model_writes(tmp_path, step_decoder):
+    """FSDP hands `save_pretrained` whole tensors gathered one by one: tied weights (the embeddings and LM
+    head, also inside the step decoder) arrive as separate copies and must still be written once."""
+    lm = build_tiny_lm("llama", seed=1)
+    ATPLatent(ATPConfig(c_thought=1, step_decoder=step_decoder, step_decoder_layers=1)).prepare(lm)
+    assert lm.embed.weight is lm.lm_head.weight  # tied, and so is the decoder copy
+    lm.save_pretrained(tmp_path / "live")
+    lm.save_pretrained(tmp_path / "given", state_dict={k: v.clone() for k, v in lm.state_dict().items()})
+    for name in ("model.safetensors", "heads.safetensors"):
+        files = [safe_open(str(tmp_path / run / name), "pt") for run in ("live", "given")]
+        assert files[0].keys() == files[1].keys()
+        assert files[0].metadata() == files[1].metadata()
+        assert all(torch.equal(files[0].get_tensor(k), files[1].get_tensor(k)) for k in files[0].keys())
+    assert "step_decoder.model.embed_tokens.weight" not in files[1].keys()  # written once, under the other name
+    loaded = LatentLM.from_pretrained(tmp_path / "given").state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in lm.state_dict().items())
 
 
 def test_from_pretrained_rejects_a_directory_without_config(tmp_path):

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
@@ -101,16 +101,32 @@ class LatentLM(nn.Module):
         return self.heads[name]
 
     # --- persistence ---------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """`state_dict`: the whole weights under this module's names, when the live ones are shards (FSDP)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        # With LoRA adapters, the checkpoint is the merged plain model (loads without peft).
-        self.model.save_pretrained(directory, safe_serialization=True, state_dict=merged_state_dict(self.model))
+        weights = self._tied(self.state_dict() if state_dict is None else state_dict)
+        # With LoRA adapters, the checkpoint is the merged plain model (loads without peft). Transformers
+        # drops the tied duplicates itself.
+        model_weights = merged_state_dict(self.model) or _under(weights, "model.")
+        self.model.save_pretrained(directory, safe_serialization=True, state_dict=model_weights)
         self.tokenizer.save_pretrained(directory)
         meta = {"format": 1, "special_tokens": list(SPECIAL_TOKENS), "heads": self.head_specs, **self.meta}
         if self.heads:
-            save_model(self.heads, str(directory / HEADS_FILE))  # handles tied weights inside a decoder copy
+            heads, aliases = _one_name_per_tensor(_under(weights, "heads."))  # tied weights inside a decoder copy
+            save_file(heads, str(directory / HEADS_FILE), metadata=aliases or None)
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    def _tied(self, weights: dict) -> dict:
+        """`weights` with all names of one live parameter (tied weights) holding one tensor, which tells the
+        writers what is tied: whole tensors gathered from shards are separate copies."""
+        first: dict[int, str] = {}
+        tied = dict(weights)
+        for name, param in self.named_parameters(remove_duplicate=False):
+            kept = first.setdefault(id(param), name)
+            if kept != name:
+                tied[name] = tied[kept]
+        return tied
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, dtype: torch.dtype | None = None, **model_kwargs) -> LatentLM:
@@ -148,3 +164,24 @@ class LatentLM(nn.Module):
                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
                     )
         return lm
+
+
+def _under(mapping: dict, prefix: str) -> dict:
+    """The entries named `prefix...`, renamed without it (values renamed too when they are names)."""
+    part = {}
+    for key, value in mapping.items():
+        if key.startswith(prefix):
+            part[key.removeprefix(prefix)] = value.removeprefix(prefix) if isinstance(value, str) else value
+    return part
+
+
+def _one_name_per_tensor(weights: dict) -> tuple[dict, dict[str, str]]:
+    """(weights with one name per tensor, {dropped name: kept name}): safetensors stores no shared tensors.
+    Like its `save_model`, keep the first name in sorted order and record the others as metadata."""
+    names: dict[int, str] = {}
+    aliases = {}
+    for name in sorted(weights):
+        kept = names.setdefault(id(weights[name]), name)
+        if kept != name:
+            aliases[name] = kept
+    return {k: v.contiguous() for k, v in weights.items() if k not in aliases}, aliases
