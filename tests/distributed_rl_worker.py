@@ -24,6 +24,15 @@ from tests.helpers import build_tiny_lm
 
 
 def main(out: Path, overrides: dict) -> None:
+    seen, lm = run_rl_recording(out, overrides)
+    rank = int(os.environ["RANK"])
+    (out / f"rl{rank}.json").write_text(json.dumps(seen))
+    state = {k: v.detach().clone().contiguous() for k, v in lm.state_dict().items()}
+    save_file(state, out / f"rl_rank{rank}.safetensors")
+
+
+def run_rl_recording(out: Path, overrides: dict) -> tuple[list[dict], object]:
+    """Train in out/rl; (per step: the questions, rewards and advantages this rank saw; the trained model)."""
     lm = build_tiny_lm("llama", seed=2)
     method = ATPLatent(ATPConfig(c_thought=1, max_latent_stage=3, step_decoder="small", step_decoder_layers=1))
     torch.manual_seed(0)
@@ -49,10 +58,8 @@ def main(out: Path, overrides: dict) -> None:
 
     trainer.rl_step = recorded_step
     trainer.train()
-    rank = int(os.environ["RANK"])
-    (out / f"rl{rank}.json").write_text(json.dumps(seen))
-    state = {k: v.detach().clone().contiguous() for k, v in lm.state_dict().items()}
-    save_file(state, out / f"rl_rank{rank}.safetensors")
+    rl_trainer.group_advantages = grouped
+    return seen, lm
 
 
 if __name__ == "__main__":

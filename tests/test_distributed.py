@@ -1,10 +1,12 @@
-"""Two CPU processes (torchrun, gloo) run the shared trainer: ranks stay identical, the result matches
-one process with the same global batch, and sharded evaluation sees every problem exactly once."""
+"""Two CPU processes (torchrun, gloo) run the shared trainers: ranks stay identical, the result matches
+one process with the same global batch, and sharded evaluation sees every problem exactly once; the
+same under FSDP (each process holding half the model), where checkpoints also resume."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.evaluation.harness import evaluate
 from latentreason.methods import get_method
 from latentreason.model.latent_lm import LatentLM
+from latentreason.training.checkpoint import list_checkpoints
 from latentreason.training.config import TrainConfig
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
@@ -27,14 +30,16 @@ REPO = Path(__file__).resolve().parent.parent
 # 2 processes x 8 sequences = a global batch of 16; 13 held-out problems split 6 + 7.
 RUN = {"num_train_examples": 64, "per_device_train_batch_size": 8, "max_steps": 4, "num_eval_examples": 13}
 RUN.update(learning_rate=3e-3, seed=2)
-# DDP averages two 8-row gradients with an all-reduce; accumulation adds two halves: the same sum in
-# another order, so float32 rounding is the only difference.
+# DDP averages two 8-row gradients with an all-reduce (FSDP with a reduce-scatter); accumulation adds two
+# halves: the same sum in another order, so float32 rounding is the only difference.
 TOLERANCE = 1e-6
+# What `accelerate launch --config_file latentreason/configs/accelerate/fsdp.yaml` sets.
+FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "NO_WRAP"}
 
 
-def torchrun_two(worker: str, out: Path, run: dict, timeout: int) -> Path:
+def torchrun_two(worker: str, out: Path, run: dict, timeout: int, env: dict | None = None) -> Path:
     """Run tests/<worker> as two processes (torchrun, gloo) writing into `out`; fail with its stderr."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += [str(REPO / "tests" / worker), str(out), json.dumps(run)]
     proc = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
@@ -54,12 +59,23 @@ def test_parameters_are_identical_across_ranks(two_ranks):
         assert torch.equal(ranks[0][name], ranks[1][name]), name
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(two_ranks, tmp_path):
-    one = tiny_train_config(TrainConfig, tmp_path / "run", **{**RUN, "gradient_accumulation_steps": 2})
-    single = load_file(str(run_training("cot", one, progress=False).final_dir / "model.safetensors"))
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """RUN in one process with the same global batch (two accumulated micro-batches); its output dir."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    run_training("cot", tiny_train_config(TrainConfig, out, **RUN, gradient_accumulation_steps=2), progress=False)
+    return out
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[name] - b[name]).abs().max()) for name in a)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(two_ranks, one_process):
+    single = load_file(str(one_process / "final" / "model.safetensors"))
     ddp = load_file(str(two_ranks / "run" / "final" / "model.safetensors"))
-    assert single.keys() == ddp.keys()
-    worst = max(float((single[name] - ddp[name]).abs().max()) for name in single)
+    worst = largest_difference(single, ddp)
     print(f"largest difference from one process: {worst:.2e}")
     assert worst <= TOLERANCE, worst
 
@@ -143,3 +159,78 @@ def build_atp_start() -> dict:
     torch.manual_seed(0)
     ATPLatent(ATPConfig(c_thought=1, max_latent_stage=3, step_decoder="small", step_decoder_layers=1)).prepare(lm)
     return {k: v.detach().clone() for k, v in lm.state_dict().items()}
+
+
+# --- FSDP over two ranks -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fsdp_ranks(tmp_path_factory) -> Path:
+    runs = {"sft": RUN, "rl": RL_RUN}
+    return torchrun_two("distributed_fsdp_worker.py", tmp_path_factory.mktemp("fsdp"), runs, 180, FSDP_ENV)
+
+
+def test_fsdp_shards_the_model_between_the_processes(fsdp_ranks):
+    views = [json.loads((fsdp_ranks / f"fsdp{r}.json").read_text()) for r in (0, 1)]
+    assert views[0]["total"] == views[1]["total"] > 0
+    assert views[0]["held"] + views[1]["held"] == views[0]["total"]  # each value on exactly one process
+    assert 0 < views[0]["held"] < views[0]["total"]
+
+
+def test_fsdp_matches_one_process_and_ddp(fsdp_ranks, one_process, two_ranks):
+    fsdp = load_file(str(fsdp_ranks / "sft" / "final" / "model.safetensors"))
+    single = load_file(str(one_process / "final" / "model.safetensors"))
+    ddp = load_file(str(two_ranks / "run" / "final" / "model.safetensors"))
+    from_single, from_ddp = largest_difference(fsdp, single), largest_difference(fsdp, ddp)
+    print(f"FSDP: largest difference from one process {from_single:.2e}, from DDP {from_ddp:.2e}")
+    assert from_single <= TOLERANCE and from_ddp <= TOLERANCE, (from_single, from_ddp)
+    assert largest_difference(fsdp, load_file(str(fsdp_ranks / "sft" / "checkpoint-2" / "model.safetensors"))) > 0
+
+
+def test_fsdp_held_out_evaluation_scores_every_problem_once(fsdp_ranks):
+    views = [json.loads((fsdp_ranks / f"fsdp{r}.json").read_text()) for r in (0, 1)]
+    assert views[0]["records"] == views[1]["records"]
+    config = tiny_train_config(TrainConfig, fsdp_ranks / "unused", **RUN)
+    held_out = load_train_and_held_out(config)[1]
+    assert views[0]["n"] == len(held_out) == 13
+    assert [r["question"] for r in views[0]["records"]] == [p.question for p in held_out]
+    lm = LatentLM.from_pretrained(fsdp_ranks / "sft" / "final").eval()
+    alone = evaluate(get_method("cot")(config).solver(lm), held_out, progress=False)
+    assert [r["generated"] for r in views[0]["records"]] == [r["generated"] for r in alone.records]
+    # The evaluation at step 2, in the middle of training, ran too (and the run still matched one process).
+    log = [json.loads(line) for line in (fsdp_ranks / "sft" / "log.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in log if "eval_accuracy" in m] == [2, 4]
+
+
+def test_fsdp_checkpoints_rotate_and_resume_to_the_uninterrupted_run(fsdp_ranks):
+    run = fsdp_ranks / "sft"
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    assert not list(run.glob(".tmp-*"))
+    resumed = load_file(str(fsdp_ranks / "resumed" / "final" / "model.safetensors"))
+    uninterrupted = load_file(str(run / "final" / "model.safetensors"))
+    assert largest_difference(resumed, uninterrupted) == 0.0
+
+
+def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_ranks, one_process, tmp_path):
+    """Whole tensors in the usual files: the step-2 checkpoint (optimizer moments included) continues in one
+    process, with the same global batch, to what one process trains uninterrupted."""
+    optimizer = torch.load(fsdp_ranks / "sft" / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    lm = LatentLM.from_pretrained(fsdp_ranks / "sft" / "checkpoint-2")
+    first_matrix = next(p for p in lm.parameters() if p.ndim == 2)  # the first of AdamW's first group
+    assert optimizer["state"][0]["exp_avg"].shape == first_matrix.shape
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(fsdp_ranks / "sft" / "checkpoint-2", run / "checkpoint-2")
+    one = tiny_train_config(TrainConfig, run, **RUN, gradient_accumulation_steps=2, resume_from_checkpoint="auto")
+    resumed = load_file(str(run_training("cot", one, progress=False).final_dir / "model.safetensors"))
+    worst = largest_difference(resumed, load_file(str(one_process / "final" / "model.safetensors")))
+    print(f"FSDP checkpoint resumed in one process: largest difference {worst:.2e}")
+    assert worst <= TOLERANCE, worst
+
+
+def test_fsdp_rl_matches_ddp_and_saves_a_loadable_model(fsdp_ranks, two_rl_ranks):
+    fsdp = LatentLM.from_pretrained(fsdp_ranks / "rl" / "final").state_dict()
+    ddp = LatentLM.from_pretrained(two_rl_ranks / "rl" / "final").state_dict()
+    worst = largest_difference(fsdp, ddp)
+    print(f"FSDP GRPO: largest difference from DDP {worst:.2e}")
+    assert worst <= TOLERANCE, worst
+    start = build_atp_start()
+    assert any(not torch.equal(start[k], fsdp[k]) for k in start)  # the updates did happen

@@ -79,3 +79,16 @@ def test_shipped_accelerate_ddp_config_loads():
     config = load_config_from_file(str(SHIPPED_CONFIGS / "accelerate" / "ddp.yaml"))
     assert config.distributed_type == DistributedType.MULTI_GPU
     assert config.mixed_precision == "no"  # the recipe's bf16 field decides
+
+
+def test_shipped_accelerate_fsdp_config_asks_for_what_the_loops_support():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    from latentreason.cli import SHIPPED_CONFIGS
+
+    config = load_config_from_file(str(SHIPPED_CONFIGS / "accelerate" / "fsdp.yaml"))
+    assert config.distributed_type == DistributedType.FSDP
+    assert config.mixed_precision == "no"
+    fsdp = config.fsdp_config
+    assert (fsdp["fsdp_version"], fsdp["fsdp_auto_wrap_policy"]) == (2, "NO_WRAP")  # see training/sharding.py

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from torch import nn
 from transformers import get_scheduler
 
 from latentreason.data.problems import Problem
@@ -39,16 +38,17 @@ from latentreason.rl.policy import ACTIONS, LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
 from latentreason.training.guards import NonFiniteGuard, advance_schedule
 from latentreason.training.loop import TrainingLoop
+from latentreason.training.sharding import PreparedModule, outside_forward
 
 
-class PolicyLossModule(nn.Module):
-    """The model behind one forward (recompute log-probs + GRPO loss) so DDP syncs its gradients."""
+class PolicyLossModule(PreparedModule):
+    """The model behind one forward: recompute the rollouts' log-probs, GRPO loss."""
 
     def __init__(self, lm, policy: LatentPolicy, config: RLConfig):
-        super().__init__()
-        self.lm, self.policy, self.config = lm, policy, config
+        super().__init__(lm)
+        self.policy, self.config = policy, config
 
-    def forward(self, rollouts: RolloutBatch, advantages: torch.Tensor):
+    def objective(self, rollouts: RolloutBatch, advantages: torch.Tensor):
         cfg = self.config
         new = self.policy.logprobs(rollouts)
         return clipped_policy_loss(
@@ -173,8 +173,9 @@ class RLTrainer(TrainingLoop):
         device = self.accelerator.device
         if self.ref_policy is not None:
             self.ref_policy.lm.to(device)
-        if self.reward_context.decoder is not None:
-            self.reward_context.decoder.lm.to(device)
+        decoder = self.reward_context.decoder
+        if decoder is not None and decoder.lm is not self.lm:  # a copy/small decoder is a head of the model
+            decoder.lm.to(device)
         self.guard = NonFiniteGuard(cfg.max_nonfinite_steps, report=self.accelerator.print)
         return module, optimizer, scheduler
 
@@ -201,15 +202,15 @@ class RLTrainer(TrainingLoop):
                 if step % cfg.logging_steps == 0 or step == self.total_steps:
                     self.log(metrics, step)
                 if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
-                    self.evaluate(step)
+                    self.evaluate(module, step)
                 if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
-                    self.save(optimizer, scheduler, self._state(step, epoch, step_in_epoch))
+                    self.save(module, optimizer, scheduler, self._state(step, epoch, step_in_epoch))
             if step_in_epoch >= self.steps_per_epoch:
                 epoch, step_in_epoch = epoch + 1, 0
         bar.close()
-        self.save(optimizer, scheduler, self._state(step, epoch, step_in_epoch))
-        final_dir = self.save_final()
-        result = self.evaluate(step)
+        self.save(module, optimizer, scheduler, self._state(step, epoch, step_in_epoch))
+        final_dir = self.save_final(module)
+        result = self.evaluate(module, step)
         self.end()
         return RLResult(final_dir, step, metrics, result)
 
@@ -228,20 +229,17 @@ class RLTrainer(TrainingLoop):
         generator = torch.Generator(device=lm.device).manual_seed(seed)
         began = time.perf_counter()
         problems = [q for q in questions for _ in range(cfg.num_generations)]  # groups are consecutive
-        with acc.autocast():  # the precision the updates use, so an unchanged policy has ratio 1
-            rollouts = self.policy.sample(self.policy.prompts(problems), generator)
-            with torch.no_grad():
-                if self.recompute_old:
-                    rollouts.old = self.policy.logprobs(rollouts)
-                if self.ref_policy is not None:
-                    rollouts.ref = self.ref_policy.logprobs(rollouts)
+        rollouts = outside_forward(acc, module, lambda: self._sample(problems, generator))
         sampled = time.perf_counter()
         texts = lm.tokenizer.batch_decode(rollouts.tokens.cpu(), skip_special_tokens=True)
         completions = [
             Completion(text, rollouts.thoughts[i, : int(n)], cfg.answer_mode)
             for i, (text, n) in enumerate(zip(texts, rollouts.num_latents.tolist()))
         ]
-        scores = {name: fn(problems, completions) for name, fn in self.rewards.items()}
+        # The coherence reward decodes with the step decoder, a head of the model in copy/small mode.
+        scores = outside_forward(
+            acc, module, lambda: {name: fn(problems, completions) for name, fn in self.rewards.items()}
+        )
         rewards = combine(scores, self.weights, cfg.coherence_gate)  # [B]
         advantages = group_advantages(rewards, cfg.num_generations, scale=cfg.scale_rewards).to(lm.device)  # [B]
         scored = time.perf_counter()
@@ -264,6 +262,16 @@ class RLTrainer(TrainingLoop):
             "time/update_s": updated - scored,
         }
         return self._mean_over_processes(metrics)
+
+    def _sample(self, problems: list[Problem], generator: torch.Generator) -> RolloutBatch:
+        """Rollouts with their old (and reference) log-probs, without gradients."""
+        with self.accelerator.autocast():  # the precision the updates use, so an unchanged policy has ratio 1
+            rollouts = self.policy.sample(self.policy.prompts(problems), generator)
+            if self.recompute_old:
+                rollouts.old = self.policy.logprobs(rollouts)
+            if self.ref_policy is not None:
+                rollouts.ref = self.ref_policy.logprobs(rollouts)
+        return rollouts
 
     def _updates(self, module, optimizer, scheduler, rollouts, advantages, step) -> dict:
         """num_iterations passes of minibatch updates; a non-finite loss or gradient skips its update."""

@@ -3,7 +3,8 @@
 A checkpoint directory holds the model (safetensors + tokenizer), optimizer.pt, scheduler.pt,
 rng.pt and trainer_state.json, which is written last and marks the checkpoint complete. A run
 killed while saving leaves `.tmp-checkpoint-N` behind; resuming names it and skips it, and the next
-save of step N replaces it.
+save of step N replaces it. Weights and optimizer moments are whole tensors under every launch (FSDP
+gathers them first, see sharding.py): a checkpoint resumes under DDP, FSDP or one process.
 """
 
 from __future__ import annotations
@@ -17,18 +18,22 @@ from pathlib import Path
 import torch
 
 from latentreason.errors import UserError
+from latentreason.training.sharding import load_optimizer_state
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "checkpoint-"
 TMP_PREFIX = f".tmp-{PREFIX}"
 
 
-def save_checkpoint(output_dir: Path, step: int, lm, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save_checkpoint(
+    output_dir: Path, step: int, lm, optimizer_state: dict, scheduler, state: dict, keep: int, weights=None
+) -> Path:
+    """`weights`: the model's whole weights when the live ones are sharded (see `LatentLM.save_pretrained`)."""
     final = output_dir / f"{PREFIX}{step}"
     tmp = output_dir / f"{TMP_PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    lm.save_pretrained(tmp, state_dict=weights)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -84,7 +89,7 @@ def clear_run(output_dir: Path) -> None:
 
 def load_training_state(path: Path, optimizer, scheduler) -> dict:
     # weights_only=True: a checkpoint can never run code while loading.
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    load_optimizer_state(optimizer, torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
     set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     return json.loads((path / STATE_FILE).read_text())

@@ -1,5 +1,6 @@
-"""What every training loop (SFT and RL) shares: accelerate set-up, the output directory rules,
-AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final model."""
+"""What every training loop (SFT and RL) shares: accelerate set-up (DDP or FSDP, see sharding.py), the
+output directory rules, AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final
+model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from latentreason.errors import UserError
@@ -17,6 +17,13 @@ from latentreason.training.checkpoint import clear_run, load_training_state, sav
 from latentreason.training.config import TrainConfig
 from latentreason.training.outputs import append_log, save_final
 from latentreason.training.processes import multi_process_cpu
+from latentreason.training.sharding import (
+    check_launch,
+    enable_fsdp_on_cpu,
+    full_optimizer_state,
+    full_weights,
+    outside_forward,
+)
 
 
 def mixed_precision(setting: str) -> str:
@@ -29,7 +36,7 @@ def mixed_precision(setting: str) -> str:
 
 class TrainingLoop:
     """Subclasses set `self.lm`, `self.method`, `self.held_out`, `self.total_steps` and run their own loop
-    with these parts."""
+    with these parts; `module` is the `PreparedModule` they handed to `accelerator.prepare`."""
 
     config: TrainConfig
 
@@ -42,13 +49,8 @@ class TrainingLoop:
             log_with=None if config.report_to == "none" else config.report_to,
             project_dir=config.output_dir,
         )
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            # Checkpoints save whole parameters from the main process and the guard owns the optimizer step;
-            # sharded parameters (FSDP) or DeepSpeed's own step would silently break both.
-            raise UserError(
-                f"{self.accelerator.distributed_type.value} is not supported by the training loop yet; "
-                "launch with DDP (latentreason/configs/accelerate/ddp.yaml or torchrun)"
-            )
+        enable_fsdp_on_cpu(self.accelerator)
+        check_launch(self.accelerator, self.lm)
 
     def begin(self, optimizer, scheduler, tracker: str, desc: str) -> tuple[dict, tqdm]:
         """The run's starting state (from the resumed checkpoint, if any), trackers, output dir, progress bar."""
@@ -98,22 +100,25 @@ class TrainingLoop:
         if self.config.report_to != "none":
             self.accelerator.log(metrics, step=step)
 
-    def evaluate(self, step: int) -> EvalResult | None:
+    def evaluate(self, module, step: int) -> EvalResult | None:
         """Every process solves its shard of the held-out problems; all get the gathered result."""
-        acc = self.accelerator
+        acc, lm = self.accelerator, self.lm
         if not self.held_out:
             return None
-        lm = acc.unwrap_model(self.lm)
         was_training = lm.training
         lm.eval()
-        result = evaluate_sharded(
-            self.method.solver(lm),
-            self.held_out,
+        result = outside_forward(
             acc,
-            self.config.dataset,
-            self.config.eval_batch_size,
-            self.config.answer_mode,
-            progress=self.progress and acc.is_main_process,
+            module,
+            lambda: evaluate_sharded(
+                self.method.solver(lm),
+                self.held_out,
+                acc,
+                self.config.dataset,
+                self.config.eval_batch_size,
+                self.config.answer_mode,
+                progress=self.progress and acc.is_main_process,
+            ),
         )
         lm.train(was_training)
         self.log(
@@ -131,22 +136,27 @@ class TrainingLoop:
         )
         return result
 
-    def save(self, optimizer, scheduler, state: dict) -> None:
-        if self.accelerator.is_main_process:
+    def save(self, module, optimizer, scheduler, state: dict) -> None:
+        acc = self.accelerator
+        # Under FSDP every process gathers the shards; the main process writes the whole tensors.
+        weights, optimizer_state = full_weights(acc, module), full_optimizer_state(acc, optimizer.optimizer)
+        if acc.is_main_process:
             save_checkpoint(
                 self.output_dir,
                 state["global_step"],
                 self.lm,
-                optimizer.optimizer,
+                optimizer_state,
                 scheduler,
                 state,
                 self.config.save_total_limit,
+                weights,
             )
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
 
-    def save_final(self) -> Path:
+    def save_final(self, module) -> Path:
+        weights = full_weights(self.accelerator, module)
         if self.accelerator.is_main_process:
-            save_final(self.lm, self.output_dir)
+            save_final(self.lm, self.output_dir, weights)
         self.accelerator.wait_for_everyone()
         return self.output_dir / "final"
 

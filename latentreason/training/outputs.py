@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 
-def save_final(lm, output_dir: Path) -> Path:
-    """Write `output_dir/final` through a temporary directory, so it is either complete or absent."""
+def save_final(lm, output_dir: Path, weights=None) -> Path:
+    """Write `output_dir/final` through a temporary directory, so it is either complete or absent.
+    `weights`: the model's whole weights when the live ones are sharded (see `LatentLM.save_pretrained`)."""
     final, tmp = output_dir / "final", output_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(tmp)
+    lm.save_pretrained(tmp, state_dict=weights)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final

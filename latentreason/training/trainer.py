@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from torch import nn
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
@@ -27,17 +26,17 @@ from latentreason.evaluation.harness import EvalResult
 from latentreason.training.config import TrainConfig
 from latentreason.training.guards import NonFiniteGuard, advance_schedule
 from latentreason.training.loop import TrainingLoop
+from latentreason.training.sharding import PreparedModule
 
 
-class TrainingModule(nn.Module):
-    """Model + method objective behind one forward, so DDP/FSDP see every parameter used."""
+class TrainingModule(PreparedModule):
+    """The model and the method's loss behind one forward."""
 
     def __init__(self, lm, method):
-        super().__init__()
-        self.lm = lm
+        super().__init__(lm)
         self.method = method
 
-    def forward(self, batch: dict):
+    def objective(self, batch: dict):
         return self.method.loss(self.lm, batch)
 
 
@@ -142,17 +141,17 @@ class Trainer(TrainingLoop):
                         bar.set_postfix(loss=f"{shown:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                         window = {"loss": 0.0, "applied": 0, "tokens": 0, "clock": time.perf_counter()}
                     if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
-                        self.evaluate(step)
+                        self.evaluate(module, step)
                     if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
-                        self.save(optimizer, scheduler, self._state(step, epoch, step_in_epoch, guard))
+                        self.save(module, optimizer, scheduler, self._state(step, epoch, step_in_epoch, guard))
                 if step_in_epoch >= self.steps_per_epoch:
                     epoch, step_in_epoch = epoch + 1, 0
         finally:
             bar.close()  # also when the run stops: the error message then starts on its own line
         final_state = self._state(step, epoch, step_in_epoch, guard)
-        self.save(optimizer, scheduler, final_state)
-        final_dir = self.save_final()
-        result = self.evaluate(step)
+        self.save(module, optimizer, scheduler, final_state)
+        final_dir = self.save_final(module)
+        result = self.evaluate(module, step)
         self.end()
         return TrainResult(final_dir, step, metrics, result)
 

@@ -1,0 +1,52 @@
+"""The distributed set-ups the training loops refuse, each with one line saying what to use instead (the
+FSDP runs themselves are in test_distributed.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from accelerate.utils import DistributedType
+
+from latentreason.errors import UserError
+from latentreason.model.lora import add_lora
+from latentreason.training.sharding import check_launch
+from tests.helpers import build_tiny_lm, tiny_lm
+
+
+def launch(kind: DistributedType, version: int = 2, auto_wrap=None):
+    """What `check_launch` reads of an accelerator."""
+    plugin = SimpleNamespace(fsdp_version=version, auto_wrap_policy=auto_wrap)
+    return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+def test_ddp_and_fsdp2_without_auto_wrap_are_accepted():
+    check_launch(launch(DistributedType.MULTI_CPU), tiny_lm())
+    check_launch(launch(DistributedType.FSDP), tiny_lm())
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "message"),
+    [
+        (launch(DistributedType.FSDP, version=1), "FSDP needs fsdp_version: 2"),
+        (launch(DistributedType.FSDP, auto_wrap=print), "fsdp_auto_wrap_policy: NO_WRAP"),
+        (launch(DistributedType.DEEPSPEED), "DeepSpeed is not supported"),
+    ],
+)
+def test_unsupported_launches_are_refused_with_what_to_use(accelerator, message):
+    with pytest.raises(UserError, match=message):
+        check_launch(accelerator, tiny_lm())
+
+
+def test_a_deepspeed_config_is_refused_even_where_accelerate_would_ignore_it(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # on CPU accelerate would quietly run DDP
+    with pytest.raises(UserError, match="DeepSpeed is not supported"):
+        check_launch(launch(DistributedType.MULTI_CPU), tiny_lm())
+
+
+def test_lora_is_refused_under_fsdp_only():
+    lm = build_tiny_lm()
+    add_lora(lm.model, r=2, alpha=4, dropout=0.0, target_modules="q_proj")
+    check_launch(launch(DistributedType.MULTI_CPU), lm)
+    with pytest.raises(UserError, match="LoRA"):
+        check_launch(launch(DistributedType.FSDP), lm)
