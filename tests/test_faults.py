@@ -8,10 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from latentreason.errors import UserError
-from latentreason.training.checkpoint import list_checkpoints
+from latentreason.training import outputs
+from latentreason.training.checkpoint import list_checkpoints, save_checkpoint
 from latentreason.training.config import TrainConfig
 from latentreason.training.run import run_training
-from tests.helpers import TINY_TRAIN_MODEL, kill_cli_run_after_checkpoint, tiny_train_config
+from tests.helpers import TINY_TRAIN_MODEL, build_tiny_lm, kill_cli_run_after_checkpoint, tiny_train_config
 
 # Enough steps that the run is still going when the kill lands (each step also writes a checkpoint).
 KILL_RUN = dict(
@@ -114,3 +115,18 @@ def test_existing_output_dir_is_left_untouched_unless_overwrite_is_asked(tmp_pat
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-1", "checkpoint-2"]
     assert (run / "notes.txt").read_text() == "mine"
     assert len((run / "log.jsonl").read_text().splitlines()) == 2  # the new run's log only
+
+
+def test_checkpoint_files_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(outputs, "_fsync", lambda path: synced.append(path))
+    lm = build_tiny_lm("llama")
+    optimizer = torch.optim.AdamW(lm.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    final = save_checkpoint(tmp_path, 3, lm, optimizer.state_dict(), scheduler, {"global_step": 3}, keep=0)
+    tmp = tmp_path / ".tmp-checkpoint-3"
+    files = [tmp / p.relative_to(final) for p in final.rglob("*") if p.is_file()]
+    assert len(files) >= 5 and set(files) <= set(synced)  # model, optimizer, scheduler, rng, state...
+    assert synced.index(tmp) > max(synced.index(f) for f in files)  # the directory after its files
+    assert synced[-1] == tmp_path  # then the rename itself
+    assert not tmp.exists()

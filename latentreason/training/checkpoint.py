@@ -3,14 +3,15 @@
 A checkpoint directory holds the model (safetensors + tokenizer), optimizer.pt, scheduler.pt,
 rng.pt and trainer_state.json, which is written last and marks the checkpoint complete. A run
 killed while saving leaves `.tmp-checkpoint-N` behind; resuming names it and skips it, and the next
-save of step N replaces it. Weights and optimizer moments are whole tensors under every launch (FSDP
-gathers them first, see sharding.py): a checkpoint resumes under DDP, FSDP or one process.
+save of step N replaces it. Every file, then the directory, reaches the disk before the rename
+(outputs.publish), so not even a power loss leaves a complete-looking checkpoint with data missing.
+Weights and optimizer moments are whole tensors under every launch (FSDP gathers them first, see
+sharding.py): a checkpoint resumes under DDP, FSDP or one process.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from latentreason.errors import UserError
+from latentreason.training.outputs import publish
 from latentreason.training.sharding import load_optimizer_state
 
 STATE_FILE = "trainer_state.json"
@@ -37,9 +39,7 @@ def save_checkpoint(
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    publish(tmp, final)
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -8,14 +8,34 @@ import shutil
 from pathlib import Path
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move the finished directory `tmp` to `final` so that a crash, even a power loss, leaves either the
+    old `final`, or none, or the whole new one: every file and the directory reach the disk before the
+    rename, and the rename reaches it before we return."""
+    for path in sorted(tmp.rglob("*")):
+        if path.is_file():
+            _fsync(path)
+    _fsync(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
 def save_final(lm, output_dir: Path, weights=None) -> Path:
     """Write `output_dir/final` through a temporary directory, so it is either complete or absent.
     `weights`: the model's whole weights when the live ones are sharded (see `LatentLM.save_pretrained`)."""
     final, tmp = output_dir / "final", output_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
     lm.save_pretrained(tmp, state_dict=weights)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    publish(tmp, final)
     return final
 
 
