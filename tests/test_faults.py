@@ -3,6 +3,8 @@ skipped by name; the last K checkpoints are kept; an existing output_dir is neve
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,6 +13,7 @@ from latentreason.errors import UserError
 from latentreason.training import outputs
 from latentreason.training.checkpoint import list_checkpoints, save_checkpoint
 from latentreason.training.config import TrainConfig
+from latentreason.training.outputs import trim_log
 from latentreason.training.run import run_training
 from tests.helpers import TINY_TRAIN_MODEL, build_tiny_lm, kill_cli_run_after_checkpoint, tiny_train_config
 
@@ -55,10 +58,26 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_p
 
     killed = config(tmp_path / "killed")
     kill_cli_run_after_checkpoint(cli_flags(killed), tmp_path / "killed" / "run", max_step=16)
+    with (tmp_path / "killed" / "run" / "log.jsonl").open("a") as log:  # as if killed a step past its checkpoint,
+        log.write('{"step": 17, "loss": 1.0}\n{"step": 18, "lo')  # mid-line
 
     resumed = run_training("cot", config(tmp_path / "killed", resume_from_checkpoint="auto"), progress=False)
     assert resumed.global_step == KILL_RUN["max_steps"]
     assert_same_weights(weights(resumed.final_dir), expected)
+    # The log reads as one run: what the killed run logged past its checkpoint was dropped, not repeated.
+    assert logged_steps(tmp_path / "killed") == logged_steps(tmp_path / "straight")
+
+
+def logged_steps(root) -> list[int]:
+    lines = (root / "run" / "log.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
+
+
+def test_resume_trims_the_log_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    trim_log(log, 2)
+    assert log.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2}\n'
 
 
 def test_half_written_checkpoints_are_named_and_skipped_on_resume(tmp_path, capsys):

@@ -15,7 +15,7 @@ from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult, evaluate_sharded
 from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
 from latentreason.training.config import TrainConfig
-from latentreason.training.outputs import append_log, save_final
+from latentreason.training.outputs import append_log, save_final, trim_log
 from latentreason.training.processes import multi_process_cpu
 from latentreason.training.sharding import (
     check_launch,
@@ -59,6 +59,8 @@ class TrainingLoop:
         if self.resume is not None:
             state = load_training_state(self.resume, optimizer.optimizer, scheduler)
             acc.print(f"resumed from {self.resume} at step {state['global_step']}")
+            if acc.is_main_process:
+                trim_log(self.output_dir / "log.jsonl", state["global_step"])
         if self.config.report_to != "none":
             acc.init_trackers(tracker, config=asdict(self.config))
         self.output_dir.mkdir(parents=True, exist_ok=True)

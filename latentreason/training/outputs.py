@@ -39,6 +39,24 @@ def save_final(lm, output_dir: Path, weights=None) -> Path:
     return final
 
 
+def trim_log(log_path: Path, last_step: int) -> None:
+    """Before a resumed run logs again: drop what the stopped run logged after its checkpoint (the resumed
+    run logs those steps anew) and a line torn by the kill, so log.jsonl reads as one uninterrupted run."""
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the kill cut this line short
+        if record.get("step", 0) <= last_step:
+            kept.append(line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, log_path)
+
+
 def append_log(log_path: Path, metrics: dict) -> None:
     with log_path.open("a") as fh:
         fh.write(json.dumps(metrics) + "\n")
