@@ -37,6 +37,7 @@ def resolve_config_path(value: str | None) -> Path | None:
 def cmd_train(argv: list[str]) -> int:
     from latentreason.config import add_config_flags, load_config, read_yaml
     from latentreason.methods import METHODS, get_method
+    from latentreason.training.processes import say
     from latentreason.training.run import run_training
 
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -59,9 +60,9 @@ def cmd_train(argv: list[str]) -> int:
     args.pop("method", None)
     config = load_config(method_cls.config_cls, config_path, args)
     result = run_training(method_name, config)
-    print(f"final model: {result.final_dir}")
+    say(f"final model: {result.final_dir}")  # once, not once per process
     if result.eval is not None:
-        print(f"held-out accuracy: {result.eval.accuracy:.1%} on {result.eval.n} problems")
+        say(f"held-out accuracy: {result.eval.accuracy:.1%} on {result.eval.n} problems")
     return 0
 
 
@@ -70,6 +71,7 @@ def cmd_rl(argv: list[str]) -> int:
     from latentreason.config import add_config_flags, load_config, read_yaml
     from latentreason.rl.config import RLConfig
     from latentreason.rl.run import run_rl
+    from latentreason.training.processes import say
 
     parser = argparse.ArgumentParser(
         prog="latentreason rl",
@@ -85,9 +87,9 @@ def cmd_rl(argv: list[str]) -> int:
     config = load_config(RLConfig, config_path, args)
     marker = read_yaml(config_path).get("method") if config_path else None
     result = run_rl(config, expected_method=RL_METHODS.get(marker))
-    print(f"final model: {result.final_dir}")
+    say(f"final model: {result.final_dir}")
     if result.eval is not None:
-        print(
+        say(
             f"held-out accuracy: {result.eval.accuracy:.1%} on {result.eval.n} problems, "
             f"{result.eval.latent_tokens:.1f} latents per problem"
         )
