@@ -108,18 +108,26 @@ def test_lora_trains_adapters_only_and_saves_a_merged_plain_model(tmp_path):
     method.prepare(lm)
     method.prepare(lm)  # idempotent: adapters are injected once
     trainable = {name for name, p in lm.named_parameters() if p.requires_grad}
-    assert trainable and all(".lora_" in name or name.startswith("heads.") for name in trainable)
+    adapters = {name for name in trainable if ".lora_" in name or ".trainable_tokens_delta." in name}
+    assert trainable and all(name in adapters or name.startswith("heads.") for name in trainable)
     assert sum(".lora_A." in name for name in trainable) == 2 * 7  # 2 layers x q,k,v,o,gate,up,down
-    with torch.no_grad():  # make the adapters do something (B starts at zero)
+    special = [lm.bot_id, lm.latent_id, lm.eot_id]
+    rows = [p for name, p in lm.named_parameters() if ".trainable_tokens_delta." in name]
+    assert rows and all(p.shape == (3, lm.embed.weight.shape[1]) for p in rows)  # the special tokens' rows
+    with torch.no_grad():  # make the adapters do something (B starts at zero; the rows start as '<<')
         for name, p in lm.named_parameters():
-            if ".lora_B." in name:
+            if ".lora_B." in name or ".trainable_tokens_delta." in name:
                 p.normal_(0, 0.5)
     lm.eval()
-    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    ids = torch.tensor([[5, 6, *special, 9]])
     with torch.no_grad():
         adapted = lm.backbone(input_ids=ids).last_hidden_state
+        adapted_logits = lm.lm_head(adapted)
     lm.save_pretrained(tmp_path / "m")
     reloaded = LatentLM.from_pretrained(tmp_path / "m").eval()
     assert not any(".lora_" in name for name, _ in reloaded.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(reloaded.backbone(input_ids=ids).last_hidden_state, adapted, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(reloaded.lm_head(adapted), adapted_logits, atol=1e-5, rtol=1e-4)
+    bot, latent, eot = (reloaded.embed.weight[i] for i in special)  # trained apart, saved in place
+    assert not torch.equal(bot, eot) and not torch.equal(bot, latent)

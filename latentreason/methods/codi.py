@@ -97,7 +97,8 @@ class CODI(Method):
     def prepare(self, lm) -> None:
         cfg = self.config
         if cfg.lora_r:
-            add_lora(lm.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+            special = [lm.bot_id, lm.latent_id, lm.eot_id]
+            add_lora(lm.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, special)
         if cfg.use_projector:
             self.projector_head(lm)
 
