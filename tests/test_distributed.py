@@ -1,6 +1,7 @@
 """Two CPU processes (torchrun, gloo) run the shared trainers: ranks stay identical, the result matches
 one process with the same global batch, and sharded evaluation sees every problem exactly once; the
-same under FSDP (each process holding half the model), where checkpoints also resume."""
+same under FSDP (each process holding half the model) and DeepSpeed ZeRO-2 (each holding half the
+optimizer state and gradients), where checkpoints also resume."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from latentreason.data.sources import load_train_and_held_out
+from latentreason.errors import UserError
 from latentreason.evaluation.harness import evaluate
 from latentreason.methods import get_method
 from latentreason.model.latent_lm import LatentLM
+from latentreason.training import deepspeed
 from latentreason.training.checkpoint import list_checkpoints
 from latentreason.training.config import TrainConfig
 from latentreason.training.run import run_training
@@ -226,11 +229,87 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_ranks, one_process, tmp_
     assert worst <= TOLERANCE, worst
 
 
-def test_fsdp_rl_matches_ddp_and_saves_a_loadable_model(fsdp_ranks, two_rl_ranks):
-    fsdp = LatentLM.from_pretrained(fsdp_ranks / "rl" / "final").state_dict()
+def check_rl_matches_ddp(launch: str, run: Path, two_rl_ranks: Path) -> None:
+    """The GRPO model saved in `run` loads, moved from the start, and equals the DDP run's within TOLERANCE."""
+    trained = LatentLM.from_pretrained(run / "final").state_dict()
     ddp = LatentLM.from_pretrained(two_rl_ranks / "rl" / "final").state_dict()
-    worst = largest_difference(fsdp, ddp)
-    print(f"FSDP GRPO: largest difference from DDP {worst:.2e}")
+    worst = largest_difference(trained, ddp)
+    print(f"{launch} GRPO: largest difference from DDP {worst:.2e}")
     assert worst <= TOLERANCE, worst
     start = build_atp_start()
-    assert any(not torch.equal(start[k], fsdp[k]) for k in start)  # the updates did happen
+    assert any(not torch.equal(start[k], trained[k]) for k in start)  # the updates did happen
+
+
+def test_fsdp_rl_matches_ddp_and_saves_a_loadable_model(fsdp_ranks, two_rl_ranks):
+    check_rl_matches_ddp("FSDP", fsdp_ranks / "rl", two_rl_ranks)
+
+
+# --- DeepSpeed ZeRO-2 over two ranks -------------------------------------------------------------
+# What `accelerate launch --config_file latentreason/configs/accelerate/deepspeed-zero2.yaml` sets.
+DEEPSPEED_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
+
+
+@pytest.fixture(scope="module")
+def deepspeed_ranks(tmp_path_factory) -> Path:
+    runs = {"sft": RUN, "rl": RL_RUN}
+    return torchrun_two("distributed_deepspeed_worker.py", tmp_path_factory.mktemp("ds"), runs, 180, DEEPSPEED_ENV)
+
+
+def test_deepspeed_zero2_matches_one_process_with_and_without_accumulation(deepspeed_ranks, one_process):
+    ranks = [load_file(str(deepspeed_ranks / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert largest_difference(ranks[0], ranks[1]) == 0.0
+    single = load_file(str(one_process / "final" / "model.safetensors"))
+    plain = largest_difference(load_file(str(deepspeed_ranks / "sft" / "final" / "model.safetensors")), single)
+    accum = largest_difference(load_file(str(deepspeed_ranks / "accum" / "final" / "model.safetensors")), single)
+    print(f"ZeRO-2: largest difference from one process {plain:.2e}, with accumulation {accum:.2e}")
+    assert plain <= TOLERANCE and accum <= TOLERANCE, (plain, accum)
+    # The optimizer state really is split: one partition per process, no whole optimizer.pt.
+    checkpoint = deepspeed_ranks / "sft" / "checkpoint-2"
+    assert deepspeed.saved_world_size(checkpoint) == 2 and not (checkpoint / "optimizer.pt").exists()
+    final = LatentLM.from_pretrained(deepspeed_ranks / "sft" / "final").state_dict()
+    assert largest_difference(final, ranks[0]) == 0.0
+
+
+def test_deepspeed_checkpoint_resumes_to_the_uninterrupted_run(deepspeed_ranks):
+    assert [p.name for p in list_checkpoints(deepspeed_ranks / "sft")] == ["checkpoint-2", "checkpoint-4"]
+    assert not list((deepspeed_ranks / "sft").glob(".tmp-*"))
+    resumed = load_file(str(deepspeed_ranks / "resumed" / "final" / "model.safetensors"))
+    uninterrupted = load_file(str(deepspeed_ranks / "sft" / "final" / "model.safetensors"))
+    assert largest_difference(resumed, uninterrupted) == 0.0
+
+
+def test_a_deepspeed_checkpoint_refuses_another_world_size_or_launch(deepspeed_ranks, tmp_path):
+    checkpoint = deepspeed_ranks / "sft" / "checkpoint-2"
+    with pytest.raises(UserError, match="optimizer partitions of 2 processes but this run has 1"):
+        deepspeed.load_engine_state(None, checkpoint, world=1)
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run / "checkpoint-2")
+    one = tiny_train_config(TrainConfig, run, **RUN, resume_from_checkpoint="auto")
+    with pytest.raises(UserError, match="written under DeepSpeed"):
+        run_training("cot", one, progress=False)
+
+
+def test_deepspeed_nan_loss_on_one_rank_skips_the_update_on_both(deepspeed_ranks):
+    run = deepspeed_ranks / "nan"
+    weights = [load_file(str(run / f"checkpoint-{s}" / "model.safetensors")) for s in (1, 2, 3)]
+    assert largest_difference(weights[0], weights[1]) == 0.0  # step 2 skipped (its finite-gradient update too)
+    assert largest_difference(weights[1], weights[2]) > 0  # step 3 trains again
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    log = [m for m in rows if "eval_accuracy" not in m]
+    assert [m["skipped_nonfinite"] for m in log] == [0, 1, 1, 1]
+    assert "loss" not in log[1]
+
+
+def test_deepspeed_rl_matches_ddp_and_saves_a_loadable_model(deepspeed_ranks, two_rl_ranks):
+    check_rl_matches_ddp("ZeRO-2", deepspeed_ranks / "rl", two_rl_ranks)
+
+
+def test_deepspeed_nonfinite_steps_in_a_row_stop_every_rank_with_the_last_good_checkpoint(deepspeed_ranks):
+    for rank in (0, 1):
+        message = (deepspeed_ranks / f"stop{rank}.txt").read_text()
+        assert "step 3: " in message and "2 steps in a row (max_nonfinite_steps=2)" in message
+    run = deepspeed_ranks / "stop"
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-1", "checkpoint-2"]
+    good, last = (load_file(str(run / f"checkpoint-{s}" / "model.safetensors")) for s in (1, 2))
+    assert largest_difference(good, last) == 0.0
+    assert not (run / "final").exists() and not list(run.glob(".tmp-*"))

@@ -1,5 +1,5 @@
 """The distributed set-ups the training loops refuse, each with one line saying what to use instead (the
-FSDP runs themselves are in test_distributed.py)."""
+FSDP runs themselves are in test_distributed.py; DeepSpeed's refusals are in test_deepspeed.py)."""
 
 from __future__ import annotations
 
@@ -30,18 +30,11 @@ def test_ddp_and_fsdp2_without_auto_wrap_are_accepted():
     [
         (launch(DistributedType.FSDP, version=1), "FSDP needs fsdp_version: 2"),
         (launch(DistributedType.FSDP, auto_wrap=print), "fsdp_auto_wrap_policy: NO_WRAP"),
-        (launch(DistributedType.DEEPSPEED), "DeepSpeed is not supported"),
     ],
 )
 def test_unsupported_launches_are_refused_with_what_to_use(accelerator, message):
     with pytest.raises(UserError, match=message):
         check_launch(accelerator, tiny_lm())
-
-
-def test_a_deepspeed_config_is_refused_even_where_accelerate_would_ignore_it(monkeypatch):
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # on CPU accelerate would quietly run DDP
-    with pytest.raises(UserError, match="DeepSpeed is not supported"):
-        check_launch(launch(DistributedType.MULTI_CPU), tiny_lm())
 
 
 def test_lora_is_refused_under_fsdp_only():

@@ -16,7 +16,6 @@ log-probs of an unchanged policy equal the sampled ones.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -36,7 +35,7 @@ from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
 from latentreason.rl.policy import ACTIONS, LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
-from latentreason.training.guards import NonFiniteGuard, advance_schedule
+from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.loop import TrainingLoop
 from latentreason.training.sharding import PreparedModule, outside_forward
 
@@ -185,7 +184,7 @@ class RLTrainer(TrainingLoop):
         self.check_output_dir()
         set_seed(cfg.seed)
         module, optimizer, scheduler = self.setup()
-        state, bar = self.begin(optimizer, scheduler, "latentreason-rl", f"rl {self.method.name}")
+        state, bar = self.begin(module, optimizer, scheduler, "latentreason-rl", f"rl {self.method.name}")
         self.guard.skipped = state.get("skipped_nonfinite", 0)
         metrics: dict = {}
         step, epoch, step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
@@ -285,25 +284,23 @@ class RLTrainer(TrainingLoop):
             order = torch.randperm(total, generator=shuffle)
             for start in range(0, total, per_update):
                 chunk = order[start : start + per_update]
-                loss_sum = 0.0
+                losses = []
                 for m in range(cfg.gradient_accumulation_steps):
                     rows = chunk[m * self.micro : (m + 1) * self.micro].to(advantages.device)
-                    sync = contextlib.nullcontext() if m == cfg.gradient_accumulation_steps - 1 else acc.no_sync(module)
-                    with sync:
+                    last = m == cfg.gradient_accumulation_steps - 1
+                    with self.micro_batch(module, last):
                         out = module(rollouts.select(rows), advantages[rows])
-                        acc.backward(out.loss / cfg.gradient_accumulation_steps)
-                    loss_sum += float(out.loss.detach()) / cfg.gradient_accumulation_steps
+                        losses.append(out.loss)
+                        self.backward(losses, last)
                     for key, value in {"loss": float(out.loss.detach()), **out.stats}.items():
                         sums[key] = sums.get(key, 0.0) + value
                     micro_batches += 1
-                # The mean over ranks, so every rank takes the same skip decision; clipping by inf measures only.
+                # The mean over ranks, so every rank takes the same skip decision.
+                loss_sum = sum(float(x.detach()) for x in losses) / cfg.gradient_accumulation_steps
                 loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean"))
-                norm = float(acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm or math.inf))
-                if self.guard.check(loss, norm, step + 1):
-                    optimizer.step()
+                applied, norm = self.finish_update(module, optimizer, scheduler, self.guard, loss, step + 1)
+                if applied:
                     norms.append(norm)
-                advance_schedule(scheduler)
-                optimizer.zero_grad(set_to_none=True)
         stats = {k: v / micro_batches for k, v in sums.items()}
         if norms:
             stats["grad_norm"] = sum(norms) / len(norms)

@@ -5,8 +5,10 @@ rng.pt and trainer_state.json, which is written last and marks the checkpoint co
 killed while saving leaves `.tmp-checkpoint-N` behind; resuming names it and skips it, and the next
 save of step N replaces it. Every file, then the directory, reaches the disk before the rename
 (outputs.publish), so not even a power loss leaves a complete-looking checkpoint with data missing.
-Weights and optimizer moments are whole tensors under every launch (FSDP gathers them first, see
-sharding.py): a checkpoint resumes under DDP, FSDP or one process.
+Weights and optimizer moments are whole tensors under DDP and FSDP (FSDP gathers them first, see
+sharding.py): such a checkpoint resumes under DDP, FSDP or one process. Under DeepSpeed the optimizer is
+per-rank partitions in `deepspeed/` instead of optimizer.pt (written by every rank into the temporary
+directory before the rename, see deepspeed.py); it resumes under DeepSpeed with as many processes.
 """
 
 from __future__ import annotations
@@ -27,15 +29,27 @@ PREFIX = "checkpoint-"
 TMP_PREFIX = f".tmp-{PREFIX}"
 
 
-def save_checkpoint(
-    output_dir: Path, step: int, lm, optimizer_state: dict, scheduler, state: dict, keep: int, weights=None
-) -> Path:
-    """`weights`: the model's whole weights when the live ones are sharded (see `LatentLM.save_pretrained`)."""
-    final = output_dir / f"{PREFIX}{step}"
+def temp_dir(output_dir: Path, step: int) -> Path:
+    """The temporary directory a checkpoint of `step` is written into, emptied of a killed save's leftovers."""
     tmp = output_dir / f"{TMP_PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_checkpoint(
+    output_dir: Path, step: int, lm, optimizer_state: dict | None, scheduler, state: dict, keep: int, weights=None
+) -> Path:
+    """Complete the checkpoint in `temp_dir(output_dir, step)` (made here unless `optimizer_state` is None:
+    DeepSpeed's partitions are already in it) and rename it. `weights`: the model's whole weights when the
+    live ones are sharded (see `LatentLM.save_pretrained`)."""
+    final = output_dir / f"{PREFIX}{step}"
+    tmp = output_dir / f"{TMP_PREFIX}{step}"
+    if optimizer_state is not None:
+        temp_dir(output_dir, step)
     lm.save_pretrained(tmp, state_dict=weights)
-    torch.save(optimizer_state, tmp / "optimizer.pt")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -88,8 +102,15 @@ def clear_run(output_dir: Path) -> None:
 
 
 def load_training_state(path: Path, optimizer, scheduler) -> dict:
-    # weights_only=True: a checkpoint can never run code while loading.
-    load_optimizer_state(optimizer, torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    """Scheduler, RNG and loop state, and the optimizer unless it is None (DeepSpeed loads its own)."""
+    if optimizer is not None:
+        if not (path / "optimizer.pt").is_file():
+            raise UserError(
+                f"{path} was written under DeepSpeed (no optimizer.pt); resume it under DeepSpeed with the same "
+                "number of processes"
+            )
+        # weights_only=True: a checkpoint can never run code while loading.
+        load_optimizer_state(optimizer, torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
     set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     return json.loads((path / STATE_FILE).read_text())

@@ -1,9 +1,11 @@
-"""What every training loop (SFT and RL) shares: accelerate set-up (DDP or FSDP, see sharding.py), the
-output directory rules, AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final
-model."""
+"""What every training loop (SFT and RL) shares: accelerate set-up (DDP, FSDP (see sharding.py) or
+DeepSpeed ZeRO-1/2 (see deepspeed.py)), the micro-batch / update pattern, the output directory rules,
+AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final model."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,8 +15,10 @@ from tqdm.auto import tqdm
 
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult, evaluate_sharded
+from latentreason.training import deepspeed
 from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
 from latentreason.training.config import TrainConfig
+from latentreason.training.guards import NonFiniteGuard, advance_schedule
 from latentreason.training.outputs import append_log, save_final, trim_log
 from latentreason.training.processes import multi_process_cpu
 from latentreason.training.sharding import (
@@ -43,21 +47,28 @@ class TrainingLoop:
     def __init__(self, config: TrainConfig, resume: Path | None, progress: bool):
         self.config, self.resume, self.progress = config, resume, progress
         self.output_dir = Path(config.output_dir)
+        precision = mixed_precision(config.bf16)
+        launch = (
+            deepspeed.accelerator_kwargs(config, precision) if deepspeed.requested() else {"cpu": multi_process_cpu()}
+        )
         self.accelerator = Accelerator(
-            cpu=multi_process_cpu(),
-            mixed_precision=mixed_precision(config.bf16),
+            mixed_precision=precision,
             log_with=None if config.report_to == "none" else config.report_to,
             project_dir=config.output_dir,
+            **launch,
         )
+        self.deepspeed = deepspeed.active(self.accelerator)
         enable_fsdp_on_cpu(self.accelerator)
         check_launch(self.accelerator, self.lm)
 
-    def begin(self, optimizer, scheduler, tracker: str, desc: str) -> tuple[dict, tqdm]:
+    def begin(self, module, optimizer, scheduler, tracker: str, desc: str) -> tuple[dict, tqdm]:
         """The run's starting state (from the resumed checkpoint, if any), trackers, output dir, progress bar."""
         acc = self.accelerator
         state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
         if self.resume is not None:
-            state = load_training_state(self.resume, optimizer.optimizer, scheduler)
+            if self.deepspeed:
+                deepspeed.load_engine_state(module, self.resume, acc.num_processes)
+            state = load_training_state(self.resume, None if self.deepspeed else optimizer.optimizer, scheduler)
             acc.print(f"resumed from {self.resume} at step {state['global_step']}")
             if acc.is_main_process:
                 trim_log(self.output_dir / "log.jsonl", state["global_step"])
@@ -95,6 +106,40 @@ class TrainingLoop:
         ]
         betas = (self.config.adam_beta1, self.config.adam_beta2)
         return torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=betas)
+
+    # --- one update: accumulation micro-batches, then the step ------------------------------------
+    def micro_batch(self, module, last: bool):
+        """The context of one micro-batch's forward and backward: gradients are reduced after the last."""
+        if self.deepspeed:
+            return self.accelerator.accumulate(module)  # counts micro-batches; the engine reduces and steps
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(module)
+
+    def backward(self, losses: list[torch.Tensor], last: bool) -> None:
+        """Backward of the latest of this update's micro-batch `losses` (the update's mean is the objective).
+        DeepSpeed divides by the accumulation steps itself, and steps inside the last backward."""
+        acc, loss = self.accelerator, losses[-1]
+        if not self.deepspeed:
+            acc.backward(loss / self.config.gradient_accumulation_steps)
+            return
+        acc.backward(deepspeed.poison_if_any_nonfinite(acc, losses, loss) if last else loss)
+
+    def finish_update(self, module, optimizer, scheduler, guard: NonFiniteGuard, loss: float, step: int):
+        """Clip, step (unless the loss or gradient norm is not finite) and advance the schedule after the
+        last micro-batch; `loss` is the mean over ranks. -> (applied, gradient norm before clipping)."""
+        if self.deepspeed:  # the engine already clipped and stepped, or skipped; the guard counts and may stop
+            applied, grad_norm = deepspeed.step_result(optimizer, module)
+            guard.check(loss, grad_norm, step)
+        else:
+            # max_grad_norm 0 still measures the (global) norm for the guard; clipping by inf scales by 1.
+            grad_norm = float(
+                self.accelerator.clip_grad_norm_(module.parameters(), self.config.max_grad_norm or math.inf)
+            )
+            applied = guard.check(loss, grad_norm, step)
+            if applied:
+                optimizer.step()
+        advance_schedule(scheduler)
+        optimizer.zero_grad(set_to_none=True)
+        return applied, grad_norm
 
     def log(self, metrics: dict, step: int) -> None:
         if self.accelerator.is_main_process:
@@ -140,8 +185,11 @@ class TrainingLoop:
 
     def save(self, module, optimizer, scheduler, state: dict) -> None:
         acc = self.accelerator
-        # Under FSDP every process gathers the shards; the main process writes the whole tensors.
-        weights, optimizer_state = full_weights(acc, module), full_optimizer_state(acc, optimizer.optimizer)
+        if self.deepspeed:  # every rank writes its optimizer partition into the temporary directory
+            deepspeed.save_engine_state(acc, module, self.output_dir, state["global_step"])
+            weights, optimizer_state = None, None
+        else:  # under FSDP every process gathers the shards; the main process writes the whole tensors
+            weights, optimizer_state = full_weights(acc, module), full_optimizer_state(acc, optimizer.optimizer)
         if acc.is_main_process:
             save_checkpoint(
                 self.output_dir,

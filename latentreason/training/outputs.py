@@ -20,9 +20,8 @@ def publish(tmp: Path, final: Path) -> None:
     """Move the finished directory `tmp` to `final` so that a crash, even a power loss, leaves either the
     old `final`, or none, or the whole new one: every file and the directory reach the disk before the
     rename, and the rename reaches it before we return."""
-    for path in sorted(tmp.rglob("*")):
-        if path.is_file():
-            _fsync(path)
+    for path in sorted(tmp.rglob("*")):  # files, and subdirectories (their entries) too
+        _fsync(path)
     _fsync(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

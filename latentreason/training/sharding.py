@@ -50,12 +50,6 @@ def enable_fsdp_on_cpu(accelerator) -> None:
 
 def check_launch(accelerator, lm) -> None:
     """Refuse the distributed set-ups the loops would get wrong, each with what to use instead."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED or _flag("ACCELERATE_USE_DEEPSPEED"):
-        # On CPU accelerate would even ignore the DeepSpeed config and run DDP.
-        raise UserError(
-            "DeepSpeed is not supported by the training loops yet; launch with DDP "
-            f"(latentreason/configs/accelerate/ddp.yaml) or FSDP ({FSDP_CONFIG})"
-        )
     if accelerator.distributed_type != DistributedType.FSDP:
         return
     plugin = accelerator.state.fsdp_plugin

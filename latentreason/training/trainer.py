@@ -2,14 +2,14 @@
 
 Per optimizer step: a global batch of `per_device_train_batch_size * world * accumulation` problems
 is cut from a permutation seeded by (seed, epoch); each rank takes its slice, runs its micro-batches
-(gradient sync only on the last), then clip, AdamW step, schedule step. Because the data order is a
+(gradient sync only on the last), then clip, AdamW step, schedule step (loop.py's hooks: under
+DeepSpeed the engine does the last three inside the last backward). Because the data order is a
 pure function of (seed, epoch, step), resuming from a checkpoint replays exactly the same batches.
 A NaN/inf loss or gradient norm skips the AdamW step (the schedule still advances); see guards.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +24,7 @@ from latentreason.data.problems import Problem
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult
 from latentreason.training.config import TrainConfig
-from latentreason.training.guards import NonFiniteGuard, advance_schedule
+from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.loop import TrainingLoop
 from latentreason.training.sharding import PreparedModule
 
@@ -96,7 +96,7 @@ class Trainer(TrainingLoop):
         optimizer = self.adamw(module.parameters())
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, self.total_steps)
         module, optimizer = acc.prepare(module, optimizer)
-        state, bar = self.begin(optimizer, scheduler, "latentreason", f"train {self.method.name}")
+        state, bar = self.begin(module, optimizer, scheduler, "latentreason", f"train {self.method.name}")
         if resume is not None and self.method.resume_resets_optimizer():
             optimizer.optimizer.state.clear()
             acc.print("fresh LoRA adapters on the merged checkpoint: the optimizer state starts anew")
@@ -161,35 +161,28 @@ class Trainer(TrainingLoop):
 
     def _update(self, module, optimizer, scheduler, order, step_in_epoch, guard, step):
         """One optimizer step: (mean loss or None when the update was skipped, parts, tokens, grad norm)."""
-        acc, cfg = self.accelerator, self.config
+        acc = self.accelerator
         loss_sum, parts, tokens = self._optimizer_step(module, optimizer, order, step_in_epoch)
         # The mean over ranks: every rank must take the same skip decision (and it is what we log).
         loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean"))
-        # max_grad_norm 0 still measures the (global) norm for the guard; clipping by inf scales by 1.
-        grad_norm = float(acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm or math.inf))
-        applied = guard.check(loss, grad_norm, step)
-        if applied:
-            optimizer.step()
-        advance_schedule(scheduler)
-        optimizer.zero_grad(set_to_none=True)
+        applied, grad_norm = self.finish_update(module, optimizer, scheduler, guard, loss, step)
         return (loss if applied else None), parts, tokens, grad_norm
 
     def _optimizer_step(self, module, optimizer, order, step_in_epoch) -> tuple[float, dict, int]:
         """Forward/backward over this rank's micro-batches of one global batch; returns mean loss."""
         acc, accum = self.accelerator, self.config.gradient_accumulation_steps
         start = step_in_epoch * self.global_batch + acc.process_index * self.micro * accum
-        loss_sum, parts, tokens = 0.0, {}, 0
+        losses, parts, tokens = [], {}, 0
         for m in range(accum):
             idx = order[start + m * self.micro : start + (m + 1) * self.micro].tolist()
             batch = self.method.collate(self.lm, [self.train_set[i] for i in idx])
             batch = {k: v.to(acc.device) if hasattr(v, "to") else v for k, v in batch.items()}
-            # Gradients are all-reduced only after the last micro-batch.
-            sync = contextlib.nullcontext() if m == accum - 1 else acc.no_sync(module)
-            with sync:
+            with self.micro_batch(module, last=m == accum - 1):
                 loss, metrics = module(batch)
-                acc.backward(loss / accum)
-            loss_sum += float(loss.detach()) / accum
+                losses.append(loss)
+                self.backward(losses, last=m == accum - 1)
             for key, value in metrics.items():
                 parts[key] = parts.get(key, 0.0) + value / accum
             tokens += self.method.batch_tokens(batch)
+        loss_sum = sum(float(x.detach()) for x in losses) / accum
         return loss_sum, parts, tokens * acc.num_processes
