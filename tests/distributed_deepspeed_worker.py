@@ -2,7 +2,8 @@
 `accelerate launch --config_file latentreason/configs/accelerate/deepspeed-zero2.yaml` sets).
 
 In one launch:
-  sft/       the DDP test's CoT run, checkpointing at step 2 (ranks' parameters in rank{r}.safetensors);
+  sft/       the DDP test's CoT run, checkpointing at step 2 (ranks' parameters in rank{r}.safetensors,
+             the records of the final sharded evaluation in eval{r}.json);
   accum/     the same global batch as 2 micro-batches of 4 per process (gradient accumulation);
   resumed/   sft/ resumed from its step-2 checkpoint;
   nan/       sft/ with rank 1's step-2 loss NaN (the skip must reach both ranks);
@@ -54,8 +55,10 @@ def main(out: Path, runs: dict) -> None:
     run, rank = runs["sft"], int(os.environ["RANK"])
     sft = tiny_train_config(TrainConfig, out / "sft", **run, save_steps=2)
     lm = build_latent_lm(sft, load_train_and_held_out(sft)[0])
-    run_training("cot", sft, progress=False, lm=lm)  # trains `lm` in place
+    result = run_training("cot", sft, progress=False, lm=lm)  # trains `lm` in place
     save_file({k: v.detach().clone().contiguous() for k, v in lm.state_dict().items()}, out / f"rank{rank}.safetensors")
+    records = [{"question": r["question"], "generated": r["generated"]} for r in result.eval.records]
+    (out / f"eval{rank}.json").write_text(json.dumps({"n": result.eval.n, "records": records}))
 
     accum = {**run, "per_device_train_batch_size": run["per_device_train_batch_size"] // 2}
     run_training(

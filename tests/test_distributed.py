@@ -188,16 +188,22 @@ def test_fsdp_matches_one_process_and_ddp(fsdp_ranks, one_process, two_ranks):
     assert largest_difference(fsdp, load_file(str(fsdp_ranks / "sft" / "checkpoint-2" / "model.safetensors"))) > 0
 
 
-def test_fsdp_held_out_evaluation_scores_every_problem_once(fsdp_ranks):
-    views = [json.loads((fsdp_ranks / f"fsdp{r}.json").read_text()) for r in (0, 1)]
+def check_sharded_evaluation(views: list[dict], final: Path) -> None:
+    """Both ranks got the same records, every held-out problem once and in order, generated as one process
+    generates them with the saved final model."""
     assert views[0]["records"] == views[1]["records"]
-    config = tiny_train_config(TrainConfig, fsdp_ranks / "unused", **RUN)
+    config = tiny_train_config(TrainConfig, final / "unused", **RUN)
     held_out = load_train_and_held_out(config)[1]
     assert views[0]["n"] == len(held_out) == 13
     assert [r["question"] for r in views[0]["records"]] == [p.question for p in held_out]
-    lm = LatentLM.from_pretrained(fsdp_ranks / "sft" / "final").eval()
+    lm = LatentLM.from_pretrained(final).eval()
     alone = evaluate(get_method("cot")(config).solver(lm), held_out, progress=False)
     assert [r["generated"] for r in views[0]["records"]] == [r["generated"] for r in alone.records]
+
+
+def test_fsdp_held_out_evaluation_scores_every_problem_once(fsdp_ranks):
+    views = [json.loads((fsdp_ranks / f"fsdp{r}.json").read_text()) for r in (0, 1)]
+    check_sharded_evaluation(views, fsdp_ranks / "sft" / "final")
     # The evaluation at step 2, in the middle of training, ran too (and the run still matched one process).
     log = [json.loads(line) for line in (fsdp_ranks / "sft" / "log.jsonl").read_text().splitlines()]
     assert [m["step"] for m in log if "eval_accuracy" in m] == [2, 4]
@@ -268,6 +274,11 @@ def test_deepspeed_zero2_matches_one_process_with_and_without_accumulation(deeps
     assert deepspeed.saved_world_size(checkpoint) == 2 and not (checkpoint / "optimizer.pt").exists()
     final = LatentLM.from_pretrained(deepspeed_ranks / "sft" / "final").state_dict()
     assert largest_difference(final, ranks[0]) == 0.0
+
+
+def test_deepspeed_held_out_evaluation_scores_every_problem_once(deepspeed_ranks):
+    views = [json.loads((deepspeed_ranks / f"eval{r}.json").read_text()) for r in (0, 1)]
+    check_sharded_evaluation(views, deepspeed_ranks / "sft" / "final")
 
 
 def test_deepspeed_checkpoint_resumes_to_the_uninterrupted_run(deepspeed_ranks):
