@@ -6,6 +6,7 @@ In one launch:
              the records of the final sharded evaluation in eval{r}.json);
   accum/     the same global batch as 2 micro-batches of 4 per process (gradient accumulation);
   resumed/   sft/ resumed from its step-2 checkpoint;
+  bf16/      two steps of sft/ in bf16 (the engine's bf16 model in bf16_rank{r}.safetensors);
   nan/       sft/ with rank 1's step-2 loss NaN (the skip must reach both ranks);
   rl/        GRPO on distributed_rl_worker.py's tiny ATP-Latent model;
   stop/      sft/ with rank 1's loss NaN from step 2 on and max_nonfinite_steps=2 (the error goes to
@@ -70,6 +71,13 @@ def main(out: Path, runs: dict) -> None:
     PartialState().wait_for_everyone()
     resumed = tiny_train_config(TrainConfig, out / "resumed", **run, resume_from_checkpoint="auto")
     assert run_training("cot", resumed, progress=False).global_step == sft.max_steps
+
+    bf16 = tiny_train_config(TrainConfig, out / "bf16", **{**run, "max_steps": 2, "num_eval_examples": 0}, bf16="true")
+    lm = build_latent_lm(bf16, load_train_and_held_out(bf16)[0])
+    run_training("cot", bf16, progress=False, lm=lm)
+    save_file(
+        {k: v.detach().clone().contiguous() for k, v in lm.state_dict().items()}, out / f"bf16_rank{rank}.safetensors"
+    )
 
     nan_loss_on_rank_1({2})
     run_training(

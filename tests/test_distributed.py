@@ -300,6 +300,17 @@ def test_a_deepspeed_checkpoint_refuses_another_world_size_or_launch(deepspeed_r
         run_training("cot", one, progress=False)
 
 
+def test_deepspeed_bf16_saves_the_fp32_master_weights(deepspeed_ranks):
+    """The engine trains a bf16 copy of fp32 master weights; the final model holds the fp32 ones, as DDP's."""
+    saved = load_file(str(deepspeed_ranks / "bf16" / "final" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in saved.values())
+    final = LatentLM.from_pretrained(deepspeed_ranks / "bf16" / "final").state_dict()
+    live = load_file(str(deepspeed_ranks / "bf16_rank0.safetensors"))
+    assert final.keys() == live.keys() and all(v.dtype == torch.bfloat16 for v in live.values())
+    assert all(torch.equal(final[k].to(torch.bfloat16), live[k]) for k in final)  # live = master rounded
+    assert any(not torch.equal(final[k], live[k].float()) for k in final)  # more than bf16 precision
+
+
 def test_deepspeed_nan_loss_on_one_rank_skips_the_update_on_both(deepspeed_ranks):
     run = deepspeed_ranks / "nan"
     weights = [load_file(str(run / f"checkpoint-{s}" / "model.safetensors")) for s in (1, 2, 3)]

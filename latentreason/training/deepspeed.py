@@ -121,6 +121,28 @@ def step_result(optimizer, engine) -> tuple[bool, float]:
     return True, float(engine.get_global_grad_norm())
 
 
+def full_weights(accelerator, engine) -> dict[str, torch.Tensor] | None:
+    """Under bf16 the engine's model is a bf16 copy of the fp32 master weights in the optimizer partitions;
+    this gathers the fp32 ones (under `LatentLM` names, on the main process; {} on the others), so that
+    checkpoints and the final model hold what a DDP run writes. None in fp32: save the live model. Every
+    process must call it (one all-reduce a trained tensor, in state-dict order)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    if not engine.bfloat16_enabled():
+        return None
+    keep = accelerator.is_main_process
+    gathered: dict[int, torch.Tensor] = {}  # tied weights stay one tensor
+    weights = {}
+    for name, value in engine.module.state_dict(keep_vars=True).items():
+        if id(value) not in gathered:
+            master = safe_get_full_fp32_param(value) if isinstance(value, torch.nn.Parameter) else None
+            # Frozen parameters and buffers have no master copy: their bf16 values, in fp32 as DDP writes.
+            whole = master if master is not None else value.detach()
+            gathered[id(value)] = whole.float().cpu() if whole.is_floating_point() else whole.cpu()
+        weights[name.removeprefix("lm.")] = gathered[id(value)]
+    return weights if keep else {}
+
+
 def save_engine_state(accelerator, engine, output_dir: Path, step: int) -> None:
     """Every rank writes its optimizer partition into the (emptied) temporary directory of the step-`step`
     checkpoint, which `save_checkpoint` then completes and renames. Every rank must call it."""

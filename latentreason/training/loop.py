@@ -187,7 +187,7 @@ class TrainingLoop:
         acc = self.accelerator
         if self.deepspeed:  # every rank writes its optimizer partition into the temporary directory
             deepspeed.save_engine_state(acc, module, self.output_dir, state["global_step"])
-            weights, optimizer_state = None, None
+            weights, optimizer_state = deepspeed.full_weights(acc, module), None
         else:  # under FSDP every process gathers the shards; the main process writes the whole tensors
             weights, optimizer_state = full_weights(acc, module), full_optimizer_state(acc, optimizer.optimizer)
         if acc.is_main_process:
@@ -204,10 +204,11 @@ class TrainingLoop:
         acc.wait_for_everyone()
 
     def save_final(self, module) -> Path:
-        weights = full_weights(self.accelerator, module)
-        if self.accelerator.is_main_process:
+        acc = self.accelerator
+        weights = deepspeed.full_weights(acc, module) if self.deepspeed else full_weights(acc, module)
+        if acc.is_main_process:
             save_final(self.lm, self.output_dir, weights)
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
         return self.output_dir / "final"
 
     def end(self) -> None:
