@@ -3,9 +3,12 @@ test_distributed.py)."""
 
 from __future__ import annotations
 
+import pickle
 import sys
+import types
 
 import pytest
+import torch
 
 from latentreason.errors import UserError
 from latentreason.training import deepspeed
@@ -48,3 +51,30 @@ def test_the_engine_config_comes_from_the_recipe(config, monkeypatch):
     assert ds_config["train_micro_batch_size_per_gpu"] == config.per_device_train_batch_size
     assert ds_config["gradient_clipping"] == 0.0 and ds_config["bf16"]["enabled"]
     assert kwargs["cpu"] is False
+
+
+class Reader:
+    """Stands in for DeepSpeed's checkpoint engine, whose own load unpickles anything."""
+
+    def load(self, path, map_location=None):
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+class Payload:
+    """A class no checkpoint needs: unpickling it is what weights_only must refuse."""
+
+
+def test_resumed_deepspeed_state_is_read_with_weights_only(tmp_path):
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    engine = types.SimpleNamespace(checkpoint_engine=Reader())
+    fine, crafted = tmp_path / "fine.pt", tmp_path / "crafted.pt"
+    torch.save({"scaler": LossScaler(1.0), "stage": ZeroStageEnum.gradients, "m": torch.ones(2)}, fine)
+    torch.save({"x": Payload()}, crafted)
+    with deepspeed._safe_loads(engine):
+        assert engine.checkpoint_engine.load(str(fine))["stage"] == ZeroStageEnum.gradients
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            engine.checkpoint_engine.load(str(crafted))
+    assert isinstance(engine.checkpoint_engine.load(str(crafted))["x"], Payload)  # restored afterwards

@@ -17,6 +17,7 @@ rollouts with early exit, sharded evaluation).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -158,8 +159,8 @@ def saved_world_size(checkpoint: Path) -> int:
 
 
 def load_engine_state(engine, checkpoint: Path, world: int) -> None:
-    """The optimizer partitions (and the weights, the same as the checkpoint's safetensors) of `checkpoint`.
-    DeepSpeed reads its files with torch.load(weights_only=False): only resume checkpoints you wrote."""
+    """The optimizer partitions (and the weights, the same as the checkpoint's safetensors) of `checkpoint`,
+    read with torch.load(weights_only=True) (see `_safe_loads`)."""
     saved = saved_world_size(checkpoint)
     if saved == 0:
         raise UserError(
@@ -170,4 +171,26 @@ def load_engine_state(engine, checkpoint: Path, world: int) -> None:
             f"{checkpoint} holds DeepSpeed optimizer partitions of {saved} processes but this run has {world}; "
             "resume with the same number of processes (or convert it with DeepSpeed's ds_to_universal)"
         )
-    engine.load_checkpoint(str(checkpoint / SUBDIR), tag=TAG, load_lr_scheduler_states=False)
+    with _safe_loads(engine):
+        engine.load_checkpoint(str(checkpoint / SUBDIR), tag=TAG, load_lr_scheduler_states=False)
+
+
+@contextlib.contextmanager
+def _safe_loads(engine):
+    """DeepSpeed's checkpoint engine unpickles with weights_only=False, which lets a crafted file run code.
+    Its files need only three DeepSpeed classes besides tensors and containers: allow those, nothing else."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    reader = engine.checkpoint_engine
+
+    def load(path: str, map_location=None):
+        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    reader.load = load  # an instance attribute shadows the class's method
+    try:
+        yield
+    finally:
+        del reader.load
