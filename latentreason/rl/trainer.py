@@ -274,7 +274,7 @@ class RLTrainer(TrainingLoop):
 
     def _updates(self, module, optimizer, scheduler, rollouts, advantages, step) -> dict:
         """num_iterations passes of minibatch updates; a non-finite loss or gradient skips its update."""
-        cfg, acc = self.config, self.accelerator
+        cfg = self.config
         total = advantages.shape[0]
         per_update = self.micro * cfg.gradient_accumulation_steps
         sums: dict[str, float] = {}
@@ -295,10 +295,7 @@ class RLTrainer(TrainingLoop):
                     for key, value in {"loss": float(out.loss.detach()), **out.stats}.items():
                         sums[key] = sums.get(key, 0.0) + value
                     micro_batches += 1
-                # The mean over ranks, so every rank takes the same skip decision.
-                loss_sum = sum(float(x.detach()) for x in losses) / cfg.gradient_accumulation_steps
-                loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean"))
-                applied, norm = self.finish_update(module, optimizer, scheduler, self.guard, loss, step + 1)
+                _, applied, norm = self.finish_update(module, optimizer, scheduler, self.guard, losses, step + 1)
                 if applied:
                     norms.append(norm)
         stats = {k: v / micro_batches for k, v in sums.items()}

@@ -123,23 +123,25 @@ class TrainingLoop:
             return
         acc.backward(deepspeed.poison_if_any_nonfinite(acc, losses, loss) if last else loss)
 
-    def finish_update(self, module, optimizer, scheduler, guard: NonFiniteGuard, loss: float, step: int):
+    def finish_update(self, module, optimizer, scheduler, guard: NonFiniteGuard, losses: list, step: int):
         """Clip, step (unless the loss or gradient norm is not finite) and advance the schedule after the
-        last micro-batch; `loss` is the mean over ranks. -> (applied, gradient norm before clipping)."""
+        last micro-batch. -> (the update's loss, mean over micro-batches and ranks; applied; gradient norm
+        before clipping). The loss is reduced over ranks so every rank takes the same skip decision."""
+        acc = self.accelerator
+        mean = sum(float(x.detach()) for x in losses) / len(losses)
+        loss = float(acc.reduce(torch.tensor(mean, device=acc.device), "mean"))
         if self.deepspeed:  # the engine already clipped and stepped, or skipped; the guard counts and may stop
             applied, grad_norm = deepspeed.step_result(optimizer, module)
             guard.check(loss, grad_norm, step)
         else:
             # max_grad_norm 0 still measures the (global) norm for the guard; clipping by inf scales by 1.
-            grad_norm = float(
-                self.accelerator.clip_grad_norm_(module.parameters(), self.config.max_grad_norm or math.inf)
-            )
+            grad_norm = float(acc.clip_grad_norm_(module.parameters(), self.config.max_grad_norm or math.inf))
             applied = guard.check(loss, grad_norm, step)
             if applied:
                 optimizer.step()
         advance_schedule(scheduler)
         optimizer.zero_grad(set_to_none=True)
-        return applied, grad_norm
+        return loss, applied, grad_norm
 
     def log(self, metrics: dict, step: int) -> None:
         if self.accelerator.is_main_process:

@@ -161,15 +161,12 @@ class Trainer(TrainingLoop):
 
     def _update(self, module, optimizer, scheduler, order, step_in_epoch, guard, step):
         """One optimizer step: (mean loss or None when the update was skipped, parts, tokens, grad norm)."""
-        acc = self.accelerator
-        loss_sum, parts, tokens = self._optimizer_step(module, optimizer, order, step_in_epoch)
-        # The mean over ranks: every rank must take the same skip decision (and it is what we log).
-        loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean"))
-        applied, grad_norm = self.finish_update(module, optimizer, scheduler, guard, loss, step)
+        losses, parts, tokens = self._optimizer_step(module, optimizer, order, step_in_epoch)
+        loss, applied, grad_norm = self.finish_update(module, optimizer, scheduler, guard, losses, step)
         return (loss if applied else None), parts, tokens, grad_norm
 
-    def _optimizer_step(self, module, optimizer, order, step_in_epoch) -> tuple[float, dict, int]:
-        """Forward/backward over this rank's micro-batches of one global batch; returns mean loss."""
+    def _optimizer_step(self, module, optimizer, order, step_in_epoch) -> tuple[list, dict, int]:
+        """Forward/backward over this rank's micro-batches of one global batch: (their losses, parts, tokens)."""
         acc, accum = self.accelerator, self.config.gradient_accumulation_steps
         start = step_in_epoch * self.global_batch + acc.process_index * self.micro * accum
         losses, parts, tokens = [], {}, 0
@@ -184,5 +181,4 @@ class Trainer(TrainingLoop):
             for key, value in metrics.items():
                 parts[key] = parts.get(key, 0.0) + value / accum
             tokens += self.method.batch_tokens(batch)
-        loss_sum = sum(float(x.detach()) for x in losses) / accum
-        return loss_sum, parts, tokens * acc.num_processes
+        return losses, parts, tokens * acc.num_processes
