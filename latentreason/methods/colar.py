@@ -108,9 +108,11 @@ class CoLaR(Method):
         self.step = step
         return False
 
-    def rng_for(self, problem) -> random.Random:
-        """Deterministic per (seed, step, question), so a resumed run draws what the uninterrupted one did."""
-        return random.Random(zlib.crc32(f"{self.config.seed}|{self.step}|{problem.question}".encode()))
+    def rng_for(self, problem, stream: str = "") -> random.Random:
+        """Deterministic per (seed, step, question, stream), so a resumed run draws what the uninterrupted
+        one did; each `stream` (what is drawn) is independent of the others."""
+        key = f"{self.config.seed}|{self.step}|{problem.question}" + (f"|{stream}" if stream else "")
+        return random.Random(zlib.crc32(key.encode()))
 
     def factor_for(self, problem) -> int:
         return self.rng_for(problem).randint(1, self.config.max_compression)
@@ -120,8 +122,7 @@ class CoLaR(Method):
         windows = [cot[start : start + factor] for start in range(0, len(cot), factor)]
         if not self.config.window_token_ce:
             return [IGNORE] * len(windows)
-        rng = self.rng_for(problem)
-        rng.random()  # past the factor's draw
+        rng = self.rng_for(problem, "window")
         return [rng.choice(window) for window in windows]
 
     @staticmethod
