@@ -24,7 +24,8 @@ def add_lora(
     model: nn.Module, r: int, alpha: int, dropout: float, target_modules: str, trainable_tokens: tuple[int, ...] = ()
 ) -> None:
     """Inject rank-r adapters into `target_modules` ('all-linear' or comma-separated names) and make the
-    embedding rows (and untied LM-head rows) of `trainable_tokens` trainable; idempotent."""
+    embedding rows of `trainable_tokens` trainable (a tied LM head follows them; an untied one keeps its
+    rows frozen); idempotent."""
     if has_lora(model):
         return
     try:
