@@ -10,6 +10,11 @@ slots must be computed one after another. Each position is computed exactly once
 N + 1 calls for N = max k in the batch. A row with k < N has its slots k..N-1 masked out of attention
 and, because positions are counted from the mask, its suffix keeps the positions it would have alone:
 rows with different k share one batch and give the same result as one at a time.
+
+Under a model sharded per layer (engine/lockstep.py) every process makes as many calls as the one with
+the longest thought: the missing ones are padding calls of one masked position each, fed zeros made
+from the previous call's output and adding 0 x their own output to the last call's input. They change
+no value or gradient, but their layers run forward and backward like every other call's.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from latentreason.engine.batch import IGNORE
 from latentreason.engine.cache import training_cache
 from latentreason.engine.decode import forward_step, new_cache
+from latentreason.engine.lockstep import agreed_max
 
 
 @dataclass
@@ -102,8 +108,9 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
     all_layers: also return every layer's hidden states over the suffix (for distillation).
     """
     n = batch.max_latents
+    padding = max(agreed_max(n) - n, 0)
     slot_mask = batch.slot_mask()  # [B, N]
-    total = batch.prefix_ids.shape[1] + n + batch.suffix_ids.shape[1]
+    total = batch.prefix_ids.shape[1] + n + padding + batch.suffix_ids.shape[1]
     cache = training_cache(lm.model.config, total) if torch.is_grad_enabled() else new_cache(lm)
     mask = batch.prefix_mask
     last = forward_step(lm, cache, mask, input_ids=batch.prefix_ids)[:, -1]  # [B, d] hidden at <bot>
@@ -118,10 +125,11 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
             last = forward_step(lm, cache, mask, inputs_embeds=z[:, None])[:, -1]  # [B, d]
             hiddens.append(last)
     thoughts = torch.stack(inputs, 1) if inputs else bot_hidden[:, None][:, :0]  # [B, N, d]
+    mask, tie = padding_calls(lm, cache, mask, last, padding)
     # The last slot rides along with the suffix: one call instead of two.
     pending = slice(n - 1, n) if n else slice(0, 0)
     last_hidden, suffix_hidden, layers = finish_pass(
-        lm, cache, mask, thoughts[:, pending], slot_mask[:, pending], batch, all_layers
+        lm, cache, mask, thoughts[:, pending], slot_mask[:, pending], batch, all_layers, tie
     )
     return LatentPassOutput(
         bot_hidden=bot_hidden,
@@ -134,14 +142,35 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
     )
 
 
-def finish_pass(lm, cache, mask, pending, pending_mask, batch: LatentBatch, all_layers: bool = False):
+def padding_calls(lm, cache, mask, last, count: int):
+    """`count` calls that change nothing, so that this process calls each layer as often as the others.
+
+    Each feeds one position that the mask hides from every later position, with zeros computed from the
+    previous call's output `last` [B, d]. -> (the mask over the cache, a [B, d] zero tensor computed from
+    the last padding call's output, for the final call's input, or None when count is 0): without that
+    tie the padding calls' layers would get no gradient, and run no backward (nor its collectives).
+    """
+    if count == 0:
+        return mask, None
+    hidden = last
+    for _ in range(count):
+        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+        zeros = (hidden * 0)[:, None].to(lm.embed.weight.dtype)  # [B, 1, d]
+        hidden = forward_step(lm, cache, mask, inputs_embeds=zeros)[:, -1]  # [B, d]
+    return mask, hidden * 0
+
+
+def finish_pass(lm, cache, mask, pending, pending_mask, batch: LatentBatch, all_layers: bool = False, tie=None):
     """The last call of a latent pass: slot inputs not yet in the cache, then the whole suffix.
 
-    mask: [B, past] over what the cache holds; pending: [B, m, d] (m may be 0); pending_mask: [B, m].
+    mask: [B, past] over what the cache holds; pending: [B, m, d] (m may be 0); pending_mask: [B, m];
+    tie: None or zeros [B, d] added to every input (see `padding_calls`).
     Returns (hidden at the pending slots [B, m, d], suffix hidden [B, S, d], per-layer suffix states or None).
     """
     suffix_embeds = lm.embed(batch.suffix_ids)  # [B, S, d]
     embeds = torch.cat([pending.to(suffix_embeds.dtype), suffix_embeds], dim=1)  # [B, m+S, d]
+    if tie is not None:
+        embeds = embeds + tie[:, None].to(embeds.dtype)
     mask = torch.cat([mask, pending_mask.long(), batch.suffix_mask], dim=1)
     m = pending.shape[1]
     out = forward_step(lm, cache, mask, inputs_embeds=embeds, all_layers=all_layers)

@@ -14,6 +14,7 @@ import torch
 
 from latentreason.config import field
 from latentreason.engine.latent_pass import latent_forward
+from latentreason.engine.lockstep import agreed_any
 from latentreason.errors import ConfigError
 from latentreason.methods.base import next_token_loss, register_method
 from latentreason.methods.coconut import Coconut, CoconutConfig
@@ -72,7 +73,13 @@ class StepSupervised(Coconut):
     def decoder_loss(self, out, latent_batch) -> torch.Tensor:
         extras, c = latent_batch.extras, self.config.c_thought
         if not extras["step_targets"]:
-            return out.suffix_hidden.sum() * 0.0
+            if not agreed_any(False):
+                return out.suffix_hidden.sum() * 0.0
+            # Another process decodes steps and the decoder is sharded per layer (engine/lockstep.py): decode
+            # one zero group into <eos> as well, weighted 0, so both run the decoder's layers alike.
+            zeros = (out.suffix_hidden[:1, :1] * 0).expand(1, c, -1)  # [1, c, d]
+            return self.decoder.loss(zeros, [[self.decoder.lm.eos_id]])[0] * 0.0
+        agreed_any(True)
         slots = extras["step_groups"][:, None] * c + torch.arange(c, device=out.latent_inputs.device)  # [G, c]
         latents = out.latent_inputs[extras["step_rows"][:, None], slots]  # [G, c, d] one gather for all groups
         return self.decoder.loss(latents, extras["step_targets"])[0]

@@ -13,6 +13,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from latentreason.engine.lockstep import lockstep
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult, evaluate_sharded
 from latentreason.training import deepspeed
@@ -26,7 +27,9 @@ from latentreason.training.sharding import (
     enable_fsdp_on_cpu,
     full_optimizer_state,
     full_weights,
+    max_over_processes,
     outside_forward,
+    sharded_per_layer,
 )
 
 
@@ -60,6 +63,7 @@ class TrainingLoop:
         self.deepspeed = deepspeed.active(self.accelerator)
         enable_fsdp_on_cpu(self.accelerator)
         check_launch(self.accelerator, self.lm)
+        self.per_layer = sharded_per_layer(self.accelerator)
 
     def begin(self, module, optimizer, scheduler, tracker: str, desc: str) -> tuple[dict, tqdm]:
         """The run's starting state (from the resumed checkpoint, if any), trackers, output dir, progress bar."""
@@ -108,11 +112,16 @@ class TrainingLoop:
         return torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=betas)
 
     # --- one update: accumulation micro-batches, then the step ------------------------------------
+    @contextlib.contextmanager
     def micro_batch(self, module, last: bool):
-        """The context of one micro-batch's forward and backward: gradients are reduced after the last."""
+        """The context of one micro-batch's forward and backward: gradients are reduced after the last.
+        Sharded per layer, the engine pads its data-dependent call counts to the processes' largest."""
         if self.deepspeed:
-            return self.accelerator.accumulate(module)  # counts micro-batches; the engine reduces and steps
-        return contextlib.nullcontext() if last else self.accelerator.no_sync(module)
+            reduction = self.accelerator.accumulate(module)  # counts micro-batches; the engine reduces and steps
+        else:
+            reduction = contextlib.nullcontext() if last else self.accelerator.no_sync(module)
+        with reduction, lockstep(max_over_processes) if self.per_layer else contextlib.nullcontext():
+            yield
 
     def backward(self, losses: list[torch.Tensor], last: bool) -> None:
         """Backward of the latest of this update's micro-batch `losses` (the update's mean is the objective).

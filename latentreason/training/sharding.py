@@ -1,15 +1,16 @@
-"""FSDP2 (`fully_shard`) for the training loops, launched by accelerate (configs/accelerate/fsdp.yaml).
+"""FSDP2 (`fully_shard`) for the training loops, launched by accelerate (configs/accelerate/fsdp.yaml and
+fsdp-layers.yaml).
 
-The module a loop prepares (the model with its method heads) is ONE FSDP unit: between steps each of
-N processes keeps 1/N of every parameter, gradient and AdamW moment; a micro-batch's forward gathers
-the whole model and its backward reduce-scatters the gradients. Per-layer units (auto-wrap) are
-refused: a latent pass calls every layer once per latent slot of the longest thought in the local
-batch, so processes would run different numbers of per-layer collectives and wait for each other
-forever (or pair up the wrong ones).
+Between steps each of N processes keeps 1/N of every parameter, gradient and AdamW moment. The module a
+loop prepares (the model with its method heads) is the root unit; with NO_WRAP it is the only one, and a
+micro-batch's forward gathers the whole model at once. With TRANSFORMER_BASED_WRAP every decoder layer
+is a unit of its own, gathered for each call and freed after it, so only one layer is whole at a time.
+Every call is then a collective, and the training passes make the same calls on every process (the
+engine pads data-dependent counts under `lockstep`, engine/lockstep.py).
 
-Outside that forward the parameters are shards, so evaluation and RL sampling run through it
-(`outside_forward`), and checkpoints gather whole tensors (`full_weights`, `full_optimizer_state`)
-that the main process writes in the usual format.
+Outside the training forward the parameters are shards: evaluation and RL sampling gather the whole
+model once and run on it without collectives (`outside_forward`), and checkpoints gather whole tensors
+(`full_weights`, `full_optimizer_state`) that the main process writes in the usual format.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from collections.abc import Callable
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-from torch import nn
+from torch import distributed, nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from latentreason.errors import UserError
 from latentreason.model.lora import has_lora
 
 FSDP_CONFIG = "latentreason/configs/accelerate/fsdp.yaml"
+FSDP_LAYERS_CONFIG = "latentreason/configs/accelerate/fsdp-layers.yaml"
 
 
 def _flag(name: str) -> bool:
@@ -58,11 +62,12 @@ def check_launch(accelerator, lm) -> None:
             f"FSDP needs fsdp_version: 2 (fully_shard) in the accelerate config, as in {FSDP_CONFIG} "
             "(FSDP_VERSION=2 under torchrun)"
         )
-    if plugin.auto_wrap_policy is not None:
+    policy = plugin.auto_wrap_policy
+    if policy is not None and getattr(policy, "func", policy) is not transformer_auto_wrap_policy:
         raise UserError(
-            "FSDP auto-wrap is not supported: latent passes call each layer a data-dependent number of times, "
-            f"so per-layer shards would deadlock; set fsdp_auto_wrap_policy: NO_WRAP as in {FSDP_CONFIG} "
-            "(FSDP_AUTO_WRAP_POLICY=NO_WRAP under torchrun)"
+            "FSDP fsdp_auto_wrap_policy must be NO_WRAP (one unit) or TRANSFORMER_BASED_WRAP (one unit per "
+            f"decoder layer), as in {FSDP_CONFIG} or {FSDP_LAYERS_CONFIG}: size-based units may split a method's "
+            "heads, which the latent passes call a data-dependent number of times"
         )
     if has_lora(lm.model):
         raise UserError("LoRA (lora_r > 0) is not supported under FSDP yet; launch LoRA runs with DDP")
@@ -76,6 +81,8 @@ class PreparedModule(nn.Module, abc.ABC):
     def __init__(self, lm):
         super().__init__()
         self.lm = lm
+        # What TRANSFORMER_BASED_WRAP makes units of (accelerate reads it from the prepared module).
+        self._no_split_modules = list(getattr(lm.model, "_no_split_modules", None) or [])
 
     def forward(self, *args, run: Callable | None = None):
         return run() if run is not None else self.objective(*args)
@@ -85,22 +92,44 @@ class PreparedModule(nn.Module, abc.ABC):
         """The micro-batch's loss (what the backward starts from)."""
 
 
+def sharded_per_layer(accelerator) -> bool:
+    """Whether the model's layers are separate FSDP units (every call of one is a collective)."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return False
+    return accelerator.state.fsdp_plugin.auto_wrap_policy is not None
+
+
+def max_over_processes(n: int) -> int:
+    """The largest `n` over the processes (a collective; see engine/lockstep.py)."""
+    value = torch.tensor([n], device=PartialState().device)
+    distributed.all_reduce(value, op=distributed.ReduceOp.MAX)
+    return int(value)
+
+
 def outside_forward(accelerator, module: PreparedModule, fn: Callable):
     """fn() where it may call the model directly (evaluation, RL sampling and scoring), without gradients.
 
-    Under FSDP the parameters are shards outside the module's forward, so fn runs inside it: the forward
-    gathers the whole model once on every process (the same collective everywhere, however many decoding
-    steps each process then runs), and FSDP initialises itself there if this is the first forward. The
-    root unit keeps its parameters gathered after a forward (they are freed by the next backward), so
-    reshard at once. Not returned through the forward: accelerate casts a forward's bf16 outputs to fp32.
+    Under FSDP the parameters are shards outside the module's forward, so every unit is gathered once
+    (the same collectives on every process, in the same order) and kept whole until fn returns: fn then
+    calls the layers without collectives, however many decoding steps each process runs. fn runs inside
+    the root unit's forward, where FSDP initialises itself if this is the first forward. Everything is
+    resharded at the end. Not returned through the forward: accelerate casts a forward's bf16 outputs to fp32.
     """
     if accelerator.distributed_type != DistributedType.FSDP:
         with torch.no_grad():
             return fn()
+    layers = [m for m in module.modules() if isinstance(m, FSDPModule) and m is not module]
+    reshard = accelerator.state.fsdp_plugin.reshard_after_forward
     result = []
     with torch.no_grad():
+        for unit in layers:
+            unit.set_reshard_after_forward(False, recurse=False)
+            unit.unshard()
         module(run=lambda: result.append(fn()))
-    module.reshard()
+    for unit in layers:
+        unit.set_reshard_after_forward(reshard, recurse=False)
+        unit.reshard()
+    module.reshard()  # the root keeps its parameters gathered after a forward (freed by the next backward)
     return result[0]
 
 
