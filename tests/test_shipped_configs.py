@@ -81,14 +81,15 @@ def test_shipped_accelerate_ddp_config_loads():
     assert config.mixed_precision == "no"  # the recipe's bf16 field decides
 
 
-def test_shipped_accelerate_fsdp_config_asks_for_what_the_loops_support():
+@pytest.mark.parametrize(("name", "policy"), [("fsdp.yaml", "NO_WRAP"), ("fsdp-layers.yaml", "TRANSFORMER_BASED_WRAP")])
+def test_shipped_accelerate_fsdp_configs_ask_for_what_the_loops_support(name, policy):
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
     from latentreason.cli import SHIPPED_CONFIGS
 
-    config = load_config_from_file(str(SHIPPED_CONFIGS / "accelerate" / "fsdp.yaml"))
+    config = load_config_from_file(str(SHIPPED_CONFIGS / "accelerate" / name))
     assert config.distributed_type == DistributedType.FSDP
     assert config.mixed_precision == "no"
     fsdp = config.fsdp_config
-    assert (fsdp["fsdp_version"], fsdp["fsdp_auto_wrap_policy"]) == (2, "NO_WRAP")  # see training/sharding.py
+    assert (fsdp["fsdp_version"], fsdp["fsdp_auto_wrap_policy"]) == (2, policy)  # see training/sharding.py
