@@ -16,9 +16,9 @@ from latentreason.training.sharding import check_launch
 from tests.helpers import build_tiny_lm, tiny_lm
 
 
-def launch(kind: DistributedType, version: int = 2, auto_wrap=None):
+def launch(kind: DistributedType, version: int = 2, auto_wrap=None, checkpointing: bool = False):
     """What `check_launch` reads of an accelerator."""
-    plugin = SimpleNamespace(fsdp_version=version, auto_wrap_policy=auto_wrap)
+    plugin = SimpleNamespace(fsdp_version=version, auto_wrap_policy=auto_wrap, activation_checkpointing=checkpointing)
     return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(fsdp_plugin=plugin))
 
 
@@ -33,6 +33,7 @@ def test_ddp_and_fsdp2_with_one_unit_or_one_per_layer_are_accepted():
     [
         (launch(DistributedType.FSDP, version=1), "FSDP needs fsdp_version: 2"),
         (launch(DistributedType.FSDP, auto_wrap=size_based_auto_wrap_policy), "NO_WRAP .* or TRANSFORMER_BASED_WRAP"),
+        (launch(DistributedType.FSDP, checkpointing=True), "fsdp_activation_checkpointing is not supported"),
     ],
 )
 def test_unsupported_launches_are_refused_with_what_to_use(accelerator, message):

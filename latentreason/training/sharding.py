@@ -69,6 +69,11 @@ def check_launch(accelerator, lm) -> None:
             f"decoder layer), as in {FSDP_CONFIG} or {FSDP_LAYERS_CONFIG}: size-based units may split a method's "
             "heads, which the latent passes call a data-dependent number of times"
         )
+    if plugin.activation_checkpointing:
+        raise UserError(
+            "fsdp_activation_checkpointing is not supported: latent passes keep a KV cache across model calls, "
+            "and recomputing a layer in the backward would write it twice; set it to false"
+        )
     if has_lora(lm.model):
         raise UserError("LoRA (lora_r > 0) is not supported under FSDP yet; launch LoRA runs with DDP")
 
