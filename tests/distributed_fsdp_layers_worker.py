@@ -7,6 +7,7 @@ In one launch:
              evaluation at the end; a checkpoint every 2 steps
   resumed/   the same run resumed from sft/'s step-2 checkpoint
   rl/        GRPO on distributed_rl_worker.py's tiny ATP-Latent model (rollouts stop at different slots)
+  lora/      CODI with LoRA adapters (the final model is saved merged, from the gathered shards)
 Writes layers{r}.json: the FSDP units, how many of the model's values this rank holds, the slots it
 padded, and the held-out records.
 """
@@ -26,6 +27,7 @@ from torch.distributed.tensor import DTensor
 from latentreason.data.sources import load_train_and_held_out
 from latentreason.engine import latent_pass
 from latentreason.methods.coconut import CoconutConfig
+from latentreason.methods.codi import CODIConfig
 from latentreason.model.build import build_latent_lm
 from latentreason.training.run import run_training
 from tests.distributed_rl_worker import run_rl_recording
@@ -71,6 +73,8 @@ def main(out: Path, runs: dict) -> None:
     padding.clear()
     run_rl_recording(out, runs["rl"])
     (out / f"rl_padding{os.environ['RANK']}.json").write_text(json.dumps(padding))
+
+    run_training("codi", tiny_train_config(CODIConfig, out / "lora", **runs["lora"]), progress=False)
 
 
 if __name__ == "__main__":

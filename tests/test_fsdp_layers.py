@@ -14,6 +14,7 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.evaluation.harness import evaluate
 from latentreason.methods import get_method
 from latentreason.methods.coconut import CoconutConfig
+from latentreason.methods.codi import CODIConfig
 from latentreason.model.latent_lm import LatentLM
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
@@ -35,6 +36,8 @@ SFT_RUN = dict(
     curriculum=False,
     pad_latent_to_max=False,
 )
+# CODI with LoRA (no dropout on the adapters' path: one process would draw other masks), 2 x 4 rows.
+LORA_RUN = dict(num_train_examples=32, per_device_train_batch_size=4, max_steps=3, seed=3, lora_r=4, lora_dropout=0.0)
 # What `accelerate launch --config_file latentreason/configs/accelerate/fsdp-layers.yaml` sets.
 LAYERS_ENV = {
     "ACCELERATE_USE_FSDP": "true",
@@ -45,7 +48,7 @@ LAYERS_ENV = {
 
 @pytest.fixture(scope="module")
 def layer_ranks(tmp_path_factory) -> Path:
-    runs = {"sft": SFT_RUN, "rl": RL_RUN}
+    runs = {"sft": SFT_RUN, "rl": RL_RUN, "lora": LORA_RUN}
     return torchrun_two("distributed_fsdp_layers_worker.py", tmp_path_factory.mktemp("layers"), runs, 240, LAYERS_ENV)
 
 
@@ -99,3 +102,14 @@ def test_grpo_with_rollouts_of_different_lengths_matches_ddp(layer_ranks, ddp_rl
     padding = [json.loads((layer_ranks / f"rl_padding{r}.json").read_text()) for r in (0, 1)]
     assert any(count > 0 for counts in padding for count in counts), padding
     check_rl_matches_ddp("per-layer FSDP", layer_ranks / "rl", ddp_rl)
+
+
+def test_lora_trains_under_fsdp_and_saves_the_merged_model(layer_ranks, tmp_path):
+    """The adapters and special-token rows gathered from the shards and folded into the base weights."""
+    one = tiny_train_config(CODIConfig, tmp_path / "one", **LORA_RUN, gradient_accumulation_steps=2)
+    single = load_file(str(run_training("codi", one, progress=False).final_dir / "model.safetensors"))
+    layered = load_file(str(layer_ranks / "lora" / "final" / "model.safetensors"))
+    assert not any("lora_" in name or "token_adapter" in name for name in layered)  # a plain model
+    worst = largest_difference(layered, single)
+    print(f"per-layer FSDP with LoRA: largest difference from one process {worst:.2e}")
+    assert worst <= TOLERANCE, worst

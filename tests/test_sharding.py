@@ -11,9 +11,8 @@ from accelerate.utils import DistributedType
 from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy, transformer_auto_wrap_policy
 
 from latentreason.errors import UserError
-from latentreason.model.lora import add_lora
 from latentreason.training.sharding import check_launch
-from tests.helpers import build_tiny_lm, tiny_lm
+from tests.helpers import tiny_lm
 
 
 def launch(kind: DistributedType, version: int = 2, auto_wrap=None, checkpointing: bool = False):
@@ -39,11 +38,3 @@ def test_ddp_and_fsdp2_with_one_unit_or_one_per_layer_are_accepted():
 def test_unsupported_launches_are_refused_with_what_to_use(accelerator, message):
     with pytest.raises(UserError, match=message):
         check_launch(accelerator, tiny_lm())
-
-
-def test_lora_is_refused_under_fsdp_only():
-    lm = build_tiny_lm()
-    add_lora(lm.model, r=2, alpha=4, dropout=0.0, target_modules="q_proj")
-    check_launch(launch(DistributedType.MULTI_CPU), lm)
-    with pytest.raises(UserError, match="LoRA"):
-        check_launch(launch(DistributedType.FSDP), lm)

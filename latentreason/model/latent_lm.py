@@ -108,7 +108,7 @@ class LatentLM(nn.Module):
         weights = self._tied(self.state_dict() if state_dict is None else state_dict)
         # With LoRA adapters, the checkpoint is the merged plain model (loads without peft). Transformers
         # drops the tied duplicates itself.
-        model_weights = merged_state_dict(self.model) or _under(weights, "model.")
+        model_weights = merged_state_dict(self.model, _under(weights, "model.")) or _under(weights, "model.")
         self.model.save_pretrained(directory, safe_serialization=True, state_dict=model_weights)
         self.tokenizer.save_pretrained(directory)
         meta = {"format": 1, "special_tokens": list(SPECIAL_TOKENS), "heads": self.head_specs, **self.meta}

@@ -47,22 +47,32 @@ def add_lora(
 
 
 @torch.no_grad()
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The model's weights with every adapter folded in, under the plain model's names (None without LoRA)."""
+def merged_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """`weights` (whole tensors under `model`'s names: its state_dict, or one gathered from FSDP shards) with
+    every adapter folded in, under the plain model's names (None without LoRA). The adapters' settings
+    (scaling, layout, token indices) come from `model`'s peft layers."""
     if not has_lora(model):
         return None
     from peft.tuners.lora import LoraLayer
     from peft.tuners.trainable_tokens import TrainableTokensLayer
+    from peft.utils.other import transpose
 
     state = {}
-    for key, value in model.state_dict().items():
+    for key, value in weights.items():
         if ".lora_" not in key and ".trainable_tokens_" not in key:
             state[key.replace(".token_adapter.base_layer.", ".").replace(".base_layer.", ".")] = value
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
-            delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
-            state[f"{name}.weight"] = module.base_layer.weight + delta
-        elif isinstance(module, TrainableTokensLayer):  # name: <embedding>.token_adapter
-            merged = module.get_merged_weights(module.active_adapters)
+            merged = weights[f"{name}.base_layer.weight"]
+            for adapter in module.active_adapters:  # W + scaling x BA, as peft merges
+                a, b = weights[f"{name}.lora_A.{adapter}.weight"], weights[f"{name}.lora_B.{adapter}.weight"]
+                delta = transpose(b.float() @ a.float(), module.fan_in_fan_out) * module.scaling[adapter]
+                merged = merged + delta.to(merged)
+            state[f"{name}.weight"] = merged
+        elif isinstance(module, TrainableTokensLayer):  # name: <embedding>.token_adapter; its rows are replaced
+            merged = weights[f"{name}.base_layer.weight"]
+            for adapter in module.active_adapters:
+                rows = torch.tensor(module.token_indices[adapter], device=merged.device)
+                merged = merged.index_copy(0, rows, weights[f"{name}.trainable_tokens_delta.{adapter}"].to(merged))
             state[f"{name.removesuffix('.token_adapter')}.weight"] = merged
     return state

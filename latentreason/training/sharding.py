@@ -28,7 +28,6 @@ from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from latentreason.errors import UserError
-from latentreason.model.lora import has_lora
 
 FSDP_CONFIG = "latentreason/configs/accelerate/fsdp.yaml"
 FSDP_LAYERS_CONFIG = "latentreason/configs/accelerate/fsdp-layers.yaml"
@@ -74,8 +73,6 @@ def check_launch(accelerator, lm) -> None:
             "fsdp_activation_checkpointing is not supported: latent passes keep a KV cache across model calls, "
             "and recomputing a layer in the backward would write it twice; set it to false"
         )
-    if has_lora(lm.model):
-        raise UserError("LoRA (lora_r > 0) is not supported under FSDP yet; launch LoRA runs with DDP")
 
 
 class PreparedModule(nn.Module, abc.ABC):
