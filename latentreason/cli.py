@@ -141,30 +141,55 @@ def load_trained(model_dir: str, method_name: str | None, max_new_tokens: int, d
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from latentreason.evaluation.harness import evaluate
     from latentreason.evaluation.report import markdown_table, write_report
 
-    parser = argparse.ArgumentParser(prog="latentreason eval", description="Evaluate a trained model.")
+    parser = argparse.ArgumentParser(
+        prog="latentreason eval",
+        description="Evaluate a trained model. Launched as several processes (torchrun, accelerate launch), "
+        "each solves a contiguous shard of the problems on its own device and the main process writes the report.",
+    )
     parser.add_argument("--model", required=True, help="model directory (a run's final/ or a checkpoint)")
     parser.add_argument("--method", help="solver to use (default: the method the model was trained with)")
     add_source_args(parser)
     parser.add_argument("--output-dir", required=True, help="where results.json and results.md are written")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="problems per batch (per process)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--answer-mode", choices=("strict", "flexible"), default="strict")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; one process only)"
+    )
     args = parser.parse_args(argv)
     name, problems = load_source(args)
     if args.limit > 0:
         problems = problems[: args.limit]
-    lm, method = load_trained(args.model, args.method, args.max_new_tokens, args.device)
-    solver = method.solver(lm)
-    result = evaluate(solver, problems, name, args.batch_size, args.answer_mode)
-    write_report([result], args.output_dir, {"model": str(args.model)})
-    print(markdown_table([result]))
-    print(f"wrote {Path(args.output_dir) / 'results.json'}")
+    result = _evaluate_launch(args, name, problems)
+    if result is not None:
+        write_report([result], args.output_dir, {"model": str(args.model)})
+        print(markdown_table([result]))
+        print(f"wrote {Path(args.output_dir) / 'results.json'}")
     return 0
+
+
+def _evaluate_launch(args, name: str, problems: list):
+    """The evaluation result, on the main process (None on the others when launched as several)."""
+    from latentreason.evaluation.harness import evaluate, evaluate_sharded
+    from latentreason.training.processes import launched_processes, multi_process_cpu
+
+    if launched_processes() == 1:
+        lm, method = load_trained(args.model, args.method, args.max_new_tokens, args.device)
+        return evaluate(method.solver(lm), problems, name, args.batch_size, args.answer_mode)
+    if args.device is not None:
+        raise UserError("--device: launched as several processes, each uses its own device; leave it out")
+    from accelerate import PartialState
+
+    state = PartialState(cpu=multi_process_cpu())
+    lm, method = load_trained(args.model, args.method, args.max_new_tokens, str(state.device))
+    solver = method.solver(lm)
+    result = evaluate_sharded(
+        solver, problems, state, name, args.batch_size, args.answer_mode, progress=state.is_main_process
+    )
+    return result if state.is_main_process else None
 
 
 # --- data --------------------------------------------------------------------------------------

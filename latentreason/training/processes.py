@@ -18,7 +18,11 @@ def say(message: str) -> None:
         print(message)
 
 
+def launched_processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def multi_process_cpu() -> bool:
     """Launched as several processes on a machine without GPUs. accelerate then needs cpu=True, or it
     silently runs every process as its own single-process run (gloo is the CPU backend)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return launched_processes() > 1 and not torch.cuda.is_available()
