@@ -74,15 +74,12 @@ class StepSupervised(Coconut):
         extras, c = latent_batch.extras, self.config.c_thought
         rows, groups, targets = extras["step_rows"], extras["step_groups"], extras["step_targets"]
         weight = 1.0
+        if not agreed_any(bool(targets)):  # under lockstep (engine/lockstep.py): whether any process has steps
+            return out.suffix_hidden.sum() * 0.0
         if not targets:
-            if not agreed_any(False):
-                return out.suffix_hidden.sum() * 0.0
-            # Another process decodes steps and the model is sharded per layer (engine/lockstep.py): decode
-            # the first c thoughts of row 0 (masked slots here) into <eos> too, weighted 0, so that every
-            # process runs the same graph.
+            # Another process decodes steps and the model is sharded per layer: decode the first c thoughts of
+            # row 0 (masked slots here) into <eos> too, weighted 0, so that every process runs the same graph.
             rows, groups, targets, weight = rows.new_zeros(1), groups.new_zeros(1), [[self.decoder.lm.eos_id]], 0.0
-        else:
-            agreed_any(True)
         slots = groups[:, None] * c + torch.arange(c, device=out.latent_inputs.device)  # [G, c]
         latents = out.latent_inputs[rows[:, None], slots]  # [G, c, d] one gather for all groups
         return self.decoder.loss(latents, targets)[0] * weight
