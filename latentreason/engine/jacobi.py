@@ -21,7 +21,6 @@ import torch
 from latentreason.engine.batch import left_pad
 from latentreason.engine.decode import decode, forward_step, new_cache
 from latentreason.engine.latent_pass import LatentBatch, LatentPassOutput, ThoughtMap, finish_pass
-from latentreason.engine.lockstep import agreed_max
 from latentreason.engine.rollout import Rollout
 
 
@@ -60,26 +59,17 @@ def jacobi_latent_forward(
     iterations >= the batch's most latents)."""
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    slot_mask = batch.slot_mask()  # [B, N]
-    n = slot_mask.shape[1]
-    # Sharded per layer (engine/lockstep.py), every process iterates over as many slots as the widest batch:
-    # the extra slots are masked, then dropped, and tied to the last call's input so their calls get a backward.
-    width = agreed_max(n)
-    wide_mask = torch.cat([slot_mask, slot_mask.new_zeros(slot_mask.shape[0], width - n)], dim=1)  # [B, W]
+    slot_mask = batch.slot_mask(batch.pass_slots())  # [B, N]
     cache = new_cache(lm)
-    tie = None
-    if width == 0:
+    if slot_mask.shape[1] == 0:
         bot_hidden = forward_step(lm, cache, batch.prefix_mask, input_ids=batch.prefix_ids)[:, -1]  # [B, d]
         thoughts, extras = bot_hidden[:, None][:, :0], []
     else:
         bot_hidden, thoughts, extras = jacobi_thoughts(
-            lm, cache, batch.prefix_ids, batch.prefix_mask, wide_mask, thought_map, iterations
+            lm, cache, batch.prefix_ids, batch.prefix_mask, slot_mask, thought_map, iterations
         )
-        if width > n:
-            tie = thoughts[:, n:].sum(1) * 0  # [B, d]
-            thoughts, extras = thoughts[:, :n], extras[:n]
     latent_hidden, suffix_hidden, layers = finish_pass(
-        lm, cache, batch.prefix_mask, thoughts, slot_mask, batch, all_layers, tie
+        lm, cache, batch.prefix_mask, thoughts, slot_mask, batch, all_layers
     )
     return LatentPassOutput(bot_hidden, thoughts, latent_hidden, slot_mask, suffix_hidden, extras, layers)
 

@@ -11,10 +11,9 @@ N + 1 calls for N = max k in the batch. A row with k < N has its slots k..N-1 ma
 and, because positions are counted from the mask, its suffix keeps the positions it would have alone:
 rows with different k share one batch and give the same result as one at a time.
 
-Under a model sharded per layer (engine/lockstep.py) every process makes as many calls as the one with
-the longest thought: the missing ones are padding calls of one masked position each, fed zeros made
-from the previous call's output and adding 0 x their own output to the last call's input. They change
-no value or gradient, but their layers run forward and backward like every other call's.
+Under a model sharded per layer (engine/lockstep.py) N is the longest thought over every process: a
+process whose rows all think less runs the extra slots masked, exactly as a shorter row does, so every
+process builds the same graph and makes the same per-layer collectives in the same order.
 """
 
 from __future__ import annotations
@@ -53,9 +52,15 @@ class LatentBatch:
     def max_latents(self) -> int:
         return int(self.num_latents.max()) if self.num_latents.numel() else 0
 
-    def slot_mask(self) -> torch.Tensor:
-        """[B, N] True where latent slot j is used by its row."""
-        return torch.arange(self.max_latents, device=self.num_latents.device)[None] < self.num_latents[:, None]
+    def pass_slots(self) -> int:
+        """The latent slots a pass runs: the batch's longest thought, or inside `lockstep` the longest over
+        the processes (a collective)."""
+        return agreed_max(self.max_latents)
+
+    def slot_mask(self, slots: int | None = None) -> torch.Tensor:
+        """[B, N] True where latent slot j is used by its row (N = `slots`, default the batch's longest)."""
+        n = self.max_latents if slots is None else slots
+        return torch.arange(n, device=self.num_latents.device)[None] < self.num_latents[:, None]
 
 
 def build_latent_batch(
@@ -107,10 +112,9 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
     a projector for CODI, a Gaussian head for ATP-Latent (extra = its mean and log-variance).
     all_layers: also return every layer's hidden states over the suffix (for distillation).
     """
-    n = batch.max_latents
-    padding = max(agreed_max(n) - n, 0)
-    slot_mask = batch.slot_mask()  # [B, N]
-    total = batch.prefix_ids.shape[1] + n + padding + batch.suffix_ids.shape[1]
+    n = batch.pass_slots()
+    slot_mask = batch.slot_mask(n)  # [B, N]
+    total = batch.prefix_ids.shape[1] + n + batch.suffix_ids.shape[1]
     cache = training_cache(lm.model.config, total) if torch.is_grad_enabled() else new_cache(lm)
     mask = batch.prefix_mask
     last = forward_step(lm, cache, mask, input_ids=batch.prefix_ids)[:, -1]  # [B, d] hidden at <bot>
@@ -125,11 +129,10 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
             last = forward_step(lm, cache, mask, inputs_embeds=z[:, None])[:, -1]  # [B, d]
             hiddens.append(last)
     thoughts = torch.stack(inputs, 1) if inputs else bot_hidden[:, None][:, :0]  # [B, N, d]
-    mask, tie = padding_calls(lm, cache, mask, last, padding)
     # The last slot rides along with the suffix: one call instead of two.
     pending = slice(n - 1, n) if n else slice(0, 0)
     last_hidden, suffix_hidden, layers = finish_pass(
-        lm, cache, mask, thoughts[:, pending], slot_mask[:, pending], batch, all_layers, tie
+        lm, cache, mask, thoughts[:, pending], slot_mask[:, pending], batch, all_layers
     )
     return LatentPassOutput(
         bot_hidden=bot_hidden,
@@ -142,35 +145,14 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
     )
 
 
-def padding_calls(lm, cache, mask, last, count: int):
-    """`count` calls that change nothing, so that this process calls each layer as often as the others.
-
-    Each feeds one position that the mask hides from every later position, with zeros computed from the
-    previous call's output `last` [B, d]. -> (the mask over the cache, a [B, d] zero tensor computed from
-    the last padding call's output, for the final call's input, or None when count is 0): without that
-    tie the padding calls' layers would get no gradient, and run no backward (nor its collectives).
-    """
-    if count == 0:
-        return mask, None
-    hidden = last
-    for _ in range(count):
-        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
-        zeros = (hidden * 0)[:, None].to(lm.embed.weight.dtype)  # [B, 1, d]
-        hidden = forward_step(lm, cache, mask, inputs_embeds=zeros)[:, -1]  # [B, d]
-    return mask, hidden * 0
-
-
-def finish_pass(lm, cache, mask, pending, pending_mask, batch: LatentBatch, all_layers: bool = False, tie=None):
+def finish_pass(lm, cache, mask, pending, pending_mask, batch: LatentBatch, all_layers: bool = False):
     """The last call of a latent pass: slot inputs not yet in the cache, then the whole suffix.
 
-    mask: [B, past] over what the cache holds; pending: [B, m, d] (m may be 0); pending_mask: [B, m];
-    tie: None or zeros [B, d] added to every input (see `padding_calls`).
+    mask: [B, past] over what the cache holds; pending: [B, m, d] (m may be 0); pending_mask: [B, m].
     Returns (hidden at the pending slots [B, m, d], suffix hidden [B, S, d], per-layer suffix states or None).
     """
     suffix_embeds = lm.embed(batch.suffix_ids)  # [B, S, d]
     embeds = torch.cat([pending.to(suffix_embeds.dtype), suffix_embeds], dim=1)  # [B, m+S, d]
-    if tie is not None:
-        embeds = embeds + tie[:, None].to(embeds.dtype)
     mask = torch.cat([mask, pending_mask.long(), batch.suffix_mask], dim=1)
     m = pending.shape[1]
     out = forward_step(lm, cache, mask, inputs_embeds=embeds, all_layers=all_layers)

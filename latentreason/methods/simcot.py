@@ -72,17 +72,20 @@ class StepSupervised(Coconut):
 
     def decoder_loss(self, out, latent_batch) -> torch.Tensor:
         extras, c = latent_batch.extras, self.config.c_thought
-        if not extras["step_targets"]:
+        rows, groups, targets = extras["step_rows"], extras["step_groups"], extras["step_targets"]
+        weight = 1.0
+        if not targets:
             if not agreed_any(False):
                 return out.suffix_hidden.sum() * 0.0
-            # Another process decodes steps and the decoder is sharded per layer (engine/lockstep.py): decode
-            # one zero group into <eos> as well, weighted 0, so both run the decoder's layers alike.
-            zeros = (out.suffix_hidden[:1, :1] * 0).expand(1, c, -1)  # [1, c, d]
-            return self.decoder.loss(zeros, [[self.decoder.lm.eos_id]])[0] * 0.0
-        agreed_any(True)
-        slots = extras["step_groups"][:, None] * c + torch.arange(c, device=out.latent_inputs.device)  # [G, c]
-        latents = out.latent_inputs[extras["step_rows"][:, None], slots]  # [G, c, d] one gather for all groups
-        return self.decoder.loss(latents, extras["step_targets"])[0]
+            # Another process decodes steps and the model is sharded per layer (engine/lockstep.py): decode
+            # the first c thoughts of row 0 (masked slots here) into <eos> too, weighted 0, so that every
+            # process runs the same graph.
+            rows, groups, targets, weight = rows.new_zeros(1), groups.new_zeros(1), [[self.decoder.lm.eos_id]], 0.0
+        else:
+            agreed_any(True)
+        slots = groups[:, None] * c + torch.arange(c, device=out.latent_inputs.device)  # [G, c]
+        latents = out.latent_inputs[rows[:, None], slots]  # [G, c, d] one gather for all groups
+        return self.decoder.loss(latents, targets)[0] * weight
 
     def training_thought_map(self, lm):
         return self.thought_map(lm)

@@ -240,8 +240,8 @@ class LatentPolicy:
         )
         thoughts = batch.thoughts
 
-        def feed(hidden, j):  # the drawn thought, not a new sample
-            return thoughts[:, j].to(hidden.dtype), None
+        def feed(hidden, j):  # the drawn thought, not a new sample (none at slots padded for lockstep)
+            return (thoughts[:, j].to(hidden.dtype) if j < thoughts.shape[1] else torch.zeros_like(hidden)), None
 
         # Each row's latents end where it stopped (masked beyond); <eot> and its answer follow on the cache.
         out = latent_forward(lm, latent_batch, feed)

@@ -1,0 +1,116 @@
+"""Lockstep padding (engine/lockstep.py), in one process: told that another process needs more latent slots
+or decodes steps, the engine runs the extra calls and still computes the same values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentreason.data.generators.chain import generate_chain
+from latentreason.engine.batch import IGNORE
+from latentreason.engine.jacobi import jacobi_latent_forward
+from latentreason.engine.latent_pass import build_latent_batch, latent_forward
+from latentreason.engine.lockstep import agreed_any, agreed_max, lockstep
+from latentreason.methods.atp import ATPConfig, ATPLatent
+from tests.helpers import build_tiny_lm
+from tests.test_latent_engine import rows, scaled
+from tests.test_rl_policy import atp_policy, prompts_for
+
+EXTRA = 2  # slots "another process" needs beyond this one's longest thought
+
+
+def more_elsewhere(n: int) -> int:
+    return n + EXTRA
+
+
+def test_outside_lockstep_every_count_is_the_local_one():
+    assert agreed_max(3) == 3 and agreed_any(True) and not agreed_any(False)
+    with lockstep(more_elsewhere):
+        assert agreed_max(3) == 5 and agreed_any(False)
+    assert agreed_max(3) == 3
+
+
+def calls_and_grads(lm, run):
+    """(run()'s output, backbone calls it made, gradients of every parameter after backward of its loss)."""
+    calls = []
+    hook = lm.backbone.layers[0].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        out, loss = run()
+    finally:
+        hook.remove()
+    lm.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in lm.named_parameters() if p.grad is not None}
+    lm.zero_grad(set_to_none=True)
+    return out, len(calls), grads
+
+
+def assert_same_grads(a: dict, b: dict) -> None:
+    """Equal up to float32 rounding: sums over more (masked) positions round differently, ~1e-4 of the
+    largest entry with this model's large activations."""
+    assert a.keys() == b.keys()
+    for name in a:
+        worst, scale = float((a[name] - b[name]).abs().max()), float(b[name].abs().max())
+        assert worst <= 1e-3 * scale, (name, worst, scale)
+
+
+@pytest.mark.parametrize("engine", ["sequential", "jacobi"])
+def test_padded_slots_change_no_value_or_gradient(engine):
+    lm = build_tiny_lm("llama")
+    prefixes, ks, suffixes = rows(lm)
+    batch = build_latent_batch(prefixes, ks, suffixes, [[IGNORE] + s[1:] for s in suffixes], lm.pad_id)
+    n = max(ks)
+    probe = torch.randn(lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))  # [d]
+
+    def run():
+        if engine == "jacobi":
+            out = jacobi_latent_forward(lm, batch, scaled, iterations=2)
+        else:
+            out = latent_forward(lm, batch, scaled)
+        # Not squares: the final norm makes every hidden state's sum of squares the same constant.
+        latent = (out.latent_hidden * probe * out.slot_mask[..., None]).sum()
+        return out, (out.suffix_hidden * probe).sum() + latent
+
+    alone, alone_calls, alone_grads = calls_and_grads(lm, run)
+    with lockstep(more_elsewhere):
+        padded, padded_calls, padded_grads = calls_and_grads(lm, run)
+    # Sequential: one more call per padded slot; Jacobi: the same calls, each over more slots.
+    assert padded_calls == alone_calls + (EXTRA if engine == "sequential" else 0)
+    assert padded.latent_inputs.shape[1] == n + EXTRA and not padded.slot_mask[:, n:].any()
+    torch.testing.assert_close(padded.slot_mask[:, :n], alone.slot_mask)
+    torch.testing.assert_close(padded.suffix_hidden, alone.suffix_hidden, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(padded.latent_inputs[:, :n], alone.latent_inputs, atol=1e-6, rtol=1e-5)
+    assert_same_grads(padded_grads, alone_grads)
+
+
+def test_a_process_without_steps_runs_the_step_decoder_with_weight_zero():
+    """At curriculum stage 0 this process has no latents and no step to decode; another process has both."""
+    lm = build_tiny_lm("llama")
+    lm.train()
+    method = ATPLatent(ATPConfig(c_thought=2, max_latent_stage=2, step_decoder="small", step_decoder_layers=1))
+    method.prepare(lm)
+    method.stage = 0
+    batch = method.collate(lm, generate_chain(4, seed=2, num_steps=2))
+    assert not batch["latent_batch"].extras["step_targets"]
+
+    def run():
+        torch.manual_seed(0)
+        total, metrics = method.loss(lm, batch)
+        return metrics, total
+
+    alone, _, alone_grads = calls_and_grads(lm, run)
+    with lockstep(more_elsewhere):
+        padded, _, padded_grads = calls_and_grads(lm, run)
+    assert padded == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    decoder = {n for n in padded_grads if n.startswith("heads.step_decoder.")}
+    assert decoder and not any(n.startswith("heads.step_decoder.") for n in alone_grads)  # it ran, here only
+    assert all((padded_grads[n] == 0).all() for n in decoder)
+    assert_same_grads({n: g for n, g in padded_grads.items() if n not in decoder}, alone_grads)
+
+
+def test_rl_log_probs_of_a_padded_pass_equal_the_sampled_ones():
+    lm, policy = atp_policy(temperature=0.7)
+    batch = policy.sample(prompts_for(lm), torch.Generator().manual_seed(1))
+    with torch.no_grad(), lockstep(more_elsewhere):
+        padded = policy.logprobs(batch)
+    torch.testing.assert_close(padded.flat(), batch.old.flat(), atol=1e-4, rtol=0)
