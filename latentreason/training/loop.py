@@ -1,5 +1,5 @@
 """What every training loop (SFT and RL) shares: accelerate set-up (DDP, FSDP (see sharding.py) or
-DeepSpeed ZeRO-1/2 (see deepspeed.py)), the micro-batch / update pattern, the output directory rules,
+DeepSpeed ZeRO-1/2/3 (see deepspeed.py)), the micro-batch / update pattern, the output directory rules,
 AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final model."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from latentreason.engine.lockstep import lockstep
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult, evaluate_sharded
+from latentreason.model.lora import has_lora
 from latentreason.training import deepspeed
 from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
 from latentreason.training.config import TrainConfig
@@ -51,9 +52,10 @@ class TrainingLoop:
         self.config, self.resume, self.progress = config, resume, progress
         self.output_dir = Path(config.output_dir)
         precision = mixed_precision(config.bf16)
-        launch = (
-            deepspeed.accelerator_kwargs(config, precision) if deepspeed.requested() else {"cpu": multi_process_cpu()}
-        )
+        if deepspeed.requested():
+            launch = deepspeed.accelerator_kwargs(config, precision, self.lm.model.config.hidden_size)
+        else:
+            launch = {"cpu": multi_process_cpu()}
         self.accelerator = Accelerator(
             mixed_precision=precision,
             log_with=None if config.report_to == "none" else config.report_to,
@@ -61,9 +63,13 @@ class TrainingLoop:
             **launch,
         )
         self.deepspeed = deepspeed.active(self.accelerator)
+        if self.deepspeed:
+            deepspeed.withdraw_from_transformers()
         enable_fsdp_on_cpu(self.accelerator)
         check_launch(self.accelerator, self.lm)
-        self.per_layer = sharded_per_layer(self.accelerator)
+        # Sharded per layer (FSDP auto-wrap) or per submodule (ZeRO-3), every call gathers: the training
+        # passes run as much as the busiest process (engine/lockstep.py).
+        self.per_layer = sharded_per_layer(self.accelerator) or deepspeed.zero3(self.accelerator)
 
     def begin(self, module, optimizer, scheduler, tracker: str, desc: str) -> tuple[dict, tqdm]:
         """The run's starting state (from the resumed checkpoint, if any), trackers, output dir, progress bar."""
@@ -201,26 +207,34 @@ class TrainingLoop:
             weights, optimizer_state = deepspeed.full_weights(acc, module), None
         else:  # under FSDP every process gathers the shards; the main process writes the whole tensors
             weights, optimizer_state = full_weights(acc, module), full_optimizer_state(acc, optimizer.optimizer)
-        if acc.is_main_process:
-            save_checkpoint(
-                self.output_dir,
-                state["global_step"],
-                self.lm,
-                optimizer_state,
-                scheduler,
-                state,
-                self.config.save_total_limit,
-                weights,
-            )
+        with self.live_model_readable(module):
+            if acc.is_main_process:
+                save_checkpoint(
+                    self.output_dir,
+                    state["global_step"],
+                    self.lm,
+                    optimizer_state,
+                    scheduler,
+                    state,
+                    self.config.save_total_limit,
+                    weights,
+                )
         acc.wait_for_everyone()
 
     def save_final(self, module) -> Path:
         acc = self.accelerator
         weights = deepspeed.full_weights(acc, module) if self.deepspeed else full_weights(acc, module)
-        if acc.is_main_process:
-            save_final(self.lm, self.output_dir, weights)
+        with self.live_model_readable(module):
+            if acc.is_main_process:
+                save_final(self.lm, self.output_dir, weights)
         acc.wait_for_everyone()
         return self.output_dir / "final"
+
+    def live_model_readable(self, module):
+        """Saving a LoRA model merges its live adapters into the weights: under ZeRO-3 they must be whole."""
+        if self.deepspeed and has_lora(self.lm.model):
+            return deepspeed.whole_parameters(module)
+        return contextlib.nullcontext()
 
     def end(self) -> None:
         """Finish the trackers once every rank is done. The process group stays up (it goes with the
