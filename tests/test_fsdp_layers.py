@@ -51,7 +51,7 @@ def layer_ranks(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ddp_rl(tmp_path_factory) -> Path:
-    return torchrun_two("distributed_rl_worker.py", tmp_path_factory.mktemp("ddp-rl"), RL_RUN, timeout=180)
+    return torchrun_two("distributed_rl_worker.py", tmp_path_factory.mktemp("ddp-rl"), {"rl": RL_RUN}, timeout=180)
 
 
 def views(out: Path) -> list[dict]:
