@@ -220,12 +220,13 @@ def full_weights(accelerator, engine) -> dict[str, torch.Tensor] | None:
     if not (partitioned or engine.bfloat16_enabled()):
         return None
     keep = accelerator.is_main_process
-    gathered: dict[int, torch.Tensor] = {}  # tied weights stay one tensor
+    gathered: dict[int, torch.Tensor | None] = {}  # tied weights stay one tensor
     weights = {}
     for name, value in engine.module.state_dict(keep_vars=True).items():
         if id(value) not in gathered:
             whole = _whole(value, partitioned)
-            gathered[id(value)] = whole.float().cpu() if whole.is_floating_point() else whole.cpu()
+            # Only the main process keeps a CPU copy: the others would hold a whole model for nothing.
+            gathered[id(value)] = (whole.float() if whole.is_floating_point() else whole).cpu() if keep else None
         weights[name.removeprefix("lm.")] = gathered[id(value)]
     return weights if keep else {}
 
