@@ -35,3 +35,13 @@ def shared_file(shared_data_dir: Path):
         return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def two_rl_ranks(tmp_path_factory) -> Path:
+    """The DDP reference launch of the distributed tests (test_distributed.py, test_fsdp_layers.py): GRPO in
+    rl/, ATP-Latent SFT in atp/; one launch for the whole session."""
+    from tests.test_distributed import ATP_RUN, RL_RUN, torchrun_two
+
+    runs = {"rl": RL_RUN, "atp": ATP_RUN}
+    return torchrun_two("distributed_rl_worker.py", tmp_path_factory.mktemp("ddp-rl"), runs, timeout=180)

@@ -3,13 +3,15 @@ variables and TRANSFORMER_BASED_WRAP: every decoder layer is a unit of its own).
 
 In one launch:
   sft/       Coconut with every step latent on chains of 1-3 steps, two rows per process: the processes'
-             longest thoughts differ, so the latent pass pads (the padded slots are counted); held-out
-             evaluation at the end; a checkpoint every 2 steps
+             longest thoughts differ, so latent passes pad (each pass's local and agreed longest thought is
+             recorded); held-out evaluation at the end; a checkpoint every 2 steps
   resumed/   the same run resumed from sft/'s step-2 checkpoint
   rl/        GRPO on distributed_rl_worker.py's tiny ATP-Latent model (rollouts stop at different slots)
+  atp/       ATP-Latent SFT on chains whose longest thoughts differ between the ranks (DDP's is in conftest's
+             two_rl_ranks launch)
   lora/      CODI with LoRA adapters (the final model is saved merged, from the gathered shards)
-Writes layers{r}.json: the FSDP units, how many of the model's values this rank holds, the slots it
-padded, and the held-out records.
+Writes layers{r}.json: the FSDP units, how many of the model's values this rank holds, its latent
+passes, and the held-out records.
 """
 
 from __future__ import annotations
@@ -24,57 +26,41 @@ from accelerate import PartialState
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from latentreason.data.sources import load_train_and_held_out
-from latentreason.engine import latent_pass
-from latentreason.methods.coconut import CoconutConfig
-from latentreason.methods.codi import CODIConfig
-from latentreason.model.build import build_latent_lm
 from latentreason.training.run import run_training
+from tests.distributed_latent import latent_config, latent_run, recorded_passes, train_recording_passes
 from tests.distributed_rl_worker import run_rl_recording
-from tests.helpers import tiny_train_config
-
-
-def count_padding() -> list[int]:
-    """Record, for every latent pass, how many slots it ran beyond its own batch's longest thought."""
-    counts, agree = [], latent_pass.agreed_max
-
-    def counting(n: int) -> int:
-        agreed = agree(n)
-        counts.append(agreed - n)
-        return agreed
-
-    latent_pass.agreed_max = counting
-    return counts
 
 
 def main(out: Path, runs: dict) -> None:
-    padding = count_padding()
-    sft = tiny_train_config(CoconutConfig, out / "sft", **runs["sft"], save_steps=2)
-    lm = build_latent_lm(sft, load_train_and_held_out(sft)[0])
-    result = run_training("coconut", sft, progress=False, lm=lm)  # shards `lm` in place
+    rank = os.environ["RANK"]
+    sft, lm = latent_run("coconut", out / "sft", {**runs["sft"], "save_steps": 2})
+    result, passes = train_recording_passes("coconut", sft, lm)  # shards `lm` in place
     held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in lm.parameters())
     view = {
         "units": sum(isinstance(m, FSDPModule) for m in lm.modules()),
         "layers": len(lm.model.model.layers),
         "held": held,
         "total": sum(p.numel() for p in lm.parameters()),
-        "padding": padding[:],
+        "passes": passes,
         "n": result.eval.n,
         "records": [{"question": r["question"], "generated": r["generated"]} for r in result.eval.records],
     }
-    (out / f"layers{os.environ['RANK']}.json").write_text(json.dumps(view))
+    (out / f"layers{rank}.json").write_text(json.dumps(view))
 
     if PartialState().is_main_process:
         shutil.copytree(out / "sft" / "checkpoint-2", out / "resumed" / "checkpoint-2")
     PartialState().wait_for_everyone()
-    resumed = tiny_train_config(CoconutConfig, out / "resumed", **runs["sft"], resume_from_checkpoint="auto")
+    resumed = latent_config("coconut", out / "resumed", {**runs["sft"], "resume_from_checkpoint": "auto"})
     assert run_training("coconut", resumed, progress=False).global_step == sft.max_steps
 
-    padding.clear()
-    run_rl_recording(out, runs["rl"])
-    (out / f"rl_padding{os.environ['RANK']}.json").write_text(json.dumps(padding))
+    with recorded_passes() as passes:
+        run_rl_recording(out, runs["rl"])
+    (out / f"rl_passes{rank}.json").write_text(json.dumps(passes))
 
-    run_training("codi", tiny_train_config(CODIConfig, out / "lora", **runs["lora"]), progress=False)
+    atp_passes = train_recording_passes("atp", *latent_run("atp", out / "atp", runs["atp"]))[1]
+    (out / f"atp_passes{rank}.json").write_text(json.dumps(atp_passes))
+
+    run_training("codi", latent_config("codi", out / "lora", runs["lora"]), progress=False)
 
 
 if __name__ == "__main__":

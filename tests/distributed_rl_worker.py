@@ -1,8 +1,9 @@
-"""One rank of the two-process GRPO run in test_distributed.py (started by torchrun).
+"""One rank of the two-process DDP runs of latent methods in test_distributed.py (started by torchrun).
 
 Runs the RL trainer on a tiny ATP-Latent model (the same on every rank: same seed) and writes what this
 rank saw: per step the questions it rolled out, the rewards and the advantages it computed
-(rl{r}.json), and its parameters after training (rl_rank{r}.safetensors).
+(rl{r}.json), and its parameters after training (rl_rank{r}.safetensors). Then, when asked, trains
+ATP-Latent SFT in atp/ (what the ZeRO-3 run of the same SFT is compared with).
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.methods.atp import ATPConfig, ATPLatent
 from latentreason.rl import trainer as rl_trainer
 from latentreason.rl.config import RLConfig
+from tests.distributed_latent import latent_run, train_recording_passes
 from tests.helpers import build_tiny_lm
 
 
-def main(out: Path, overrides: dict) -> None:
-    seen, lm = run_rl_recording(out, overrides)
+def main(out: Path, runs: dict) -> None:
+    seen, lm = run_rl_recording(out, runs["rl"])
     rank = int(os.environ["RANK"])
     (out / f"rl{rank}.json").write_text(json.dumps(seen))
     state = {k: v.detach().clone().contiguous() for k, v in lm.state_dict().items()}
     save_file(state, out / f"rl_rank{rank}.safetensors")
+    if "atp" in runs:
+        train_recording_passes("atp", *latent_run("atp", out / "atp", runs["atp"]))
 
 
 def run_rl_recording(out: Path, overrides: dict) -> tuple[list[dict], object]:

@@ -1,5 +1,5 @@
-"""The DeepSpeed launches the training loops refuse, each with one line (the ZeRO-2 runs themselves are in
-test_distributed.py)."""
+"""The DeepSpeed config built from the recipe, and the launches the training loops refuse, each with one line
+(the ZeRO-2 and ZeRO-3 runs themselves are in test_distributed.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from latentreason.training import deepspeed
 from latentreason.training.config import TrainConfig
 from tests.helpers import tiny_train_config
 
+HIDDEN = 32  # the model width accelerator_kwargs sizes ZeRO-3's buckets from
+
 
 @pytest.fixture
 def config(tmp_path, monkeypatch) -> TrainConfig:
@@ -26,25 +28,50 @@ def config(tmp_path, monkeypatch) -> TrainConfig:
 def test_a_deepspeed_launch_without_deepspeed_installed_says_how_to_install_it(config, monkeypatch):
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # what a missing package looks like to `import`
     with pytest.raises(UserError, match=r"DeepSpeed but it is not installed .*latentreason\[deepspeed\]"):
-        deepspeed.accelerator_kwargs(config, "no")
+        deepspeed.accelerator_kwargs(config, "no", HIDDEN)
 
 
-def test_zero_stage_3_is_refused_with_what_to_use(config, monkeypatch):
+def test_an_unknown_zero_stage_is_refused(config, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "4")
+    with pytest.raises(UserError, match="ZeRO stage 4 is not supported; use zero_stage 1, 2 or 3"):
+        deepspeed.accelerator_kwargs(config, "no", HIDDEN)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu", "offload_optimizer_device is not supported"),
+        ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "nvme", "offload_param_device is not supported"),
+        ("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true", "zero3_init_flag: true is not supported: every process builds"),
+    ],
+)
+def test_settings_the_recipe_config_would_ignore_are_refused(config, monkeypatch, variable, value, message):
+    """What `accelerate launch` sets from the accelerate config's deepspeed_config (zero3_init_flag: true,
+    offload_param_device: nvme, ...)."""
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
-    with pytest.raises(UserError, match="ZeRO stage 3 is not supported; use zero_stage 1 or 2, or FSDP"):
-        deepspeed.accelerator_kwargs(config, "no")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(UserError, match=message):
+        deepspeed.accelerator_kwargs(config, "no", HIDDEN)
+
+
+def test_stage_3_sizes_its_buckets_from_the_model_width(config, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    zero = deepspeed.accelerator_kwargs(config, "no", HIDDEN)["deepspeed_plugin"].hf_ds_config.config
+    zero = zero["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 10 * HIDDEN
+    assert zero["reduce_bucket_size"] == HIDDEN * HIDDEN
 
 
 def test_a_deepspeed_config_file_is_refused(config, monkeypatch):
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", "ds.json")
     with pytest.raises(UserError, match="deepspeed_config_file is not supported"):
-        deepspeed.accelerator_kwargs(config, "no")
+        deepspeed.accelerator_kwargs(config, "no", HIDDEN)
 
 
 def test_the_engine_config_comes_from_the_recipe(config, monkeypatch):
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1")
     config.gradient_accumulation_steps, config.max_grad_norm = 3, 0.0
-    kwargs = deepspeed.accelerator_kwargs(config, "bf16")
+    kwargs = deepspeed.accelerator_kwargs(config, "bf16", HIDDEN)
     ds_config = kwargs["deepspeed_plugin"].hf_ds_config.config
     assert ds_config["zero_optimization"]["stage"] == 1
     assert ds_config["gradient_accumulation_steps"] == kwargs["gradient_accumulation_plugin"].num_steps == 3

@@ -115,9 +115,22 @@ RL_RUN = {
 }
 
 
-@pytest.fixture(scope="module")
-def two_rl_ranks(tmp_path_factory) -> Path:
-    return torchrun_two("distributed_rl_worker.py", tmp_path_factory.mktemp("ddp-rl"), RL_RUN, timeout=180)
+# Coconut and ATP-Latent on chains of 1-4 steps, every step latent (no curriculum): a row thinks one latent a
+# step, so a rank's longest thought is that of its longest local problem. With seed 6 the two ranks' longest
+# thoughts differ on every step (rank 0 has the shorter one on steps 1 and 4, rank 1 on steps 2 and 3).
+LATENT_RUN = {
+    "dataset_params": {"num_steps": 4, "min_steps": 1},
+    "num_train_examples": 64,
+    "per_device_train_batch_size": 4,
+    "max_steps": 4,
+    "num_eval_examples": 5,
+    "learning_rate": 3e-3,
+    "seed": 6,
+    "c_thought": 1,
+    "max_latent_stage": 4,
+    "curriculum": False,
+}
+ATP_RUN = {**LATENT_RUN, "step_decoder": "small", "step_decoder_layers": 1}
 
 
 def test_rl_groups_stay_whole_on_one_rank_and_advantages_are_per_group(two_rl_ranks):
@@ -188,16 +201,16 @@ def test_fsdp_matches_one_process_and_ddp(fsdp_ranks, one_process, two_ranks):
     assert largest_difference(fsdp, load_file(str(fsdp_ranks / "sft" / "checkpoint-2" / "model.safetensors"))) > 0
 
 
-def check_sharded_evaluation(views: list[dict], final: Path) -> None:
+def check_sharded_evaluation(views: list[dict], final: Path, method: str = "cot", run: dict = RUN) -> None:
     """Both ranks got the same records, every held-out problem once and in order, generated as one process
     generates them with the saved final model."""
     assert views[0]["records"] == views[1]["records"]
-    config = tiny_train_config(TrainConfig, final / "unused", **RUN)
+    config = tiny_train_config(get_method(method).config_cls, final / "unused", **run)
     held_out = load_train_and_held_out(config)[1]
-    assert views[0]["n"] == len(held_out) == 13
+    assert views[0]["n"] == len(held_out) == run["num_eval_examples"]
     assert [r["question"] for r in views[0]["records"]] == [p.question for p in held_out]
     lm = LatentLM.from_pretrained(final).eval()
-    alone = evaluate(get_method("cot")(config).solver(lm), held_out, progress=False)
+    alone = evaluate(get_method(method)(config).solver(lm), held_out, progress=False)
     assert [r["generated"] for r in views[0]["records"]] == [r["generated"] for r in alone.records]
 
 
@@ -300,15 +313,20 @@ def test_a_deepspeed_checkpoint_refuses_another_world_size_or_launch(deepspeed_r
         run_training("cot", one, progress=False)
 
 
-def test_deepspeed_bf16_saves_the_fp32_master_weights(deepspeed_ranks):
-    """The engine trains a bf16 copy of fp32 master weights; the final model holds the fp32 ones, as DDP's."""
-    saved = load_file(str(deepspeed_ranks / "bf16" / "final" / "model.safetensors"))
+def check_fp32_master_saved(out: Path) -> None:
+    """The engine trained a bf16 copy of fp32 master weights (out/bf16_rank0.safetensors, whole); the final
+    model in out/bf16 holds the fp32 ones, as DDP's."""
+    saved = load_file(str(out / "bf16" / "final" / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in saved.values())
-    final = LatentLM.from_pretrained(deepspeed_ranks / "bf16" / "final").state_dict()
-    live = load_file(str(deepspeed_ranks / "bf16_rank0.safetensors"))
+    final = LatentLM.from_pretrained(out / "bf16" / "final").state_dict()
+    live = load_file(str(out / "bf16_rank0.safetensors"))
     assert final.keys() == live.keys() and all(v.dtype == torch.bfloat16 for v in live.values())
     assert all(torch.equal(final[k].to(torch.bfloat16), live[k]) for k in final)  # live = master rounded
     assert any(not torch.equal(final[k], live[k].float()) for k in final)  # more than bf16 precision
+
+
+def test_deepspeed_bf16_saves_the_fp32_master_weights(deepspeed_ranks):
+    check_fp32_master_saved(deepspeed_ranks)
 
 
 def test_deepspeed_nan_loss_on_one_rank_skips_the_update_on_both(deepspeed_ranks):
@@ -335,3 +353,137 @@ def test_deepspeed_nonfinite_steps_in_a_row_stop_every_rank_with_the_last_good_c
     good, last = (load_file(str(run / f"checkpoint-{s}" / "model.safetensors")) for s in (1, 2))
     assert largest_difference(good, last) == 0.0
     assert not (run / "final").exists() and not list(run.glob(".tmp-*"))
+
+
+# --- DeepSpeed ZeRO-3 over two ranks -------------------------------------------------------------
+# What `accelerate launch --config_file latentreason/configs/accelerate/deepspeed-zero3.yaml` sets.
+ZERO3_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+# CODI with rank-2 LoRA adapters on every linear layer; no dropout, so one process draws nothing different.
+LORA_RUN = {"num_train_examples": 32, "per_device_train_batch_size": 4, "max_steps": 2, "num_eval_examples": 0}
+LORA_RUN.update(num_latents=2, lora_r=2, lora_dropout=0.0)
+# ZeRO-3 (and per-layer FSDP, test_fsdp_layers.py) compute the same gradients in another order: hooks add
+# autograd nodes around every unit and reduce each call's contribution separately, which changes the order
+# in which a weight's contributions from the latent pass's many calls are summed. Float rounding then
+# differs, and Adam's first updates (lr * g / (|g| + eps)) turn a rounding difference in a gradient that
+# nearly cancels to 0 into up to a few percent of lr in that one value (4.2e-5 in one of 53,666 values with
+# another seed). Measured here over 4 steps at lr 3e-3: Coconut 7.3e-7 from one process, ATP-Latent 4.8e-7
+# from DDP, LoRA 4.5e-7 from one process (per-layer FSDP: 4.9e-7, 8.3e-7, 3.7e-9).
+PER_CALL_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def zero3_ranks(tmp_path_factory) -> Path:
+    runs = {"coconut": LATENT_RUN, "atp": ATP_RUN, "lora": LORA_RUN, "rl": RL_RUN}
+    return torchrun_two("distributed_zero3_worker.py", tmp_path_factory.mktemp("zero3"), runs, 300, ZERO3_ENV)
+
+
+def zero3_views(zero3_ranks: Path) -> list[dict]:
+    return [json.loads((zero3_ranks / f"zero3_{r}.json").read_text()) for r in (0, 1)]
+
+
+def one_process_run(method: str, out: Path, run: dict) -> Path:
+    """`run` trained in one process with the two ranks' global batch (two accumulated micro-batches)."""
+    from tests.distributed_latent import latent_config
+
+    run_training(method, latent_config(method, out, {**run, "gradient_accumulation_steps": 2}), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process_coconut(tmp_path_factory) -> Path:
+    run = {**LATENT_RUN, "num_eval_examples": 0, "save_steps": 2}
+    return one_process_run("coconut", tmp_path_factory.mktemp("one-coconut") / "run", run)
+
+
+def check_padded(passes: list[list[list[int]]]) -> None:
+    """Both ranks ran every latent pass to the longer of their longest thoughts, and each was the shorter
+    one at least once (its pass padded)."""
+    assert len(passes[0]) == len(passes[1]) > 0
+    for (n0, agreed0), (n1, agreed1) in zip(*passes):
+        assert agreed0 == agreed1 == max(n0, n1)
+    assert all(any(n < agreed for n, agreed in rank) for rank in passes)
+
+
+def test_zero3_latent_sft_pads_its_passes_and_matches_one_process(zero3_ranks, one_process_coconut):
+    check_padded([view["passes"] for view in zero3_views(zero3_ranks)])
+    single = load_file(str(one_process_coconut / "final" / "model.safetensors"))
+    zero3 = load_file(str(zero3_ranks / "coconut" / "final" / "model.safetensors"))
+    worst = largest_difference(zero3, single)
+    print(f"ZeRO-3 Coconut: largest difference from one process {worst:.2e}")
+    assert worst <= PER_CALL_TOLERANCE, worst
+    # The whole weights each rank gathers at the end are the same, and what the final model holds.
+    ranks = [load_file(str(zero3_ranks / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert largest_difference(ranks[0], ranks[1]) == 0.0
+    final = LatentLM.from_pretrained(zero3_ranks / "coconut" / "final").state_dict()
+    assert largest_difference(final, ranks[0]) == 0.0
+
+
+def test_zero3_keeps_half_of_every_parameter_on_each_process(zero3_ranks):
+    views = zero3_views(zero3_ranks)
+    total = views[0]["total"]
+    held = [view["held"] / total for view in views]
+    rest = [view["whole_between_steps"] / total for view in views]
+    first, most = ([f(view["whole_in_forwards"]) / total for view in views] for f in (lambda w: w[0], max))
+    print(f"ZeRO-3 values per rank: partition {held}, whole between steps {rest}; whole at once in the first")
+    print(f"training forward {first}, in any {most}")
+    # Each tensor is cut in two (rounded up to the world size): the two partitions hold it about once.
+    assert all(0.5 <= fraction < 0.51 for fraction in held)
+    assert all(fraction == 0 for fraction in rest)
+    # While DeepSpeed records the calls' order (the first forward, and whenever the order changes) it frees
+    # each submodule's parameters after its call. Once recorded, it keeps a parameter that is used again
+    # soon (stage3_max_reuse_distance, 1e9 values by default) whole: the latent pass reuses every layer.
+    assert all(fraction < 0.5 for fraction in first)
+
+
+def test_zero3_held_out_evaluation_scores_every_problem_once(zero3_ranks):
+    check_sharded_evaluation(zero3_views(zero3_ranks), zero3_ranks / "coconut" / "final", "coconut", LATENT_RUN)
+    # The evaluation at step 2 ran too, between training steps (which then still matched one process).
+    log = [json.loads(line) for line in (zero3_ranks / "coconut" / "log.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in log if "eval_accuracy" in m] == [2, 4]
+
+
+def test_zero3_checkpoints_hold_the_whole_model_and_resume_to_the_uninterrupted_run(zero3_ranks, one_process_coconut):
+    run = zero3_ranks / "coconut"
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
+    checkpoint = run / "checkpoint-2"
+    assert deepspeed.saved_world_size(checkpoint) == 2 and not (checkpoint / "optimizer.pt").exists()
+    whole = LatentLM.from_pretrained(checkpoint).state_dict()
+    single = LatentLM.from_pretrained(one_process_coconut / "checkpoint-2").state_dict()
+    assert largest_difference(whole, single) <= PER_CALL_TOLERANCE
+    resumed = load_file(str(zero3_ranks / "resumed" / "final" / "model.safetensors"))
+    assert largest_difference(resumed, load_file(str(run / "final" / "model.safetensors"))) == 0.0
+
+
+def test_zero3_atp_latent_sft_matches_ddp(zero3_ranks, two_rl_ranks):
+    """ATP-Latent calls its latent head once a slot and its step decoder once a micro-batch (a dummy where
+    the rank has no step to decode): padded to the same calls on both ranks, its heads train as under DDP."""
+    check_padded([json.loads((zero3_ranks / f"atp{r}.json").read_text()) for r in (0, 1)])
+    zero3 = LatentLM.from_pretrained(zero3_ranks / "atp" / "final").state_dict()
+    ddp = LatentLM.from_pretrained(two_rl_ranks / "atp" / "final").state_dict()
+    assert any(k.startswith("heads.latent_head.") for k in zero3) and any(
+        k.startswith("heads.step_decoder.") for k in zero3
+    )
+    worst = largest_difference(zero3, ddp)
+    print(f"ZeRO-3 ATP-Latent: largest difference from DDP {worst:.2e}")
+    assert worst <= PER_CALL_TOLERANCE, worst
+
+
+def test_zero3_bf16_saves_the_fp32_master_weights(zero3_ranks):
+    """Gathered from the master partitions (the live bf16 ones were gathered by the worker)."""
+    check_fp32_master_saved(zero3_ranks)
+
+
+def test_zero3_trains_lora_adapters_as_one_process(zero3_ranks, tmp_path):
+    """The saved model merges the adapters (gathered whole for the merge) into plain weights."""
+    one = one_process_run("codi", tmp_path / "run", LORA_RUN)
+    zero3 = load_file(str(zero3_ranks / "lora" / "final" / "model.safetensors"))
+    assert not any("lora" in k for k in zero3)
+    worst = largest_difference(zero3, load_file(str(one / "final" / "model.safetensors")))
+    print(f"ZeRO-3 LoRA: largest difference from one process {worst:.2e}")
+    assert worst <= PER_CALL_TOLERANCE, worst
+    start = LatentLM.from_pretrained(zero3_ranks / "lora" / "checkpoint-2").state_dict()
+    assert start.keys() == LatentLM.from_pretrained(zero3_ranks / "lora" / "final").state_dict().keys()
+
+
+def test_zero3_rl_matches_ddp_and_saves_a_loadable_model(zero3_ranks, two_rl_ranks):
+    check_rl_matches_ddp("ZeRO-3", zero3_ranks / "rl", two_rl_ranks)

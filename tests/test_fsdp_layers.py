@@ -18,24 +18,22 @@ from latentreason.methods.codi import CODIConfig
 from latentreason.model.latent_lm import LatentLM
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
-from tests.test_distributed import RL_RUN, TOLERANCE, check_rl_matches_ddp, largest_difference, torchrun_two
+from tests.test_distributed import (
+    ATP_RUN,
+    LATENT_RUN,
+    PER_CALL_TOLERANCE,
+    RL_RUN,
+    check_padded,
+    check_rl_matches_ddp,
+    largest_difference,
+    torchrun_two,
+)
 
 pytestmark = pytest.mark.distributed
 
-# Every step latent (no curriculum) on chains of 1-3 steps, without padding thoughts to the longest: a row
-# thinks as many latents as it has steps, and with two rows per process the processes' longest differ.
-# 2 processes x 2 rows = a global batch of 4; 13 held-out problems split 6 + 7.
-SFT_RUN = dict(
-    dataset_params={"num_steps": 3, "min_steps": 1},
-    num_train_examples=32,
-    num_eval_examples=13,
-    per_device_train_batch_size=2,
-    max_steps=4,
-    learning_rate=3e-3,
-    seed=2,
-    curriculum=False,
-    pad_latent_to_max=False,
-)
+# test_distributed.py's Coconut run on chains of 1-4 steps (every step latent; each process has the shorter
+# longest thought on some steps), with 13 held-out problems split 6 + 7.
+SFT_RUN = {**LATENT_RUN, "num_eval_examples": 13}
 # CODI with LoRA (no dropout on the adapters' path: one process would draw other masks), 2 x 4 rows.
 LORA_RUN = dict(num_train_examples=32, per_device_train_batch_size=4, max_steps=3, seed=3, lora_r=4, lora_dropout=0.0)
 # What `accelerate launch --config_file latentreason/configs/accelerate/fsdp-layers.yaml` sets.
@@ -48,13 +46,8 @@ LAYERS_ENV = {
 
 @pytest.fixture(scope="module")
 def layer_ranks(tmp_path_factory) -> Path:
-    runs = {"sft": SFT_RUN, "rl": RL_RUN, "lora": LORA_RUN}
+    runs = {"sft": SFT_RUN, "rl": RL_RUN, "atp": ATP_RUN, "lora": LORA_RUN}
     return torchrun_two("distributed_fsdp_layers_worker.py", tmp_path_factory.mktemp("layers"), runs, 240, LAYERS_ENV)
-
-
-@pytest.fixture(scope="module")
-def ddp_rl(tmp_path_factory) -> Path:
-    return torchrun_two("distributed_rl_worker.py", tmp_path_factory.mktemp("ddp-rl"), RL_RUN, timeout=180)
 
 
 def views(out: Path) -> list[dict]:
@@ -71,14 +64,13 @@ def test_every_decoder_layer_is_a_unit_and_each_value_lives_on_one_process(layer
 
 def test_processes_with_different_thoughts_pad_and_match_one_process(layer_ranks, tmp_path):
     v = views(layer_ranks)
-    # The runs really needed padding: some micro-batch on some process had shorter thoughts than the other's.
-    assert any(count > 0 for view in v for count in view["padding"]), [view["padding"] for view in v]
+    check_padded([view["passes"] for view in v])  # each process was the shorter one at least once
     one = tiny_train_config(CoconutConfig, tmp_path / "one", **SFT_RUN, gradient_accumulation_steps=2)
     single = load_file(str(run_training("coconut", one, progress=False).final_dir / "model.safetensors"))
     layered = load_file(str(layer_ranks / "sft" / "final" / "model.safetensors"))
     worst = largest_difference(layered, single)
     print(f"per-layer FSDP: largest difference from one process {worst:.2e}")
-    assert worst <= TOLERANCE, worst
+    assert worst <= PER_CALL_TOLERANCE, worst
 
 
 def test_held_out_evaluation_scores_every_problem_once_in_order(layer_ranks):
@@ -98,10 +90,19 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(layer_ranks):
     assert largest_difference(resumed, uninterrupted) == 0.0
 
 
-def test_grpo_with_rollouts_of_different_lengths_matches_ddp(layer_ranks, ddp_rl):
-    padding = [json.loads((layer_ranks / f"rl_padding{r}.json").read_text()) for r in (0, 1)]
-    assert any(count > 0 for counts in padding for count in counts), padding
-    check_rl_matches_ddp("per-layer FSDP", layer_ranks / "rl", ddp_rl)
+def test_grpo_with_rollouts_of_different_lengths_matches_ddp(layer_ranks, two_rl_ranks):
+    check_padded([json.loads((layer_ranks / f"rl_passes{r}.json").read_text()) for r in (0, 1)])
+    check_rl_matches_ddp("per-layer FSDP", layer_ranks / "rl", two_rl_ranks)
+
+
+def test_atp_latent_sft_with_padded_passes_matches_ddp(layer_ranks, two_rl_ranks):
+    """Padded slots draw no noise: the ATP-Latent heads train as under DDP."""
+    check_padded([json.loads((layer_ranks / f"atp_passes{r}.json").read_text()) for r in (0, 1)])
+    layered = LatentLM.from_pretrained(layer_ranks / "atp" / "final").state_dict()
+    ddp = LatentLM.from_pretrained(two_rl_ranks / "atp" / "final").state_dict()
+    worst = largest_difference(layered, ddp)
+    print(f"per-layer FSDP ATP-Latent: largest difference from DDP {worst:.2e}")
+    assert worst <= PER_CALL_TOLERANCE, worst
 
 
 def test_lora_trains_under_fsdp_and_saves_the_merged_model(layer_ranks, tmp_path):
@@ -112,4 +113,4 @@ def test_lora_trains_under_fsdp_and_saves_the_merged_model(layer_ranks, tmp_path
     assert not any("lora_" in name or "token_adapter" in name for name in layered)  # a plain model
     worst = largest_difference(layered, single)
     print(f"per-layer FSDP with LoRA: largest difference from one process {worst:.2e}")
-    assert worst <= TOLERANCE, worst
+    assert worst <= PER_CALL_TOLERANCE, worst

@@ -1,7 +1,10 @@
 """Lockstep padding (engine/lockstep.py), in one process: told that another process needs more latent slots
-or decodes steps, the engine runs the extra calls and still computes the same values and gradients."""
+or decodes steps, the engine runs the extra calls and still computes the same values, gradients and random
+draws, in the order a batch needing that many slots would."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -114,3 +117,75 @@ def test_rl_log_probs_of_a_padded_pass_equal_the_sampled_ones():
     with torch.no_grad(), lockstep(more_elsewhere):
         padded = policy.logprobs(batch)
     torch.testing.assert_close(padded.flat(), batch.old.flat(), atol=1e-4, rtol=0)
+
+
+LONGEST = 3  # the longest thought "another process" has, for the ATP-Latent test below
+
+
+@pytest.fixture(scope="module")
+def atp():
+    """ATP-Latent (a latent head per slot, a stop head, a 1-layer step decoder) on 3-step chains."""
+    lm = build_tiny_lm("llama", seed=1)
+    method = ATPLatent(ATPConfig(c_thought=1, max_latent_stage=LONGEST, step_decoder="small", step_decoder_layers=1))
+    torch.manual_seed(0)
+    method.prepare(lm)
+    return method, lm.train(), generate_chain(4, seed=0, num_steps=LONGEST)
+
+
+class CallLog:
+    """Every call of a submodule that owns parameters, forward then backward, by name: the order in which
+    DeepSpeed ZeRO-3 gathers parameters (and checks that every process does alike)."""
+
+    def __init__(self, lm):
+        self.calls: list[str] = []
+        self.handles = []
+        for name, module in lm.named_modules():
+            if any(True for _ in module.parameters(recurse=False)):
+                self.handles.append(module.register_forward_pre_hook(self.hook(f"forward {name}")))
+                self.handles.append(module.register_full_backward_pre_hook(self.hook(f"backward {name}")))
+
+    def hook(self, call: str):
+        def record(*args):
+            self.calls.append(call)
+
+        return record
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def atp_micro_batch(method, lm, problems, stage: int, padded: bool):
+    """(the loss's terms, the random state after, the submodule calls, gradients) of one ATP-Latent micro-batch
+    at curriculum `stage` (its longest thought), run to LONGEST slots when `padded`."""
+    method.stage = stage
+    batch = method.collate(lm, problems)
+    log = CallLog(lm)
+
+    def run():
+        torch.manual_seed(1)  # ATP samples its thoughts
+        total, metrics = method.loss(lm, batch)
+        return (metrics, torch.get_rng_state()), total
+
+    try:
+        with lockstep(lambda n: max(n, LONGEST)) if padded else contextlib.nullcontext():
+            (metrics, rng), _, grads = calls_and_grads(lm, run)
+    finally:
+        log.remove()
+    return metrics, rng, log.calls, grads
+
+
+# The embeddings' inputs are token ids: their backward hooks fire on output gradients, as wanted here.
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_a_padded_atp_pass_draws_no_noise_and_calls_what_the_longest_pass_calls(atp, stage):
+    """The slots run only for the other process sample no thoughts: the draws that follow (the stop head's)
+    and so the loss are those of a process that ran none, as under DDP."""
+    method, lm, problems = atp
+    metrics, rng, calls, grads = atp_micro_batch(method, lm, problems, stage, padded=True)
+    alone_metrics, alone_rng, _, alone_grads = atp_micro_batch(method, lm, problems, stage, padded=False)
+    assert torch.equal(rng, alone_rng)
+    assert metrics == pytest.approx(alone_metrics, rel=1e-5, abs=1e-6)
+    assert_same_grads({n: g for n, g in grads.items() if n in alone_grads}, alone_grads)
+    # Forward and backward, the same submodule calls in the same order as a pass whose rows think LONGEST.
+    assert calls == atp_micro_batch(method, lm, problems, LONGEST, padded=False)[2]

@@ -18,6 +18,7 @@ process builds the same graph and makes the same per-layer collectives in the sa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -121,13 +122,14 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
     bot_hidden = last
     inputs, hiddens, extras = [], [], []
     for j in range(n):
-        z, extra = thought_map(last, j)  # [B, d]
-        inputs.append(z)
-        extras.append(extra)
-        if j < n - 1:
-            mask = torch.cat([mask, slot_mask[:, j : j + 1].long()], dim=1)
-            last = forward_step(lm, cache, mask, inputs_embeds=z[:, None])[:, -1]  # [B, d]
-            hiddens.append(last)
+        with random_streams_kept(last, j >= batch.max_latents):
+            z, extra = thought_map(last, j)  # [B, d]
+            inputs.append(z)
+            extras.append(extra)
+            if j < n - 1:
+                mask = torch.cat([mask, slot_mask[:, j : j + 1].long()], dim=1)
+                last = forward_step(lm, cache, mask, inputs_embeds=z[:, None])[:, -1]  # [B, d]
+                hiddens.append(last)
     thoughts = torch.stack(inputs, 1) if inputs else bot_hidden[:, None][:, :0]  # [B, N, d]
     # The last slot rides along with the suffix: one call instead of two.
     pending = slice(n - 1, n) if n else slice(0, 0)
@@ -143,6 +145,15 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
         map_outputs=extras,
         suffix_layers=layers,
     )
+
+
+def random_streams_kept(like: torch.Tensor, keep: bool):
+    """Around a slot that only other processes' rows use (lockstep): it draws nothing from the random
+    streams (ATP samples its thoughts, dropout), so the draws that follow are those of a process that did
+    not run it, and a run matches DDP whatever the other processes' batches hold."""
+    if not keep:
+        return contextlib.nullcontext()
+    return torch.random.fork_rng(devices=[like.device] if like.device.type == "cuda" else [])
 
 
 def finish_pass(lm, cache, mask, pending, pending_mask, batch: LatentBatch, all_layers: bool = False):

@@ -81,8 +81,10 @@ class ATPLatent(StepSupervised):
     def stop_loss(self, out, latent_batch) -> torch.Tensor:
         """Stop CE at every group start a row reaches: continue inside its steps, stop right after them."""
         c = self.config.c_thought
-        n = out.latent_hidden.shape[1]
-        before = torch.cat([out.bot_hidden[:, None], out.latent_hidden], dim=1)  # [B, N+1, d] hidden before slot j
+        # The batch's own slots: under lockstep the pass may run more (masked), and sampling for those would
+        # draw other noise than a process that did not run them.
+        n = latent_batch.max_latents
+        before = torch.cat([out.bot_hidden[:, None], out.latent_hidden], dim=1)[:, : n + 1]  # [B, n+1, d]
         starts = torch.arange(0, n + 1, c, device=before.device)  # [G+1] first slot of each group
         z = self.gaussian_map(sample=True)(before[:, starts], 0)[0]  # [B, G+1, d]
         logits = self.stop_head(z)  # [B, G+1, 2]

@@ -6,7 +6,7 @@ with a log-probability. Tensors are [B, A] (rollouts x actions) with a mask of t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -35,8 +35,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return centred.reshape(-1)
 
 
-@dataclass
-class PolicyLoss:
+class PolicyLoss(NamedTuple):
+    """A tuple, so that hooks on a model's outputs (DeepSpeed ZeRO-3's backward ones) find the loss in it."""
+
     loss: torch.Tensor  # scalar to minimise
     stats: dict[str, float]  # clip fractions, log-ratio statistics, kl
 

@@ -1,9 +1,9 @@
-"""DeepSpeed ZeRO stages 1 and 2 for the training loops, launched by accelerate
-(configs/accelerate/deepspeed-zero2.yaml). The only module that knows about DeepSpeed.
+"""DeepSpeed ZeRO stages 1, 2 and 3 for the training loops, launched by accelerate
+(configs/accelerate/deepspeed-zero2.yaml, deepspeed-zero3.yaml). The only module that knows about DeepSpeed.
 
-Each of N processes keeps the whole model but only 1/N of the AdamW moments and fp32 master weights
-(stage 1), and of the reduced gradients (stage 2). The engine differs from DDP in three ways the loops
-see through TrainingLoop's hooks:
+Each of N processes keeps 1/N of the AdamW moments and fp32 master weights (stage 1), of the reduced
+gradients (stage 2) and of the parameters themselves (stage 3). The engine differs from DDP in ways the
+loops see through TrainingLoop's hooks:
 - it steps INSIDE the last micro-batch's backward (`optimizer.step()`/`zero_grad()` become no-ops) and
   divides the loss by the accumulation steps itself;
 - it clips (DeepSpeed config `gradient_clipping`) and skips a step whose gradients are not finite on its
@@ -11,8 +11,17 @@ see through TrainingLoop's hooks:
   gradients NaN whenever any rank saw a non-finite loss;
 - its optimizer state is per-rank partitions, saved by `engine.save_checkpoint` into the checkpoint's
   temporary directory (`deepspeed/`) and resumable only with the same number of processes.
-Stage 3 is refused: its hooked per-submodule collectives would hang rank-divergent loops (latent passes,
-rollouts with early exit, sharded evaluation).
+
+Stage 3 gathers a submodule's parameters in hooks around each of its calls (forward and backward) and
+frees them after, so every process must call every submodule as often as the others, in the same order
+(DeepSpeed compares the processes' call sequences whenever it records one, and stops on a difference):
+- the loops run the training passes under `lockstep` (engine/lockstep.py): the latent passes pad their
+  data-dependent slot counts (thought map and model calls alike) to the processes' largest;
+- work outside the training forward (evaluation, RL sampling and scoring) gathers every parameter once and
+  runs with the hooks taken off (`outside_forward`), so processes may decode for different numbers of steps;
+- weights are saved from the fp32 master partitions (`full_weights`, one gather per tensor).
+Every process builds the whole model before the engine partitions it (`zero3_init_flag` false): loading a
+model straight into partitions is not supported. Parameter and optimizer offload are not supported.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,6 +41,7 @@ from latentreason.errors import UserError
 from latentreason.training.checkpoint import TMP_PREFIX, temp_dir
 
 CONFIG = "latentreason/configs/accelerate/deepspeed-zero2.yaml"
+ZERO3_CONFIG = "latentreason/configs/accelerate/deepspeed-zero3.yaml"
 SUBDIR = "deepspeed"  # inside a checkpoint: the engine's per-rank optimizer partitions
 TAG = "state"
 
@@ -43,16 +55,46 @@ def active(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def _stage() -> int:
+def zero3(accelerator) -> bool:
+    """Whether the parameters themselves are partitioned (every submodule call gathers its own)."""
+    return active(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def _refuse_unsupported_settings() -> None:
+    """The accelerate config's DeepSpeed settings that the config built from the recipe would not honour."""
     if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none") != "none":
         raise UserError(
             "deepspeed_config_file is not supported: latentreason builds the DeepSpeed config from the recipe; "
-            f"set zero_stage in the accelerate config as in {CONFIG}"
+            f"set zero_stage in the accelerate config as in {CONFIG} or {ZERO3_CONFIG}"
         )
+    for setting in ("offload_optimizer_device", "offload_param_device"):
+        if os.environ.get(f"ACCELERATE_DEEPSPEED_{setting.upper()}", "none").lower() != "none":
+            raise UserError(f"DeepSpeed {setting} is not supported; set it to none (as in {ZERO3_CONFIG})")
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true":
+        raise UserError(
+            "DeepSpeed zero3_init_flag: true is not supported: every process builds the whole model before the "
+            f"engine partitions it; set zero3_init_flag: false (as in {ZERO3_CONFIG})"
+        )
+
+
+def _stage() -> int:
+    _refuse_unsupported_settings()
     stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
-    if stage not in (1, 2):
-        raise UserError(f"DeepSpeed ZeRO stage {stage} is not supported; use zero_stage 1 or 2, or FSDP")
+    if stage not in (1, 2, 3):
+        raise UserError(f"DeepSpeed ZeRO stage {stage} is not supported; use zero_stage 1, 2 or 3")
     return stage
+
+
+def _zero_config(stage: int, hidden_size: int) -> dict:
+    """The `zero_optimization` section. Stage 3's sizes are what transformers' Trainer picks for "auto":
+    tensors of at most 10 x hidden elements (norms, biases) stay whole on every process (no gather per
+    call), gathers are prefetched and gradients reduced in buckets of about hidden^2 elements."""
+    zero = {"stage": stage}
+    if stage == 3:
+        zero["stage3_param_persistence_threshold"] = 10 * hidden_size
+        zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size * hidden_size)
+        zero["reduce_bucket_size"] = hidden_size * hidden_size
+    return zero
 
 
 def _skip_shared_memory_op() -> None:
@@ -64,8 +106,9 @@ def _skip_shared_memory_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def accelerator_kwargs(config, mixed_precision: str) -> dict:
-    """What `Accelerator(...)` needs to run the DeepSpeed engine configured from the recipe `config`."""
+def accelerator_kwargs(config, mixed_precision: str, hidden_size: int) -> dict:
+    """What `Accelerator(...)` needs to run the DeepSpeed engine configured from the recipe `config`, for a
+    model of width `hidden_size`."""
     try:
         import deepspeed  # noqa: F401
         from accelerate import DeepSpeedPlugin
@@ -77,6 +120,9 @@ def accelerator_kwargs(config, mixed_precision: str) -> dict:
     # The accelerate config's DeepSpeed fields `accelerate launch` lists here are read above or superseded by
     # the recipe; left listed, accelerate refuses the config built below as if it were a config file.
     os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)
+    # DeepSpeed 0.19 calls collectives that torch deprecates; ZeRO-3 would warn at every gather.
+    deprecated = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+    warnings.filterwarnings("ignore", message=deprecated, category=FutureWarning)
     cpu = not torch.cuda.is_available()
     if cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read at DeepSpeed's first device query
@@ -87,7 +133,7 @@ def accelerator_kwargs(config, mixed_precision: str) -> dict:
         "gradient_accumulation_steps": accum,
         # 0 = no clipping; never "auto" (accelerate would turn it into 1.0).
         "gradient_clipping": config.max_grad_norm or 0.0,
-        "zero_optimization": {"stage": stage},
+        "zero_optimization": _zero_config(stage, hidden_size),
         "bf16": {"enabled": mixed_precision == "bf16"},
         "steps_per_print": sys.maxsize,  # our log, not DeepSpeed's
     }
@@ -122,26 +168,83 @@ def step_result(optimizer, engine) -> tuple[bool, float]:
     return True, float(engine.get_global_grad_norm())
 
 
-def full_weights(accelerator, engine) -> dict[str, torch.Tensor] | None:
-    """Under bf16 the engine's model is a bf16 copy of the fp32 master weights in the optimizer partitions;
-    this gathers the fp32 ones (under `LatentLM` names, on the main process; {} on the others), so that
-    checkpoints and the final model hold what a DDP run writes. None in fp32: save the live model. Every
-    process must call it (one all-reduce a trained tensor, in state-dict order)."""
-    from deepspeed.utils import safe_get_full_fp32_param
+def withdraw_from_transformers() -> None:
+    """accelerate hands its ZeRO-3 config to transformers, which then builds every model made later in this
+    process (a resumed run's, RL's frozen copies, a new step decoder) straight into partitions, and resizes
+    embeddings through gathers. Here every process builds whole models and only the engine partitions them
+    (zero3_init_flag false): take the config back."""
+    from transformers.integrations import unset_hf_deepspeed_config
 
-    if not engine.bfloat16_enabled():
+    unset_hf_deepspeed_config()
+
+
+def whole_parameters(engine):
+    """A context in which every parameter of the engine's model is whole on every process (a collective on
+    entry, every process enters it). A no-op unless the parameters are ZeRO-3 partitions."""
+    from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+
+    return GatheredParameters(list(engine.module.parameters()), enabled=engine.zero_optimization_partition_weights())
+
+
+def outside_forward(engine, fn: Callable):
+    """fn() without gradients, on the whole ZeRO-3 model: every parameter is gathered once (one collective,
+    the same on every process) and the engine's per-submodule hooks are taken off until fn returns, so fn
+    may call any submodule any number of times without collectives; then the hooks go back on and the
+    parameters are partitioned again."""
+    offload = engine.optimizer.parameter_offload
+    with whole_parameters(engine), torch.no_grad():
+        _remove_hooks(offload)
+        try:
+            return fn()
+        finally:
+            offload._register_deepspeed_module(offload.module)  # re-records its call trace on the next forward
+
+
+def _remove_hooks(offload) -> None:
+    """Take off the fetch/release hooks DeepSpeed put on every submodule (forward and backward)."""
+    for param in offload.module.parameters():
+        param.ds_active_sub_modules.clear()
+    for hook in offload.forward_hooks + offload.backward_hooks:
+        hook.remove()
+    offload.forward_hooks, offload.backward_hooks = [], []
+
+
+def full_weights(accelerator, engine) -> dict[str, torch.Tensor] | None:
+    """The weights a DDP run would save, under `LatentLM` names on the main process ({} on the others), or
+    None when the engine's live model already holds them (ZeRO-1/2 in fp32). Under bf16 the engine's model
+    is a bf16 copy: trained tensors come from the fp32 master partitions. Under ZeRO-3 every tensor is a
+    partition: trained ones come from the fp32 master partitions, frozen ones are gathered. Every process
+    must call it (one collective per tensor, in state-dict order)."""
+    partitioned = engine.zero_optimization_partition_weights()
+    if not (partitioned or engine.bfloat16_enabled()):
         return None
     keep = accelerator.is_main_process
-    gathered: dict[int, torch.Tensor] = {}  # tied weights stay one tensor
+    gathered: dict[int, torch.Tensor | None] = {}  # tied weights stay one tensor
     weights = {}
     for name, value in engine.module.state_dict(keep_vars=True).items():
         if id(value) not in gathered:
-            master = safe_get_full_fp32_param(value) if isinstance(value, torch.nn.Parameter) else None
-            # Frozen parameters and buffers have no master copy: their bf16 values, in fp32 as DDP writes.
-            whole = master if master is not None else value.detach()
-            gathered[id(value)] = whole.float().cpu() if whole.is_floating_point() else whole.cpu()
+            whole = _whole(value, partitioned)
+            # Only the main process keeps a CPU copy: the others would hold a whole model for nothing.
+            gathered[id(value)] = (whole.float() if whole.is_floating_point() else whole).cpu() if keep else None
         weights[name.removeprefix("lm.")] = gathered[id(value)]
     return weights if keep else {}
+
+
+def _whole(value: torch.Tensor, partitioned: bool) -> torch.Tensor:
+    """One state-dict tensor, whole: its fp32 master when trained; gathered when a frozen ZeRO-3 partition
+    (its live, maybe bf16, value: no master copy exists); buffers are never partitioned."""
+    from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    if not isinstance(value, torch.nn.Parameter):
+        return value.detach()
+    master = safe_get_full_fp32_param(value)
+    if master is not None:
+        return master
+    if not partitioned:
+        return value.detach()
+    with GatheredParameters([value]):
+        return value.detach().clone()
 
 
 def save_engine_state(accelerator, engine, output_dir: Path, step: int) -> None:
@@ -178,7 +281,8 @@ def load_engine_state(engine, checkpoint: Path, world: int) -> None:
 @contextlib.contextmanager
 def _safe_loads(engine):
     """DeepSpeed's checkpoint engine unpickles with weights_only=False, which lets a crafted file run code.
-    Its files need only three DeepSpeed classes besides tensors and containers: allow those, nothing else."""
+    Its files need only three DeepSpeed classes besides tensors and containers: allow those, nothing else.
+    (ZeRO-3's files, fp32 or bf16, hold LossScaler and ZeroStageEnum; fragment_address is ZeRO-1/2's.)"""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address

@@ -1,5 +1,5 @@
 """What every training loop (SFT and RL) shares: accelerate set-up (DDP, FSDP (see sharding.py) or
-DeepSpeed ZeRO-1/2 (see deepspeed.py)), the micro-batch / update pattern, the output directory rules,
+DeepSpeed ZeRO-1/2/3 (see deepspeed.py)), the micro-batch / update pattern, the output directory rules,
 AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final model."""
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ class TrainingLoop:
         self.config, self.resume, self.progress = config, resume, progress
         self.output_dir = Path(config.output_dir)
         precision = mixed_precision(config.bf16)
-        launch = (
-            deepspeed.accelerator_kwargs(config, precision) if deepspeed.requested() else {"cpu": multi_process_cpu()}
-        )
+        if deepspeed.requested():
+            launch = deepspeed.accelerator_kwargs(config, precision, self.lm.model.config.hidden_size)
+        else:
+            launch = {"cpu": multi_process_cpu()}
         self.accelerator = Accelerator(
             mixed_precision=precision,
             log_with=None if config.report_to == "none" else config.report_to,
@@ -61,9 +62,13 @@ class TrainingLoop:
             **launch,
         )
         self.deepspeed = deepspeed.active(self.accelerator)
+        if self.deepspeed:
+            deepspeed.withdraw_from_transformers()
         enable_fsdp_on_cpu(self.accelerator)
         check_launch(self.accelerator, self.lm)
-        self.per_layer = sharded_per_layer(self.accelerator)
+        # Sharded per layer (FSDP auto-wrap) or per submodule (ZeRO-3), every call gathers: the training
+        # passes run as much as the busiest process (engine/lockstep.py).
+        self.per_layer = sharded_per_layer(self.accelerator) or deepspeed.zero3(self.accelerator)
 
     def begin(self, module, optimizer, scheduler, tracker: str, desc: str) -> tuple[dict, tqdm]:
         """The run's starting state (from the resumed checkpoint, if any), trackers, output dir, progress bar."""
