@@ -369,12 +369,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        code = COMMANDS[argv[0]](argv[1:])
     except UserError as err:
         if debug:
             raise
         print(f"latentreason: error: {err}", file=sys.stderr)
         return 2
+    from latentreason.training.processes import leave_process_group
+
+    return leave_process_group(code)
 
 
 if __name__ == "__main__":

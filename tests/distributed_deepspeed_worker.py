@@ -30,6 +30,7 @@ from latentreason.errors import UserError
 from latentreason.methods import get_method
 from latentreason.model.build import build_latent_lm
 from latentreason.training.config import TrainConfig
+from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.distributed_rl_worker import run_rl_recording
 from tests.helpers import tiny_train_config
@@ -96,3 +97,4 @@ def main(out: Path, runs: dict) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), json.loads(sys.argv[2]))
+    leave_process_group(0)

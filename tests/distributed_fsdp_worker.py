@@ -22,6 +22,7 @@ from torch.distributed.tensor import DTensor
 from latentreason.data.sources import load_train_and_held_out
 from latentreason.model.build import build_latent_lm
 from latentreason.training.config import TrainConfig
+from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.distributed_rl_worker import run_rl_recording
 from tests.helpers import tiny_train_config
@@ -47,3 +48,4 @@ def main(out: Path, runs: dict) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), json.loads(sys.argv[2]))
+    leave_process_group(0)

@@ -21,6 +21,7 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.methods.atp import ATPConfig, ATPLatent
 from latentreason.rl import trainer as rl_trainer
 from latentreason.rl.config import RLConfig
+from latentreason.training.processes import leave_process_group
 from tests.distributed_latent import latent_run, train_recording_passes
 from tests.helpers import build_tiny_lm
 
@@ -68,3 +69,4 @@ def run_rl_recording(out: Path, overrides: dict) -> tuple[list[dict], object]:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), json.loads(sys.argv[2]))
+    leave_process_group(0)

@@ -27,6 +27,7 @@ from accelerate import PartialState
 from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from safetensors.torch import save_file
 
+from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from latentreason.training.sharding import PreparedModule
 from tests.distributed_latent import latent_config, latent_run, train_recording_passes
@@ -106,3 +107,4 @@ def main(out: Path, runs: dict) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), json.loads(sys.argv[2]))
+    leave_process_group(0)

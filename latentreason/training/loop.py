@@ -228,8 +228,8 @@ class TrainingLoop:
         return self.output_dir / "final"
 
     def end(self) -> None:
-        """Finish the trackers once every rank is done. The process group stays up (it goes with the
-        process): gloo's teardown, racing a rank that already left, hung a two-process run now and then."""
+        """Finish the trackers once every rank is done. The process group stays up: the command line leaves
+        it without tearing gloo down (`processes.leave_process_group`)."""
         self.accelerator.wait_for_everyone()
         for tracker in self.accelerator.trackers:
             tracker.finish()
