@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -306,6 +307,9 @@ def test_a_deepspeed_checkpoint_refuses_another_world_size_or_launch(deepspeed_r
     checkpoint = deepspeed_ranks / "sft" / "checkpoint-2"
     with pytest.raises(UserError, match="optimizer partitions of 2 processes but this run has 1"):
         deepspeed.load_engine_state(None, checkpoint, world=1)
+    zero3_engine = SimpleNamespace(zero_optimization_partition_weights=lambda: True)
+    with pytest.raises(UserError, match="written under DeepSpeed ZeRO-1 or 2 but this run uses ZeRO-3"):
+        deepspeed.load_engine_state(zero3_engine, checkpoint, world=2)
     run = tmp_path / "run"
     shutil.copytree(checkpoint, run / "checkpoint-2")
     one = tiny_train_config(TrainConfig, run, **RUN, resume_from_checkpoint="auto")
@@ -447,6 +451,9 @@ def test_zero3_checkpoints_hold_the_whole_model_and_resume_to_the_uninterrupted_
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
     checkpoint = run / "checkpoint-2"
     assert deepspeed.saved_world_size(checkpoint) == 2 and not (checkpoint / "optimizer.pt").exists()
+    zero2_engine = SimpleNamespace(zero_optimization_partition_weights=lambda: False)
+    with pytest.raises(UserError, match="written under DeepSpeed ZeRO-3 but this run uses ZeRO-1 or 2"):
+        deepspeed.load_engine_state(zero2_engine, checkpoint, world=2)
     whole = LatentLM.from_pretrained(checkpoint).state_dict()
     single = LatentLM.from_pretrained(one_process_coconut / "checkpoint-2").state_dict()
     assert largest_difference(whole, single) <= PER_CALL_TOLERANCE

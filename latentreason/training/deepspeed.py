@@ -261,6 +261,15 @@ def saved_world_size(checkpoint: Path) -> int:
     return len(list((checkpoint / SUBDIR / TAG).glob("*optim_states.pt")))
 
 
+def saved_params_partitioned(checkpoint: Path) -> bool:
+    """Whether ZeRO-3 wrote the checkpoint: it saves each process's parameter partition, ZeRO-1/2 one model."""
+    return any((checkpoint / SUBDIR / TAG).glob("zero_pp_rank_*_model_states.pt"))
+
+
+def engine_stage(engine) -> str:
+    return "3" if engine.zero_optimization_partition_weights() else "1 or 2"
+
+
 def load_engine_state(engine, checkpoint: Path, world: int) -> None:
     """The optimizer partitions (and the weights, the same as the checkpoint's safetensors) of `checkpoint`,
     read with torch.load(weights_only=True) (see `_safe_loads`)."""
@@ -272,7 +281,14 @@ def load_engine_state(engine, checkpoint: Path, world: int) -> None:
     if saved != world:
         raise UserError(
             f"{checkpoint} holds DeepSpeed optimizer partitions of {saved} processes but this run has {world}; "
-            "resume with the same number of processes (or convert it with DeepSpeed's ds_to_universal)"
+            "resume with the same number of processes, or start a new run from its weights "
+            f"(model_name_or_path: {checkpoint}; the optimizer state starts anew)"
+        )
+    saved_stage, stage = ("3" if saved_params_partitioned(checkpoint) else "1 or 2"), engine_stage(engine)
+    if (saved_stage == "3") != (stage == "3"):
+        raise UserError(
+            f"{checkpoint} was written under DeepSpeed ZeRO-{saved_stage} but this run uses ZeRO-{stage}; "
+            "resume with the stage that wrote it"
         )
     with _safe_loads(engine):
         engine.load_checkpoint(str(checkpoint / SUBDIR), tag=TAG, load_lr_scheduler_states=False)
