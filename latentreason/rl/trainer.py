@@ -37,7 +37,7 @@ from latentreason.rl.policy import ACTIONS, LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
 from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.loop import TrainingLoop
-from latentreason.training.sharding import PreparedModule, outside_forward
+from latentreason.training.sharding import PreparedModule
 
 
 class PolicyLossModule(PreparedModule):
@@ -228,17 +228,9 @@ class RLTrainer(TrainingLoop):
         generator = torch.Generator(device=lm.device).manual_seed(seed)
         began = time.perf_counter()
         problems = [q for q in questions for _ in range(cfg.num_generations)]  # groups are consecutive
-        rollouts = outside_forward(acc, module, lambda: self._sample(problems, generator))
-        sampled = time.perf_counter()
-        texts = lm.tokenizer.batch_decode(rollouts.tokens.cpu(), skip_special_tokens=True)
-        completions = [
-            Completion(text, rollouts.thoughts[i, : int(n)], cfg.answer_mode)
-            for i, (text, n) in enumerate(zip(texts, rollouts.num_latents.tolist()))
-        ]
-        # The coherence reward decodes with the step decoder, a head of the model in copy/small mode.
-        scores = outside_forward(
-            acc, module, lambda: {name: fn(problems, completions) for name, fn in self.rewards.items()}
-        )
+        # One gather of a sharded model for both: the coherence reward decodes with the step decoder, a head
+        # of the model in copy/small mode.
+        rollouts, scores, sampled = self.outside_forward(module, lambda: self._sample_and_score(problems, generator))
         rewards = combine(scores, self.weights, cfg.coherence_gate)  # [B]
         advantages = group_advantages(rewards, cfg.num_generations, scale=cfg.scale_rewards).to(lm.device)  # [B]
         scored = time.perf_counter()
@@ -262,15 +254,22 @@ class RLTrainer(TrainingLoop):
         }
         return self._mean_over_processes(metrics)
 
-    def _sample(self, problems: list[Problem], generator: torch.Generator) -> RolloutBatch:
-        """Rollouts with their old (and reference) log-probs, without gradients."""
+    def _sample_and_score(self, problems: list[Problem], generator: torch.Generator):
+        """(rollouts with their old (and reference) log-probs, each reward's scores, the time sampling ended),
+        without gradients."""
         with self.accelerator.autocast():  # the precision the updates use, so an unchanged policy has ratio 1
             rollouts = self.policy.sample(self.policy.prompts(problems), generator)
             if self.recompute_old:
                 rollouts.old = self.policy.logprobs(rollouts)
             if self.ref_policy is not None:
                 rollouts.ref = self.ref_policy.logprobs(rollouts)
-        return rollouts
+        sampled = time.perf_counter()
+        texts = self.lm.tokenizer.batch_decode(rollouts.tokens.cpu(), skip_special_tokens=True)
+        completions = [
+            Completion(text, rollouts.thoughts[i, : int(n)], self.config.answer_mode)
+            for i, (text, n) in enumerate(zip(texts, rollouts.num_latents.tolist()))
+        ]
+        return rollouts, {name: fn(problems, completions) for name, fn in self.rewards.items()}, sampled
 
     def _updates(self, module, optimizer, scheduler, rollouts, advantages, step) -> dict:
         """num_iterations passes of minibatch updates; a non-finite loss or gradient skips its update."""

@@ -28,8 +28,10 @@ from latentreason.training.sharding import (
     full_optimizer_state,
     full_weights,
     max_over_processes,
-    outside_forward,
     sharded_per_layer,
+)
+from latentreason.training.sharding import (
+    outside_forward as fsdp_outside_forward,
 )
 
 
@@ -157,6 +159,13 @@ class TrainingLoop:
         optimizer.zero_grad(set_to_none=True)
         return loss, applied, grad_norm
 
+    def outside_forward(self, module, fn):
+        """fn() without gradients where it may call the model directly (evaluation, RL sampling and scoring):
+        on the whole model, without per-layer collectives, under every launch."""
+        if deepspeed.zero3(self.accelerator):
+            return deepspeed.outside_forward(module, fn)
+        return fsdp_outside_forward(self.accelerator, module, fn)
+
     def log(self, metrics: dict, step: int) -> None:
         if self.accelerator.is_main_process:
             append_log(self.output_dir / "log.jsonl", metrics)
@@ -170,8 +179,7 @@ class TrainingLoop:
             return None
         was_training = lm.training
         lm.eval()
-        result = outside_forward(
-            acc,
+        result = self.outside_forward(
             module,
             lambda: evaluate_sharded(
                 self.method.solver(lm),

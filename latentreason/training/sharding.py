@@ -116,12 +116,8 @@ def outside_forward(accelerator, module: PreparedModule, fn: Callable):
     calls the layers without collectives, however many decoding steps each process runs. fn runs inside
     the root unit's forward, where FSDP initialises itself if this is the first forward. Everything is
     resharded at the end. Not returned through the forward: accelerate casts a forward's bf16 outputs to fp32.
-    Under DeepSpeed ZeRO-3 the same is done in deepspeed.py.
+    (DeepSpeed ZeRO-3 has its own, in deepspeed.py; `TrainingLoop.outside_forward` picks.)
     """
-    from latentreason.training import deepspeed  # here: deepspeed.py imports this module through checkpoint.py
-
-    if deepspeed.zero3(accelerator):
-        return deepspeed.outside_forward(module, fn)
     if accelerator.distributed_type != DistributedType.FSDP:
         with torch.no_grad():
             return fn()
