@@ -13,6 +13,7 @@ from transformers import DynamicCache
 
 from latentreason.engine.batch import positions_from_mask
 from latentreason.engine.cache import inference_cache
+from latentreason.engine.compat import cache_kwargs
 
 
 @dataclass
@@ -46,8 +47,8 @@ def forward_step(lm, cache, attention_mask, input_ids=None, inputs_embeds=None, 
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
         use_cache=True,
+        **cache_kwargs(lm.backbone, cache),
         output_hidden_states=all_layers,
     )
     return out.hidden_states if all_layers else out.last_hidden_state  # [B, L, d]
