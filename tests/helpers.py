@@ -21,6 +21,10 @@ GAIN = 3.0
 
 _CACHE: dict[tuple, LatentLM] = {}
 
+# Equality up to float64 rounding, for engine paths compared on float64 models: the paths agree to about
+# 1e-14 there, and a masking or position bug moves values by more than 1e-2.
+EXACT = {"atol": 1e-10, "rtol": 1e-10}
+
 # Models this small are dominated by thread hand-off: one thread makes a decoding step ~10x faster.
 torch.set_num_threads(1)
 
@@ -40,13 +44,15 @@ def tiny_spec(model_type: str = "llama") -> TinyModelSpec:
     )
 
 
-def build_tiny_lm(model_type: str = "llama", seed: int = 0, problems: list[Problem] | None = None) -> LatentLM:
+def build_tiny_lm(
+    model_type: str = "llama", seed: int = 0, problems: list[Problem] | None = None, dtype: torch.dtype = torch.float32
+) -> LatentLM:
     """A new (uncached) LatentLM: tokenizer trained on chain problems, a 2-layer width-32 model."""
     problems = chain_problems() if problems is None else problems
     tokenizer = train_tokenizer(problem_texts(problems), vocab_size=TOKENIZER_VOCAB)
     model = build_tiny_model(tiny_spec(model_type), tokenizer, seed=seed)
     _diversify(model, seed)
-    model.eval()
+    model.to(dtype).eval()
     return LatentLM(model, tokenizer)
 
 

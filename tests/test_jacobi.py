@@ -1,4 +1,6 @@
-"""Jacobi latent pass (PCCoT): T = N reproduces the sequential engines; T < N fixes only the first T slots."""
+"""Jacobi latent pass (PCCoT): T = N reproduces the sequential engines; T < N fixes only the first T slots.
+
+On the float64 models of test_latent_engine, so equal means equal up to float64 rounding (`EXACT`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from latentreason.engine.cache import GrowableLayer
 from latentreason.engine.jacobi import jacobi_latent_forward, jacobi_rollout
 from latentreason.engine.latent_pass import build_latent_batch, latent_forward
 from latentreason.engine.rollout import fixed_latents, latent_rollout
-from tests.helpers import MODEL_TYPES
+from tests.helpers import EXACT, MODEL_TYPES
 from tests.test_latent_engine import identity, rows, scaled
 from tests.test_latent_engine import tiny_lm as engine_lm
 
@@ -30,11 +32,11 @@ def test_as_many_iterations_as_latents_is_the_sequential_pass(model_type, though
         sequential = latent_forward(lm, batch, thought_map)
         jacobi = jacobi_latent_forward(lm, batch, thought_map, iterations=batch.max_latents)
     used = sequential.slot_mask
-    torch.testing.assert_close(jacobi.latent_inputs[used], sequential.latent_inputs[used], atol=2e-4, rtol=1e-3)
-    torch.testing.assert_close(jacobi.latent_hidden[used], sequential.latent_hidden[used], atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(jacobi.latent_inputs[used], sequential.latent_inputs[used], **EXACT)
+    torch.testing.assert_close(jacobi.latent_hidden[used], sequential.latent_hidden[used], **EXACT)
     real = batch.suffix_mask.bool()
-    torch.testing.assert_close(jacobi.suffix_hidden[real], sequential.suffix_hidden[real], atol=2e-4, rtol=1e-3)
-    torch.testing.assert_close(jacobi.bot_hidden, sequential.bot_hidden, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(jacobi.suffix_hidden[real], sequential.suffix_hidden[real], **EXACT)
+    torch.testing.assert_close(jacobi.bot_hidden, sequential.bot_hidden, **EXACT)
 
 
 def test_fewer_iterations_fix_the_first_slots_only_and_make_fewer_calls():
@@ -52,7 +54,7 @@ def test_fewer_iterations_fix_the_first_slots_only_and_make_fewer_calls():
     finally:
         hook.remove()
     row = 2  # the row with 5 latents
-    torch.testing.assert_close(jacobi.latent_inputs[row, :2], sequential.latent_inputs[row, :2], atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(jacobi.latent_inputs[row, :2], sequential.latent_inputs[row, :2], **EXACT)
     gap = (jacobi.latent_inputs[row, 2:] - sequential.latent_inputs[row, 2:]).abs().max()
     assert gap > 1e-2  # slots 2..4 are still approximations after two updates
 
@@ -64,8 +66,8 @@ def test_jacobi_pass_is_independent_of_batch_composition(iterations):
         together = jacobi_latent_forward(lm, batch_of(lm), scaled, iterations)
         alone = jacobi_latent_forward(lm, batch_of(lm, slice(2, 3)), scaled, iterations)
     s = int(batch_of(lm, slice(2, 3)).suffix_mask.sum())
-    torch.testing.assert_close(together.latent_inputs[2], alone.latent_inputs[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(together.suffix_hidden[2, :s], alone.suffix_hidden[0, :s], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together.latent_inputs[2], alone.latent_inputs[0], **EXACT)
+    torch.testing.assert_close(together.suffix_hidden[2, :s], alone.suffix_hidden[0, :s], **EXACT)
 
 
 def test_gradients_reach_every_thought_through_the_iterations():
@@ -88,7 +90,7 @@ def test_jacobi_rollout_with_as_many_iterations_as_latents_is_the_sequential_rol
     sequential = latent_rollout(lm, prompts, scaled, fixed_latents(4), 4, 6)
     jacobi = jacobi_rollout(lm, prompts, scaled, num_latents=4, iterations=4, max_new_tokens=6)
     assert jacobi.num_latents.tolist() == [4, 4, 4]
-    torch.testing.assert_close(jacobi.latent_inputs, sequential.latent_inputs, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(jacobi.latent_inputs, sequential.latent_inputs, **EXACT)
     assert jacobi.tokens.tolist() == sequential.tokens.tolist()
     assert jacobi.lengths.tolist() == sequential.lengths.tolist()
 

@@ -1,15 +1,24 @@
-"""The two latent engines against the slow reference: batched == one-by-one, cached == recomputed."""
+"""The two latent engines against the slow reference: batched == one-by-one, cached == recomputed.
+
+The models here are float64. In float32 the batched pass and the reference sum in different orders and
+drift apart (measured: up to 8.9e-4 in a Qwen2 row with 3 latents and left padding, whose q/k/v biases
+and the `scaled` map amplify the rounding), which would force a tolerance that also hides small bugs.
+In float64 the two agree to about 1e-14, so `EXACT` can be tight: a wrong mask or position moves values
+by more than 1e-3 (test_the_row_by_row_check_catches_a_masking_or_position_bug breaks them on
+purpose).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from latentreason.engine import latent_pass
 from latentreason.engine.batch import IGNORE
 from latentreason.engine.latent_pass import build_latent_batch, latent_forward
 from latentreason.engine.reference import reference_latent_forward, reference_rollout
 from latentreason.engine.rollout import fixed_latents, latent_rollout
-from tests.helpers import MODEL_TYPES, build_tiny_lm
+from tests.helpers import EXACT, MODEL_TYPES, build_tiny_lm
 
 _MODELS: dict = {}
 
@@ -18,11 +27,12 @@ def tiny_lm(model_type: str):
     """A tiny model whose three new special tokens have distinct rows: copies of '<<' tie exactly in the
     logits, and a tie broken differently by float noise is not an engine difference."""
     if model_type not in _MODELS:
-        lm = build_tiny_lm(model_type)
+        lm = build_tiny_lm(model_type, dtype=torch.float64)
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
             rows = lm.embed.weight[[lm.bot_id, lm.latent_id, lm.eot_id]]
-            lm.embed.weight[[lm.bot_id, lm.latent_id, lm.eot_id]] = rows + torch.randn(rows.shape, generator=gen)
+            noise = torch.randn(rows.shape, generator=gen, dtype=rows.dtype)
+            lm.embed.weight[[lm.bot_id, lm.latent_id, lm.eot_id]] = rows + noise
         _MODELS[model_type] = lm
     return _MODELS[model_type]
 
@@ -46,22 +56,55 @@ def rows(lm):
     return prefixes, [3, 0, 5], suffixes
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-@pytest.mark.parametrize("thought_map", [identity, scaled])
-def test_latent_pass_matches_reference_row_by_row(model_type, thought_map):
-    lm = tiny_lm(model_type)
+def batched_and_reference(lm, thought_map):
+    """[(batched, reference)] for every row's thoughts and suffix hidden states."""
     prefixes, ks, suffixes = rows(lm)
     labels = [[IGNORE] + s[1:] for s in suffixes]
     batch = build_latent_batch(prefixes, ks, suffixes, labels, lm.pad_id)
+    pairs = []
     with torch.no_grad():
         out = latent_forward(lm, batch, thought_map)
-    for row, (prefix, k, suffix) in enumerate(zip(prefixes, ks, suffixes)):
-        with torch.no_grad():
+        for row, (prefix, k, suffix) in enumerate(zip(prefixes, ks, suffixes)):
             thoughts, suffix_hidden = reference_latent_forward(lm, prefix, k, suffix, thought_map)
-        assert out.slot_mask[row].sum() == k
-        # float32 sums in a different order drift by ~1e-5 per latent step through the identity map
-        torch.testing.assert_close(out.latent_inputs[row, :k], thoughts, atol=2e-4, rtol=1e-3)
-        torch.testing.assert_close(out.suffix_hidden[row, : len(suffix)], suffix_hidden, atol=2e-4, rtol=1e-3)
+            assert out.slot_mask[row].sum() == k
+            pairs += [(out.latent_inputs[row, :k], thoughts), (out.suffix_hidden[row, : len(suffix)], suffix_hidden)]
+    return pairs
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("thought_map", [identity, scaled])
+def test_latent_pass_matches_reference_row_by_row(model_type, thought_map):
+    for got, want in batched_and_reference(tiny_lm(model_type), thought_map):
+        torch.testing.assert_close(got, want, **EXACT)
+
+
+def attend_to_padding(mask):
+    return torch.ones_like(mask)
+
+
+def positions_ignoring_the_mask(mask, offset=None):
+    return torch.arange(mask.shape[1]).expand_as(mask)  # [B, L]: pads and unused slots counted
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("bug", [attend_to_padding, positions_ignoring_the_mask])
+def test_the_row_by_row_check_catches_a_masking_or_position_bug(model_type, bug, monkeypatch):
+    """The two classic padding bugs, put into the engine on purpose: the float64 comparison above sees each
+    of them by far more than `EXACT` allows (so that tolerance is not what keeps it passing)."""
+    from latentreason.engine import decode
+
+    real_forward_step = decode.forward_step
+    if bug is attend_to_padding:
+
+        def broken(lm, cache, attention_mask, **kwargs):
+            return real_forward_step(lm, cache, attend_to_padding(attention_mask), **kwargs)
+
+        monkeypatch.setattr(latent_pass, "forward_step", broken)
+    else:
+        monkeypatch.setattr(decode, "positions_from_mask", bug)
+    pairs = batched_and_reference(tiny_lm(model_type), scaled)
+    worst = max(float((got - want).abs().max()) for got, want in pairs if got.numel())
+    assert worst > 1e-3, worst
 
 
 def test_latent_pass_independent_of_batch_composition():
@@ -74,8 +117,8 @@ def test_latent_pass_independent_of_batch_composition():
             lm, build_latent_batch(prefixes[:1], ks[:1], suffixes[:1], labels[:1], lm.pad_id), identity
         )
     k, s = ks[0], len(suffixes[0])
-    torch.testing.assert_close(together.latent_inputs[0, :k], alone.latent_inputs[0, :k], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(together.suffix_hidden[0, :s], alone.suffix_hidden[0, :s], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together.latent_inputs[0, :k], alone.latent_inputs[0, :k], **EXACT)
+    torch.testing.assert_close(together.suffix_hidden[0, :s], alone.suffix_hidden[0, :s], **EXACT)
 
 
 def test_gradients_reach_every_latent():
@@ -111,7 +154,7 @@ def test_rollout_matches_reference_and_batch_size(model_type):
     assert batched.num_latents.tolist() == ks
     for row, (prompt, k) in enumerate(zip(prefixes, ks)):
         thoughts, answer = reference_rollout(lm, prompt, k, scaled, 6, [lm.eos_id])
-        torch.testing.assert_close(batched.latent_inputs[row, :k], thoughts, atol=2e-4, rtol=1e-3)
+        torch.testing.assert_close(batched.latent_inputs[row, :k], thoughts, **EXACT)
         got = batched.tokens[row, : batched.lengths[row]].tolist()
         assert got == answer
         single = latent_rollout(lm, [prompt], scaled, fixed_latents(k), max(k, 1), 6)
@@ -160,4 +203,4 @@ def test_append_cache_gives_the_concatenating_cache_gradients(model_type, capaci
         if want is None:
             assert got is None
         else:
-            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got, want, **EXACT)

@@ -11,7 +11,7 @@ from latentreason.methods.coconut import Coconut, CoconutConfig
 from latentreason.methods.pause import PauseConfig, PauseTokens
 from latentreason.model.latent_lm import LatentLM
 from latentreason.training.run import run_training
-from tests.helpers import tiny_lm, tiny_train_config
+from tests.helpers import EXACT, build_tiny_lm, tiny_lm, tiny_train_config
 
 
 def test_without_curriculum_every_epoch_is_the_final_stage():
@@ -24,8 +24,9 @@ def test_without_curriculum_every_epoch_is_the_final_stage():
 
 def test_one_call_pause_pass_equals_the_latent_engine_with_a_constant_thought():
     """Rows with different pause counts and lengths: the single teacher-forced call gives, row by row,
-    the hidden states the sequential latent pass gives when every thought is the pause embedding."""
-    lm = tiny_lm("llama")
+    the hidden states the sequential latent pass gives when every thought is the pause embedding (float64: equal
+    up to rounding)."""
+    lm = build_tiny_lm("llama", dtype=torch.float64)
     problems = generate_chain(5, seed=4, num_steps=3, min_steps=1)
     method = PauseTokens(PauseConfig(c_thought=2, max_latent_stage=3, pad_latent_to_max=False))
     method.start_epoch(0)
@@ -39,9 +40,9 @@ def test_one_call_pause_pass_equals_the_latent_engine_with_a_constant_thought():
         ).last_hidden_state  # [B, L, d]
         out = latent_forward(lm, reference, method.thought_map(lm))
         engine_loss, _ = next_token_loss(lm, out.suffix_hidden, reference.suffix_labels)
-    torch.testing.assert_close(loss, engine_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, engine_loss, **EXACT)
     for row, length in enumerate(reference.suffix_mask.sum(1).tolist()):
-        torch.testing.assert_close(hidden[row, -length:], out.suffix_hidden[row, :length], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(hidden[row, -length:], out.suffix_hidden[row, :length], **EXACT)
 
 
 def test_pause_as_thought_keeps_coconut_layout_at_each_stage():
