@@ -244,6 +244,7 @@ def cmd_data(argv: list[str]) -> int:
 # --- demo --------------------------------------------------------------------------------------
 def cmd_demo(argv: list[str]) -> int:
     from latentreason.demo import run_demo
+    from latentreason.demo.plan import DEFAULT_ROWS
 
     parser = argparse.ArgumentParser(prog="latentreason demo", description=run_demo.__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="demo_output", help="where models, results and the plot go")
@@ -251,14 +252,18 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument(
         "--rows",
-        help="comma-separated rows to run (the rows they start from are added), e.g. cot,no-cot,atp-rl; default all",
+        help="comma-separated rows to run (the rows they start from are added), e.g. cot,no-cot,atp-rl, or 'all'; "
+        f"default {','.join(DEFAULT_ROWS)}",
     )
     parser.add_argument(
         "--seed", type=int, help="replace every recipe's seed (problems, initialisation, data order): a replicate"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="rows trained at the same time, each with cores/jobs threads (default 2)"
+    )
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
-    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite, rows=rows, seed=args.seed)
+    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite, rows=rows, seed=args.seed, jobs=args.jobs)
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from latentreason import cli, demo
+from latentreason import cli
 from latentreason.errors import UserError
 
 BENCHMARK_NAMES = {
@@ -318,42 +318,6 @@ def test_eval_of_a_missing_model_is_a_user_error(capsys, tmp_path, chain_file):
     assert not (tmp_path / "eval").exists()
 
 
-# --- demo ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_quick_plan(monkeypatch):
-    """Shrink the --quick budget further so the test takes seconds (the real one takes ~20 s on 2 cores)."""
-    monkeypatch.setattr(
-        demo, "QUICK", {**demo.QUICK, "num_train_examples": 64, "per_device_train_batch_size": 16, "max_steps": 1}
-    )
-    monkeypatch.setattr(demo, "QUICK_NUM_TEST", 8)
-
-
-def test_demo_quick_writes_results_and_refuses_to_overwrite(capsys, tmp_path, small_quick_plan):
-    out = tmp_path / "demo"
-    assert cli.main(["demo", "--quick", "--output-dir", str(out)]) == 0
-    stdout = capsys.readouterr().out
-    payload = json.loads((out / "results.json").read_text())
-    assert payload["quick"] is True
-    results = payload["results"]
-    assert [r["method"] for r in results] == list(demo.ROWS)
-    assert {"cot", "no-cot", "icot", "coconut", "simcot", "atp", "atp-rl", "colar-rl"} <= set(demo.ROWS)
-    assert results[0]["n"] == results[1]["n"] > 0
-    assert "| method | benchmark |" in stdout
-    assert "| cot | chain-3step (held-out) |" in stdout and "| no-cot | chain-3step (held-out) |" in stdout
-
-    before = (out / "results.json").read_text()
-    line = user_error(capsys, ["demo", "--quick", "--output-dir", str(out)])
-    assert str(out) in line and "--overwrite" in line
-    assert (out / "results.json").read_text() == before  # left alone
-
-    (out / "stale.txt").write_text("old")
-    assert cli.main(["demo", "--quick", "--output-dir", str(out), "--overwrite"]) == 0
-    assert not (out / "stale.txt").exists()
-    assert (out / "results.json").is_file()
-
-
 # --- main: dispatch and --debug -----------------------------------------------------------------
 
 
@@ -411,21 +375,3 @@ def test_bench_rl_quick_prints_the_phases_and_speed_up_as_json_last(capsys):
     for key in ("step_rollout_s", "step_score_s", "step_update_s", "rollouts_per_s_batched", "rollout_speedup_loop"):
         assert figures[key] > 0, key
     assert figures["latents_per_rollout"] == 4  # the stop head never stops: max_latent_stage 2 x c_thought 2
-
-
-def test_demo_rows_bring_the_rows_they_start_from(capsys, tmp_path, small_quick_plan):
-    assert demo.select_rows(["atp-rl", "no-cot"]) == ["cot", "no-cot", "atp", "atp-rl"]
-    out = tmp_path / "demo"
-    assert cli.main(["demo", "--quick", "--output-dir", str(out), "--rows", "coconut"]) == 0
-    results = json.loads((out / "results.json").read_text())["results"]
-    assert [r["method"] for r in results] == ["cot", "coconut"]
-    line = user_error(capsys, ["demo", "--quick", "--output-dir", str(tmp_path / "x"), "--rows", "cocnut"])
-    assert "--rows: unknown cocnut" in line
-
-
-def test_demo_seed_replaces_every_recipe_seed(tmp_path, small_quick_plan):
-    out = tmp_path / "demo"
-    assert cli.main(["demo", "--quick", "--output-dir", str(out), "--rows", "no-cot", "--seed", "5"]) == 0
-    assert json.loads((out / "results.json").read_text())["seed"] == 5
-    saved = json.loads((out / "runs" / "no-cot" / "final" / "latentreason.json").read_text())
-    assert saved["method_config"]["seed"] == 5

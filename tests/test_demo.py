@@ -1,0 +1,154 @@
+"""`latentreason demo`: its plan (rows, commands), its scheduler (processes side by side, in dependency
+order, failures), and quick runs end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from latentreason import cli
+from latentreason.demo import plan
+from latentreason.demo.scheduler import Job, run_jobs, schedule_seconds
+from latentreason.errors import UserError
+from tests.test_cli import user_error
+
+# A stand-in for a training process: notes when it starts and ends, logs its steps as the trainer does.
+FAKE_RUN = """
+import json, sys, time
+name, events, log, seconds, code = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+open(events, "a").write(f"start {name} {time.time()}\\n")
+time.sleep(seconds)
+open(log, "a").write(json.dumps({"step": 4}) + "\\n")
+if code:
+    print(f"{name} broke on purpose", flush=True)
+    sys.exit(code)
+open(events, "a").write(f"end {name} {time.time()}\\n")
+"""
+
+
+def fake_job(tmp_path, name, start=None, seconds=0.3, expected=1.0, code=0) -> Job:
+    log = tmp_path / name / "log.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    events = tmp_path / "events.txt"
+    command = [sys.executable, "-c", FAKE_RUN, name, str(events), str(log), str(seconds), str(code)]
+    return Job(name, command, start, expected, 4, log, tmp_path / "logs" / f"{name}.txt")
+
+
+def events(tmp_path) -> list[tuple[str, str, float]]:
+    lines = (tmp_path / "events.txt").read_text().splitlines()
+    return sorted(((kind, name, float(t)) for kind, name, t in (line.split() for line in lines)), key=lambda e: e[2])
+
+
+def test_rows_run_side_by_side_after_the_row_they_start_from(tmp_path):
+    jobs = [
+        fake_job(tmp_path, "cot", expected=150),
+        fake_job(tmp_path, "no-cot", expected=75),
+        fake_job(tmp_path, "simcot", "cot", expected=210),
+        fake_job(tmp_path, "atp", "cot", expected=220),
+        fake_job(tmp_path, "atp-rl", "atp", expected=70),
+    ]
+    timings = run_jobs(jobs, parallel=2, threads=1)
+    assert set(timings) == {job.name for job in jobs} and all(job.done for job in jobs)
+    seen = events(tmp_path)
+    time_of = {(kind, name): t for kind, name, t in seen}
+    for job in jobs:
+        if job.start is not None:
+            assert time_of[("start", job.name)] > time_of[("end", job.start)], job.name
+    running, most = 0, 0
+    for kind, _, _ in seen:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2
+    # Once CoT is done, ATP-Latent goes first: its RL row waits for it (the longer chain).
+    assert time_of[("start", "atp")] < time_of[("start", "simcot")]
+
+
+def test_a_failing_row_stops_the_others_and_names_its_output(tmp_path):
+    jobs = [fake_job(tmp_path, "cot", seconds=0.1, code=3), fake_job(tmp_path, "no-cot", seconds=60)]
+    began = time.perf_counter()
+    with pytest.raises(UserError, match=r"demo row cot failed \(exit status 3\): cot broke on purpose") as err:
+        run_jobs(jobs, parallel=2, threads=1)
+    assert str(jobs[0].output) in str(err.value)
+    assert time.perf_counter() - began < 30  # no-cot was stopped, not waited for
+    assert jobs[1].process.poll() is not None
+
+
+def test_the_expected_time_follows_the_schedule(tmp_path):
+    jobs = [
+        fake_job(tmp_path, "cot", expected=150),
+        fake_job(tmp_path, "no-cot", expected=75),
+        fake_job(tmp_path, "simcot", "cot", expected=210),
+        fake_job(tmp_path, "atp", "cot", expected=220),
+        fake_job(tmp_path, "atp-rl", "atp", expected=70),
+    ]
+    # cot || no-cot; at 150 atp || simcot; at 370 atp-rl: done at 440. One at a time: the sum.
+    assert schedule_seconds(jobs, 2) == 440
+    assert schedule_seconds(jobs, 1) == 725
+
+
+def test_rows_bring_the_rows_they_start_from():
+    assert plan.select_rows(["atp-rl", "no-cot"]) == ["cot", "no-cot", "atp", "atp-rl"]
+    assert plan.select_rows(None) == list(plan.DEFAULT_ROWS)
+    assert plan.select_rows(["all"]) == list(plan.ROWS)
+    with pytest.raises(UserError, match="--rows: unknown cocnut"):
+        plan.select_rows(["cocnut"])
+
+
+def test_a_row_is_its_recipe_run_by_the_cli(tmp_path):
+    command = plan.row_command("atp-rl", tmp_path, quick=False, seed=7)
+    assert command[1:6] == ["-m", "latentreason.cli", "rl", "--config", "atp-rl-tiny"]
+    flags = dict(zip(command[6::2], command[7::2]))
+    assert flags["--model_name_or_path"] == str(tmp_path / "runs" / "atp" / "final")
+    assert flags["--seed"] == "7" and flags["--output_dir"] == str(tmp_path / "runs" / "atp-rl")
+    quick = plan.row_command("cot", tmp_path, quick=True, seed=None)
+    assert json.loads(dict(zip(quick[6::2], quick[7::2]))["--tiny_model"]) == plan.QUICK["tiny_model"]
+
+
+@pytest.fixture
+def small_quick_plan(monkeypatch):
+    """Shrink the --quick budget further so the test takes seconds (the real one takes ~20 s on 2 cores)."""
+    monkeypatch.setattr(
+        plan, "QUICK", {**plan.QUICK, "num_train_examples": 64, "per_device_train_batch_size": 16, "max_steps": 1}
+    )
+    monkeypatch.setattr(plan, "QUICK_NUM_TEST", 8)
+
+
+def test_demo_quick_writes_results_and_refuses_to_overwrite(capsys, tmp_path, small_quick_plan):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["quick"] is True and payload["jobs"] == 2
+    results = payload["results"]
+    assert [r["method"] for r in results] == list(plan.DEFAULT_ROWS)
+    assert results[0]["n"] == results[1]["n"] > 0
+    assert "| method | benchmark |" in stdout
+    assert "| cot | chain-3step (held-out) |" in stdout and "| atp-rl | chain-3step (held-out) |" in stdout
+    assert (out / "logs" / "atp-rl.txt").is_file()
+
+    before = (out / "results.json").read_text()
+    line = user_error(capsys, ["demo", "--quick", "--output-dir", str(out)])
+    assert str(out) in line and "--overwrite" in line
+    assert (out / "results.json").read_text() == before  # left alone
+
+    (out / "stale.txt").write_text("old")
+    assert cli.main(["demo", "--quick", "--output-dir", str(out), "--overwrite", "--rows", "cot"]) == 0
+    assert not (out / "stale.txt").exists()
+    assert [r["method"] for r in json.loads((out / "results.json").read_text())["results"]] == ["cot"]
+
+
+def test_demo_rows_and_seed(capsys, tmp_path, small_quick_plan):
+    out = tmp_path / "demo"
+    assert (
+        cli.main(["demo", "--quick", "--output-dir", str(out), "--rows", "no-cot", "--seed", "5", "--jobs", "1"]) == 0
+    )
+    payload = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in payload["results"]] == ["no-cot"]
+    assert payload["seed"] == 5 and payload["jobs"] == 1
+    saved = json.loads((out / "runs" / "no-cot" / "final" / "latentreason.json").read_text())
+    assert saved["method_config"]["seed"] == 5
+    line = user_error(capsys, ["demo", "--quick", "--output-dir", str(tmp_path / "x"), "--rows", "cocnut"])
+    assert "--rows: unknown cocnut" in line
