@@ -15,7 +15,6 @@ import shutil
 import time
 from pathlib import Path
 
-from latentreason.cli import RL_METHODS, SHIPPED_CONFIGS
 from latentreason.config import load_config
 from latentreason.data.sources import held_out_from, load_problems
 from latentreason.errors import UserError
@@ -24,6 +23,7 @@ from latentreason.evaluation.report import markdown_table, write_report
 from latentreason.methods import get_method
 from latentreason.methods.saved import method_for
 from latentreason.model.latent_lm import LatentLM
+from latentreason.recipes import RL_METHODS, SHIPPED_CONFIGS
 from latentreason.rl.config import RLConfig
 from latentreason.rl.run import run_rl
 from latentreason.training.run import run_training
