@@ -29,7 +29,7 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.errors import UserError
 from latentreason.methods import get_method
 from latentreason.model.build import build_latent_lm
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.distributed_rl_worker import run_rl_recording

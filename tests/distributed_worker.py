@@ -18,7 +18,7 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.evaluation.harness import evaluate_sharded
 from latentreason.methods import get_method
 from latentreason.model.build import build_latent_lm
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config

@@ -8,7 +8,7 @@ from latentreason.data.generators.chain import generate_chain
 from latentreason.evaluation.harness import evaluate
 from latentreason.evaluation.solvers import TextSolver
 from latentreason.model.latent_lm import LatentLM
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 from latentreason.training.run import run_training
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from latentreason.config import add_config_flags, coerce, field, from_dict, load_config, read_yaml
 from latentreason.errors import ConfigError
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 
 
 @dataclass

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from latentreason.errors import UserError
+from latentreason.train_config import TrainConfig
 from latentreason.training import deepspeed
-from latentreason.training.config import TrainConfig
 from tests.helpers import tiny_train_config
 
 HIDDEN = 32  # the model width accelerator_kwargs sizes ZeRO-3's buckets from

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from latentreason import cli
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
 

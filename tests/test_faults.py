@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from latentreason.errors import UserError
+from latentreason.train_config import TrainConfig
 from latentreason.training import outputs
 from latentreason.training.checkpoint import list_checkpoints, save_checkpoint
-from latentreason.training.config import TrainConfig
 from latentreason.training.outputs import trim_log
 from latentreason.training.run import run_training
 from tests.helpers import TINY_TRAIN_MODEL, build_tiny_lm, kill_cli_run_after_checkpoint, tiny_train_config

@@ -21,7 +21,7 @@ from latentreason.model.build import problem_texts
 from latentreason.model.latent_lm import META_FILE, SPECIAL_TOKENS, LatentLM
 from latentreason.model.tiny import TinyModelSpec, build_tiny_model
 from latentreason.model.tokenizer import train_tokenizer
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 from tests.helpers import MODEL_TYPES, TOKENIZER_VOCAB, build_tiny_lm, chain_problems, tiny_lm, tiny_spec
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
 from tests.test_distributed import REPO, RUN, TOLERANCE

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from latentreason.errors import UserError
 from latentreason.methods import get_method
+from latentreason.train_config import TrainConfig
 from latentreason.training.checkpoint import list_checkpoints
-from latentreason.training.config import TrainConfig
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
 

@@ -10,7 +10,7 @@ import torch
 from latentreason.data.problems import Problem
 from latentreason.engine.loss import next_token_loss  # noqa: F401  (re-exported for methods)
 from latentreason.errors import ConfigError
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 
 METHODS: dict[str, type[Method]] = {}
 

@@ -24,7 +24,7 @@ from latentreason.errors import ConfigError
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.layout import encode_problem
 from latentreason.methods.base import Method, next_token_loss, register_method
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 
 
 @dataclass

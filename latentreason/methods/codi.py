@@ -33,7 +33,7 @@ from latentreason.layout import encode_problem
 from latentreason.methods.base import Method, register_method
 from latentreason.methods.coconut import identity_map
 from latentreason.model.lora import add_lora
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 
 
 @dataclass

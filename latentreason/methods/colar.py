@@ -34,7 +34,7 @@ from latentreason.errors import ConfigError
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.layout import encode_problem
 from latentreason.methods.base import Method, register_method
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 
 LOSSES = ("nll", "mse")
 STD_KEY = "colar_embedding_std"  # in lm.meta, saved in latentreason.json

@@ -21,7 +21,7 @@ from latentreason.errors import ConfigError
 from latentreason.layout import encode_problem
 from latentreason.methods.base import register_method
 from latentreason.methods.sft import TextSFT
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 
 
 @dataclass
