@@ -10,7 +10,7 @@ import torch
 from latentreason.data.problems import Problem
 from latentreason.engine.loss import next_token_loss  # noqa: F401  (re-exported for methods)
 from latentreason.errors import ConfigError
-from latentreason.train_config import TrainConfig
+from latentreason.train_config import SFTConfig
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -34,9 +34,9 @@ class Method(abc.ABC):
     """Subclasses set `config_cls` and implement `collate`, `loss` and `solver`."""
 
     name: ClassVar[str]
-    config_cls: ClassVar[type[TrainConfig]] = TrainConfig
+    config_cls: ClassVar[type[SFTConfig]] = SFTConfig
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: SFTConfig):
         self.config = config
 
     def prepare(self, lm) -> None:  # noqa: B027 - optional hook, most methods have no heads

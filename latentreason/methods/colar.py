@@ -34,14 +34,14 @@ from latentreason.errors import ConfigError
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.layout import encode_problem
 from latentreason.methods.base import Method, register_method
-from latentreason.train_config import TrainConfig
+from latentreason.train_config import SFTConfig
 
 LOSSES = ("nll", "mse")
 STD_KEY = "colar_embedding_std"  # in lm.meta, saved in latentreason.json
 
 
 @dataclass
-class CoLaRConfig(TrainConfig):
+class CoLaRConfig(SFTConfig):
     max_compression: int = field(5, help="training draws the compression factor r from 1..max_compression (ref: 5)")
     compression_factor: int = field(5, help="compression factor r written in the prompt at evaluation")
     latent_loss: str = field("mse", help=f"loss of the latent head: {', '.join(LOSSES)} (the reference: mse)")
