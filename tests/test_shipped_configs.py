@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from latentreason.config import load_config, read_yaml
-from latentreason.methods import get_method
+from latentreason.methods import METHODS, get_method
 from latentreason.recipes import RL_METHODS, SHIPPED_CONFIGS, recipe_method, resolve_config_path
 from latentreason.rl.config import RLConfig
 from latentreason.rl.run import run_rl
@@ -32,6 +32,10 @@ def test_recipes_are_shipped():
         "colar-rl-tiny",
         "colar-rl-llama1b-gsm8k-aug",
     } <= names
+
+
+def test_rl_recipes_start_from_the_methods_with_latent_actions():
+    assert set(RL_METHODS.values()) == {name for name, cls in METHODS.items() if cls.latent_actions is not None}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

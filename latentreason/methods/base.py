@@ -10,6 +10,7 @@ import torch
 from latentreason.data.problems import Problem
 from latentreason.engine.loss import next_token_loss  # noqa: F401  (re-exported for methods)
 from latentreason.errors import ConfigError
+from latentreason.methods.latent_actions import LatentActions
 from latentreason.train_config import SFTConfig
 
 METHODS: dict[str, type[Method]] = {}
@@ -35,6 +36,8 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     config_cls: ClassVar[type[SFTConfig]] = SFTConfig
+    # Built as latent_actions(lm, method) after `prepare`; None: no latent policy for RL to train.
+    latent_actions: ClassVar[type[LatentActions] | None] = None
 
     def __init__(self, config: SFTConfig):
         self.config = config
