@@ -1,4 +1,5 @@
-"""What a training method is: a config dataclass, a batch builder, a loss and a solver."""
+"""What a training method is: a config dataclass, a batch builder, a loss, a solver and, for a latent policy
+RL can train, its actions (methods/latent_actions.py)."""
 
 from __future__ import annotations
 
