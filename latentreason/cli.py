@@ -12,30 +12,12 @@ import sys
 from pathlib import Path
 
 from latentreason.errors import UserError
-
-SHIPPED_CONFIGS = Path(__file__).parent / "configs"
-# The `method:` of RL recipes, which `latentreason rl` runs -> the method of the SFT model each starts from.
-RL_METHODS = {"atp-rl": "atp", "colar-rl": "colar"}
-
-
-def resolve_config_path(value: str | None) -> Path | None:
-    """A file path, or the name of a shipped recipe (e.g. 'cot-tiny' -> latentreason/configs/cot-tiny.yaml)."""
-    if value is None:
-        return None
-    path = Path(value)
-    if path.is_file():
-        return path
-    shipped = SHIPPED_CONFIGS / f"{value}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
-    shipped_hint = f"not a shipped recipe ({', '.join(names)})" if names else "no recipes are shipped"
-    raise UserError(f"--config {value}: no such file, and {shipped_hint}")
+from latentreason.recipes import RL_METHODS, recipe_method, resolve_config_path
 
 
 # --- train -------------------------------------------------------------------------------------
 def cmd_train(argv: list[str]) -> int:
-    from latentreason.config import add_config_flags, load_config, read_yaml
+    from latentreason.config import add_config_flags, load_config
     from latentreason.methods import METHODS, get_method
     from latentreason.training.processes import say
     from latentreason.training.run import run_training
@@ -45,7 +27,7 @@ def cmd_train(argv: list[str]) -> int:
     pre.add_argument("--method")
     known, _ = pre.parse_known_args(argv)
     config_path = resolve_config_path(known.config)
-    method_name = known.method or (read_yaml(config_path).get("method") if config_path else None) or "cot"
+    method_name = known.method or recipe_method(config_path) or "cot"
     if method_name in RL_METHODS:
         raise UserError(f"{known.config or '--method'} is a reinforcement-learning recipe: run `latentreason rl`")
     method_cls = get_method(method_name)
@@ -68,7 +50,7 @@ def cmd_train(argv: list[str]) -> int:
 
 # --- rl ----------------------------------------------------------------------------------------
 def cmd_rl(argv: list[str]) -> int:
-    from latentreason.config import add_config_flags, load_config, read_yaml
+    from latentreason.config import add_config_flags, load_config
     from latentreason.rl.config import RLConfig
     from latentreason.rl.run import run_rl
     from latentreason.training.processes import say
@@ -85,8 +67,7 @@ def cmd_rl(argv: list[str]) -> int:
     args = vars(parser.parse_args(argv))
     config_path = resolve_config_path(args.pop("config", None))
     config = load_config(RLConfig, config_path, args)
-    marker = read_yaml(config_path).get("method") if config_path else None
-    result = run_rl(config, expected_method=RL_METHODS.get(marker))
+    result = run_rl(config, expected_method=RL_METHODS.get(recipe_method(config_path)))
     say(f"final model: {result.final_dir}")
     if result.eval is not None:
         say(

@@ -29,7 +29,7 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.errors import UserError
 from latentreason.methods import get_method
 from latentreason.model.build import build_latent_lm
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.distributed_rl_worker import run_rl_recording
@@ -55,7 +55,7 @@ def nan_loss_on_rank_1(bad_calls: set[int]) -> None:
 
 def main(out: Path, runs: dict) -> None:
     run, rank = runs["sft"], int(os.environ["RANK"])
-    sft = tiny_train_config(TrainConfig, out / "sft", **run, save_steps=2)
+    sft = tiny_train_config(SFTConfig, out / "sft", **run, save_steps=2)
     lm = build_latent_lm(sft, load_train_and_held_out(sft)[0])
     result = run_training("cot", sft, progress=False, lm=lm)  # trains `lm` in place
     save_file({k: v.detach().clone().contiguous() for k, v in lm.state_dict().items()}, out / f"rank{rank}.safetensors")
@@ -64,16 +64,16 @@ def main(out: Path, runs: dict) -> None:
 
     accum = {**run, "per_device_train_batch_size": run["per_device_train_batch_size"] // 2}
     run_training(
-        "cot", tiny_train_config(TrainConfig, out / "accum", **accum, gradient_accumulation_steps=2), progress=False
+        "cot", tiny_train_config(SFTConfig, out / "accum", **accum, gradient_accumulation_steps=2), progress=False
     )
 
     if PartialState().is_main_process:
         shutil.copytree(out / "sft" / "checkpoint-2", out / "resumed" / "checkpoint-2")
     PartialState().wait_for_everyone()
-    resumed = tiny_train_config(TrainConfig, out / "resumed", **run, resume_from_checkpoint="auto")
+    resumed = tiny_train_config(SFTConfig, out / "resumed", **run, resume_from_checkpoint="auto")
     assert run_training("cot", resumed, progress=False).global_step == sft.max_steps
 
-    bf16 = tiny_train_config(TrainConfig, out / "bf16", **{**run, "max_steps": 2, "num_eval_examples": 0}, bf16="true")
+    bf16 = tiny_train_config(SFTConfig, out / "bf16", **{**run, "max_steps": 2, "num_eval_examples": 0}, bf16="true")
     lm = build_latent_lm(bf16, load_train_and_held_out(bf16)[0])
     run_training("cot", bf16, progress=False, lm=lm)
     save_file(
@@ -82,13 +82,13 @@ def main(out: Path, runs: dict) -> None:
 
     nan_loss_on_rank_1({2})
     run_training(
-        "cot", tiny_train_config(TrainConfig, out / "nan", **run, save_steps=1, save_total_limit=0), progress=False
+        "cot", tiny_train_config(SFTConfig, out / "nan", **run, save_steps=1, save_total_limit=0), progress=False
     )
 
     run_rl_recording(out, runs["rl"])
 
     nan_loss_on_rank_1({2, 3, 4})
-    stop = tiny_train_config(TrainConfig, out / "stop", **run, save_steps=1, save_total_limit=0, max_nonfinite_steps=2)
+    stop = tiny_train_config(SFTConfig, out / "stop", **run, save_steps=1, save_total_limit=0, max_nonfinite_steps=2)
     try:
         run_training("cot", stop, progress=False)
     except UserError as error:

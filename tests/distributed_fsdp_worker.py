@@ -21,7 +21,7 @@ from torch.distributed.tensor import DTensor
 
 from latentreason.data.sources import load_train_and_held_out
 from latentreason.model.build import build_latent_lm
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.distributed_rl_worker import run_rl_recording
@@ -29,7 +29,7 @@ from tests.helpers import tiny_train_config
 
 
 def main(out: Path, runs: dict) -> None:
-    sft = tiny_train_config(TrainConfig, out / "sft", **runs["sft"], eval_steps=2, save_steps=1, save_total_limit=3)
+    sft = tiny_train_config(SFTConfig, out / "sft", **runs["sft"], eval_steps=2, save_steps=1, save_total_limit=3)
     lm = build_latent_lm(sft, load_train_and_held_out(sft)[0])
     result = run_training("cot", sft, progress=False, lm=lm)  # shards `lm` in place
     records = [{"question": r["question"], "generated": r["generated"]} for r in result.eval.records]
@@ -40,7 +40,7 @@ def main(out: Path, runs: dict) -> None:
     if PartialState().is_main_process:
         shutil.copytree(out / "sft" / "checkpoint-2", out / "resumed" / "checkpoint-2")
     PartialState().wait_for_everyone()
-    resumed = tiny_train_config(TrainConfig, out / "resumed", **runs["sft"], resume_from_checkpoint="auto")
+    resumed = tiny_train_config(SFTConfig, out / "resumed", **runs["sft"], resume_from_checkpoint="auto")
     assert run_training("cot", resumed, progress=False).global_step == sft.max_steps
 
     run_rl_recording(out, runs["rl"])

@@ -18,14 +18,14 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.evaluation.harness import evaluate_sharded
 from latentreason.methods import get_method
 from latentreason.model.build import build_latent_lm
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
 
 
 def main(out: Path, overrides: dict) -> None:
-    config = tiny_train_config(TrainConfig, out / "run", **overrides)
+    config = tiny_train_config(SFTConfig, out / "run", **overrides)
     train, held_out = load_train_and_held_out(config)
     lm = build_latent_lm(config, train)
     # One problem over two processes: one shard is empty.

@@ -8,14 +8,14 @@ from latentreason.data.generators.chain import generate_chain
 from latentreason.evaluation.harness import evaluate
 from latentreason.evaluation.solvers import TextSolver
 from latentreason.model.latent_lm import LatentLM
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 from latentreason.training.run import run_training
 
 
 def test_harness_accuracy_equals_one_by_one_hf_generate(tmp_path):
     # 18 distinct one-step problems mod 3: small enough for a tiny model to learn most of them fast.
     params = {"num_steps": 1, "ops": "+*", "modulus": 3}
-    config = TrainConfig(
+    config = SFTConfig(
         model_name_or_path="tiny",
         tiny_model={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},
         dataset="synthetic:chain",

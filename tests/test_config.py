@@ -9,7 +9,7 @@ import pytest
 
 from latentreason.config import add_config_flags, coerce, field, from_dict, load_config, read_yaml
 from latentreason.errors import ConfigError
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig, TrainConfig
 
 
 @dataclass
@@ -220,14 +220,14 @@ def test_train_config_defaults_are_valid():
 def test_load_config_merges_yaml_then_overrides(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(
-        "method: cot\n"  # consumed by the CLI, not a TrainConfig field
+        "method: cot\n"  # consumed by the CLI, not an SFTConfig field
         "learning_rate: 1e-3\n"
         "seed: 3\n"
         "bf16: false\n"
         "dataset_params: {num_steps: 2}\n"
         "max_steps: 10\n"
     )
-    config = load_config(TrainConfig, path, {"seed": "7", "dataset_params": "{num_steps: 4}"})
+    config = load_config(SFTConfig, path, {"seed": "7", "dataset_params": "{num_steps: 4}"})
     assert config.seed == 7  # override wins
     assert config.learning_rate == 0.001  # YAML's string '1e-3' coerced to float
     assert config.max_steps == 10  # YAML value kept

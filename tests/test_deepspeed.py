@@ -11,18 +11,18 @@ import pytest
 import torch
 
 from latentreason.errors import UserError
+from latentreason.train_config import SFTConfig
 from latentreason.training import deepspeed
-from latentreason.training.config import TrainConfig
 from tests.helpers import tiny_train_config
 
 HIDDEN = 32  # the model width accelerator_kwargs sizes ZeRO-3's buckets from
 
 
 @pytest.fixture
-def config(tmp_path, monkeypatch) -> TrainConfig:
+def config(tmp_path, monkeypatch) -> SFTConfig:
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # what accelerator_kwargs sets on CPU, undone afterwards
-    return tiny_train_config(TrainConfig, tmp_path / "run")
+    return tiny_train_config(SFTConfig, tmp_path / "run")
 
 
 def test_a_deepspeed_launch_without_deepspeed_installed_says_how_to_install_it(config, monkeypatch):

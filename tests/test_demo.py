@@ -62,8 +62,9 @@ def test_rows_run_side_by_side_after_the_row_they_start_from(tmp_path):
         running += 1 if kind == "start" else -1
         most = max(most, running)
     assert most == 2
-    # Once CoT is done, ATP-Latent goes first: its RL row waits for it (the longer chain).
-    assert time_of[("start", "atp")] < time_of[("start", "simcot")]
+    # Once CoT is done, ATP-Latent is launched first: its RL row waits for it (the longer chain).
+    began = {job.name: job.began for job in jobs}
+    assert began["atp"] < began["simcot"]
 
 
 def test_a_failing_row_stops_the_others_and_names_its_output(tmp_path):

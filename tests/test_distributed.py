@@ -22,9 +22,9 @@ from latentreason.errors import UserError
 from latentreason.evaluation.harness import evaluate
 from latentreason.methods import get_method
 from latentreason.model.latent_lm import LatentLM
+from latentreason.train_config import SFTConfig
 from latentreason.training import deepspeed
 from latentreason.training.checkpoint import list_checkpoints
-from latentreason.training.config import TrainConfig
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
 
@@ -67,7 +67,7 @@ def test_parameters_are_identical_across_ranks(two_ranks):
 def one_process(tmp_path_factory) -> Path:
     """RUN in one process with the same global batch (two accumulated micro-batches); its output dir."""
     out = tmp_path_factory.mktemp("one") / "run"
-    run_training("cot", tiny_train_config(TrainConfig, out, **RUN, gradient_accumulation_steps=2), progress=False)
+    run_training("cot", tiny_train_config(SFTConfig, out, **RUN, gradient_accumulation_steps=2), progress=False)
     return out
 
 
@@ -87,7 +87,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_ranks, o
 def test_sharded_evaluation_gathers_every_problem_exactly_once(two_ranks):
     views = [json.loads((two_ranks / f"eval{r}.json").read_text()) for r in (0, 1)]
     assert views[0] == views[1]  # every rank gets the whole result
-    config = tiny_train_config(TrainConfig, two_ranks / "unused", **RUN)
+    config = tiny_train_config(SFTConfig, two_ranks / "unused", **RUN)
     held_out = load_train_and_held_out(config)[1]
     assert views[0]["n"] == len(held_out) == 13
     assert [r["question"] for r in views[0]["records"]] == [p.question for p in held_out]
@@ -242,7 +242,7 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_ranks, one_process, tmp_
     run = tmp_path / "run"
     run.mkdir()
     shutil.copytree(fsdp_ranks / "sft" / "checkpoint-2", run / "checkpoint-2")
-    one = tiny_train_config(TrainConfig, run, **RUN, gradient_accumulation_steps=2, resume_from_checkpoint="auto")
+    one = tiny_train_config(SFTConfig, run, **RUN, gradient_accumulation_steps=2, resume_from_checkpoint="auto")
     resumed = load_file(str(run_training("cot", one, progress=False).final_dir / "model.safetensors"))
     worst = largest_difference(resumed, load_file(str(one_process / "final" / "model.safetensors")))
     print(f"FSDP checkpoint resumed in one process: largest difference {worst:.2e}")
@@ -312,7 +312,7 @@ def test_a_deepspeed_checkpoint_refuses_another_world_size_or_launch(deepspeed_r
         deepspeed.load_engine_state(zero3_engine, checkpoint, world=2)
     run = tmp_path / "run"
     shutil.copytree(checkpoint, run / "checkpoint-2")
-    one = tiny_train_config(TrainConfig, run, **RUN, resume_from_checkpoint="auto")
+    one = tiny_train_config(SFTConfig, run, **RUN, resume_from_checkpoint="auto")
     with pytest.raises(UserError, match="written under DeepSpeed"):
         run_training("cot", one, progress=False)
 

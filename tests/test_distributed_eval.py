@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from latentreason import cli
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
 
@@ -33,7 +33,7 @@ def predictions(out: Path) -> list[dict]:
 
 
 def test_two_processes_evaluate_every_problem_once_and_report_once(tmp_path):
-    final = run_training("cot", tiny_train_config(TrainConfig, tmp_path / "run", max_steps=2), progress=False).final_dir
+    final = run_training("cot", tiny_train_config(SFTConfig, tmp_path / "run", max_steps=2), progress=False).final_dir
     data = chains(tmp_path, 37)  # shards of 18 and 19
     args = ["eval", "--model", str(final), "--file", str(data), "--batch-size", "8", "--max-new-tokens", "16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from latentreason.errors import UserError
+from latentreason.train_config import SFTConfig
 from latentreason.training import outputs
 from latentreason.training.checkpoint import list_checkpoints, save_checkpoint
-from latentreason.training.config import TrainConfig
 from latentreason.training.outputs import trim_log
 from latentreason.training.run import run_training
 from tests.helpers import TINY_TRAIN_MODEL, build_tiny_lm, kill_cli_run_after_checkpoint, tiny_train_config
@@ -28,9 +28,9 @@ KILL_RUN = dict(
 )
 
 
-def config(base, **overrides) -> TrainConfig:
+def config(base, **overrides) -> SFTConfig:
     """A run writing into base/run."""
-    return tiny_train_config(TrainConfig, base / "run", **{**KILL_RUN, **overrides})
+    return tiny_train_config(SFTConfig, base / "run", **{**KILL_RUN, **overrides})
 
 
 def weights(directory) -> dict[str, torch.Tensor]:
@@ -43,7 +43,7 @@ def assert_same_weights(got: dict, expected: dict) -> None:
         assert torch.equal(got[name], expected[name]), name
 
 
-def cli_flags(cfg: TrainConfig) -> list[str]:
+def cli_flags(cfg: SFTConfig) -> list[str]:
     """`latentreason train` flags reproducing the fields of `cfg` that tiny_train_config and KILL_RUN set."""
     fields = {**KILL_RUN, "dataset_params": "{num_steps: 2}", "num_eval_examples": 0, "max_new_tokens": 8}
     fields["tiny_model"] = "{" + ", ".join(f"{k}: {v}" for k, v in TINY_TRAIN_MODEL.items()) + "}"

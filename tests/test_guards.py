@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from latentreason import cli
 from latentreason.errors import UserError
 from latentreason.methods import get_method
+from latentreason.train_config import SFTConfig
 from latentreason.training.checkpoint import list_checkpoints
-from latentreason.training.config import TrainConfig
 from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
@@ -74,9 +74,9 @@ def poison(monkeypatch, bad_calls: set[int], kind: str) -> None:
     monkeypatch.setattr(method_cls, "loss", loss)
 
 
-def config(tmp_path, **overrides) -> TrainConfig:
+def config(tmp_path, **overrides) -> SFTConfig:
     values = dict(num_train_examples=64, max_steps=5, save_steps=1, save_total_limit=0, learning_rate=1e-2, seed=3)
-    return tiny_train_config(TrainConfig, tmp_path / "run", **{**values, **overrides})
+    return tiny_train_config(SFTConfig, tmp_path / "run", **{**values, **overrides})
 
 
 def weights(directory) -> dict[str, torch.Tensor]:

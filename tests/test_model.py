@@ -21,7 +21,7 @@ from latentreason.model.build import problem_texts
 from latentreason.model.latent_lm import META_FILE, SPECIAL_TOKENS, LatentLM
 from latentreason.model.tiny import TinyModelSpec, build_tiny_model
 from latentreason.model.tokenizer import train_tokenizer
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 from tests.helpers import MODEL_TYPES, TOKENIZER_VOCAB, build_tiny_lm, chain_problems, tiny_lm, tiny_spec
 
 
@@ -36,7 +36,7 @@ def single_id(tokenizer, text: str) -> int:
 
 
 def sample_batch(lm, n: int = 3) -> dict:
-    return CoTSFT(TrainConfig()).collate(lm, chain_problems(n, seed=11))
+    return CoTSFT(SFTConfig()).collate(lm, chain_problems(n, seed=11))
 
 
 # --- special tokens ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
 from tests.test_distributed import REPO, RUN, TOLERANCE
@@ -50,7 +50,7 @@ def test_two_nodes_of_one_process_train_like_one_process(tmp_path):
     ranks = [load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1)]
     for name in ranks[0]:
         assert torch.equal(ranks[0][name], ranks[1][name]), name
-    one = tiny_train_config(TrainConfig, tmp_path / "one", **{**RUN, "gradient_accumulation_steps": 2})
+    one = tiny_train_config(SFTConfig, tmp_path / "one", **{**RUN, "gradient_accumulation_steps": 2})
     single = load_file(str(run_training("cot", one, progress=False).final_dir / "model.safetensors"))
     nodes_final = load_file(str(out / "run" / "final" / "model.safetensors"))  # written by global rank 0 only
     worst = max(float((single[name] - nodes_final[name]).abs().max()) for name in single)

@@ -146,3 +146,31 @@ def test_colar_gradients_reach_the_latent_head_and_the_base_model_through_the_st
     assert all(p.grad is None for p in method.latent_head.parameters())
     policy.logprobs(batch).latent[batch.latent_mask].sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.latent_head.parameters())
+
+
+def stopping_at_once(actions_cls):
+    """The method's actions, except that every decision is "stop" (greedy or sampled)."""
+
+    class StopAtOnce(actions_cls):
+        def stop_logits(self, hidden, z):
+            return torch.tensor([-50.0, 50.0]).expand(*hidden.shape[:-1], 2)  # [.., 2] (continue, stop)
+
+        def greedy_stop(self, hidden, z):
+            return torch.ones(hidden.shape[:-1], dtype=torch.bool)
+
+    return StopAtOnce
+
+
+@pytest.mark.parametrize("method_cls", [ATPLatent, CoLaR])
+def test_solver_and_rl_take_the_stop_rule_from_the_methods_actions(method_cls, monkeypatch):
+    monkeypatch.setattr(method_cls, "latent_actions", stopping_at_once(method_cls.latent_actions))
+    lm = build_tiny_lm("llama")
+    method = method_cls(method_cls.config_cls(max_new_tokens=4))
+    method.prepare(lm)
+    lm.eval()
+    policy = LatentPolicy(lm, method, max_completion_length=4)
+    problems = chain_problems(4, seed=3)
+    sampled = policy.sample(policy.prompts(problems), torch.Generator().manual_seed(0))
+    solved = method.solver(lm).solve(problems)
+    assert sampled.num_latents.tolist() == [0] * 4
+    assert [s.latent_tokens for s in solved] == [0] * 4

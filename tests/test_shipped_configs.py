@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from latentreason.cli import RL_METHODS, SHIPPED_CONFIGS, resolve_config_path
 from latentreason.config import load_config, read_yaml
-from latentreason.methods import get_method
+from latentreason.methods import METHODS, get_method
+from latentreason.recipes import RL_METHODS, SHIPPED_CONFIGS, recipe_method, resolve_config_path
 from latentreason.rl.config import RLConfig
 from latentreason.rl.run import run_rl
 from latentreason.training.run import run_training
@@ -34,9 +34,13 @@ def test_recipes_are_shipped():
     } <= names
 
 
+def test_rl_recipes_start_from_the_methods_with_latent_actions():
+    assert set(RL_METHODS.values()) == {name for name, cls in METHODS.items() if cls.latent_actions is not None}
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_runs_one_step_on_a_tiny_model(recipe: Path, tmp_path):
-    method = read_yaml(recipe)["method"]
+    method = recipe_method(recipe)
     if read_yaml(recipe).get("lora_r") and importlib.util.find_spec("peft") is None:
         pytest.skip("LoRA recipe: peft is not installed (pip install 'latentreason[lora]')")
     assert resolve_config_path(recipe.stem) == recipe
@@ -74,8 +78,6 @@ def test_shipped_accelerate_ddp_config_loads():
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
-    from latentreason.cli import SHIPPED_CONFIGS
-
     config = load_config_from_file(str(SHIPPED_CONFIGS / "accelerate" / "ddp.yaml"))
     assert config.distributed_type == DistributedType.MULTI_GPU
     assert config.mixed_precision == "no"  # the recipe's bf16 field decides
@@ -85,8 +87,6 @@ def test_shipped_accelerate_ddp_config_loads():
 def test_shipped_accelerate_fsdp_configs_ask_for_what_the_loops_support(name, policy):
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
-
-    from latentreason.cli import SHIPPED_CONFIGS
 
     config = load_config_from_file(str(SHIPPED_CONFIGS / "accelerate" / name))
     assert config.distributed_type == DistributedType.FSDP

@@ -10,17 +10,17 @@ from safetensors.torch import load_file
 
 from latentreason.errors import UserError
 from latentreason.methods import get_method
+from latentreason.train_config import SFTConfig
 from latentreason.training.checkpoint import list_checkpoints
-from latentreason.training.config import TrainConfig
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
 
 
-def config(tmp_path, **overrides) -> TrainConfig:
+def config(tmp_path, **overrides) -> SFTConfig:
     values = dict(
         num_train_examples=128, num_eval_examples=16, learning_rate=3e-3, max_steps=6, max_new_tokens=24, seed=1
     )
-    return tiny_train_config(TrainConfig, tmp_path / "run", **{**values, **overrides})
+    return tiny_train_config(SFTConfig, tmp_path / "run", **{**values, **overrides})
 
 
 def weights(directory) -> dict[str, torch.Tensor]:

@@ -21,7 +21,8 @@ import torch
 from latentreason.bench.engine import EngineBenchConfig, bench_model
 from latentreason.data.generators.chain import generate_chain
 from latentreason.layout import encode_problem
-from latentreason.methods.atp import CONTINUE, ATPConfig, ATPLatent
+from latentreason.methods.atp import ATPConfig, ATPLatent
+from latentreason.methods.latent_actions import CONTINUE
 from latentreason.rl.config import RLConfig
 from latentreason.rl.trainer import RLTrainer
 

@@ -13,10 +13,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from latentreason.cli import RL_METHODS, SHIPPED_CONFIGS
 from latentreason.config import load_config
 from latentreason.errors import UserError
 from latentreason.methods import get_method
+from latentreason.recipes import RL_METHODS, SHIPPED_CONFIGS
 from latentreason.rl.config import RLConfig
 
 

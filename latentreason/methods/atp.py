@@ -8,7 +8,7 @@
   last step once all its steps are latent (fixes the reference, which applies it at every latent).
   At inference the rollout stops a row at the first group start whose argmax is "stop" (or after
   max_latent_stage groups), and the loop exits when every row has stopped (the reference always runs
-  all 20 latent passes).
+  all 20 latent passes). ATPActions holds this rule; `latentreason rl` samples it.
 - Step decoder: reconstructs each step's text from that step's c latents alone (see SIM-CoT).
 - Loss = CE(text after latents) + kl_weight * KL(N(mean, var) || N(0, I)) (mean over used latents and
   dimensions) + decoder_weight * decoder CE + stop_weight * stop CE.
@@ -27,9 +27,8 @@ from latentreason.config import field
 from latentreason.engine.batch import IGNORE
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.methods.base import register_method
+from latentreason.methods.latent_actions import CONTINUE, STOP, LatentActions
 from latentreason.methods.simcot import SIMCoTConfig, StepSupervised
-
-CONTINUE, STOP = 0, 1
 
 
 @dataclass
@@ -48,9 +47,25 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
+class ATPActions(LatentActions):
+    """Prompt `question <bot>`; z is fed as drawn; the stop head decides on z at the first slot of every
+    c_thought group, and thinking ends after max_latent_stage groups."""
+
+    stop_reads_latent = True
+
+    def __init__(self, lm, method: ATPLatent):
+        cfg = method.config
+        super().__init__(lm, method.latent_head, cfg.max_latent_stage * cfg.c_thought)
+        self.group, self.stop_head = cfg.c_thought, method.stop_head
+
+    def stop_logits(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.stop_head(z).float()  # [.., 2]
+
+
 @register_method("atp")
 class ATPLatent(StepSupervised):
     config_cls = ATPConfig
+    latent_actions = ATPActions
 
     def prepare(self, lm) -> None:
         super().prepare(lm)
@@ -122,22 +137,10 @@ class ATPLatent(StepSupervised):
         metrics["latents"] = float(latent_batch.num_latents.float().mean())
         return total, metrics
 
-    def controller(self, generator: torch.Generator | None = None):
-        cfg = self.config
-
-        def stop(j, hidden, z, extra):
-            if j >= cfg.max_latent_stage * cfg.c_thought:
-                return torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
-            if j % cfg.c_thought:
-                return torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-            logits = self.stop_head(z).float()  # [B, 2]
-            if cfg.eval_sample_stop:
-                return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1) == STOP
-            return logits.argmax(-1) == STOP
-
-        return stop
-
     def solver(self, lm):
         self.prepare(lm)
-        k = self.config.max_latent_stage * self.config.c_thought
-        return LatentSolver(lm, self.thought_map(lm), self.controller(), k, self.config.max_new_tokens, name=self.name)
+        actions = self.latent_actions(lm, self)
+        stop = actions.controller(sample=self.config.eval_sample_stop)
+        return LatentSolver(
+            lm, self.thought_map(lm), stop, actions.max_latents, self.config.max_new_tokens, name=self.name
+        )

@@ -1,4 +1,5 @@
-"""What a training method is: a config dataclass, a batch builder, a loss and a solver."""
+"""What a training method is: a config dataclass, a batch builder, a loss, a solver and, for a latent policy
+RL can train, its actions (methods/latent_actions.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from latentreason.data.problems import Problem
 from latentreason.engine.loss import next_token_loss  # noqa: F401  (re-exported for methods)
 from latentreason.errors import ConfigError
-from latentreason.training.config import TrainConfig
+from latentreason.methods.latent_actions import LatentActions
+from latentreason.train_config import SFTConfig
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -34,9 +36,11 @@ class Method(abc.ABC):
     """Subclasses set `config_cls` and implement `collate`, `loss` and `solver`."""
 
     name: ClassVar[str]
-    config_cls: ClassVar[type[TrainConfig]] = TrainConfig
+    config_cls: ClassVar[type[SFTConfig]] = SFTConfig
+    # Built as latent_actions(lm, method) after `prepare`; None: no latent policy for RL to train.
+    latent_actions: ClassVar[type[LatentActions] | None] = None
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: SFTConfig):
         self.config = config
 
     def prepare(self, lm) -> None:  # noqa: B027 - optional hook, most methods have no heads

@@ -24,11 +24,11 @@ from latentreason.errors import ConfigError
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.layout import encode_problem
 from latentreason.methods.base import Method, next_token_loss, register_method
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 
 
 @dataclass
-class CoconutConfig(TrainConfig):
+class CoconutConfig(SFTConfig):
     c_thought: int = field(1, help="latents per replaced reasoning step (GSM: 2, ProsQA: 1)")
     epochs_per_stage: int = field(1, help="epochs spent at each curriculum stage (GSM: 3)")
     max_latent_stage: int = field(3, help="last curriculum stage; past it every step is removed (GSM: 3)")

@@ -33,11 +33,11 @@ from latentreason.layout import encode_problem
 from latentreason.methods.base import Method, register_method
 from latentreason.methods.coconut import identity_map
 from latentreason.model.lora import add_lora
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 
 
 @dataclass
-class CODIConfig(TrainConfig):
+class CODIConfig(SFTConfig):
     num_latents: int = field(6, help="continuous thoughts between <bot> and <eot> (the reference: 6)")
     use_projector: bool = field(True, help="map each hidden state through the MLP projector (false: feed it as is)")
     projector_size: int = field(0, help="inner width of the projector MLP (0 = the model's hidden size)")

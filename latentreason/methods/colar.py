@@ -14,7 +14,7 @@
   answer continues on the same KV cache (the reference re-prefills the whole sequence).
 - The embedding std is `embedding_std`, or, when 0, measured from the embedding matrix when training
   starts and saved with the model, so evaluation scales exactly as training did.
-The RL stage is GRPO on the shared trainer (`latentreason rl`; rl/policy.py's CoLaRActions).
+The RL stage is GRPO on the shared trainer (`latentreason rl`), sampling the actions of CoLaRActions.
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ from latentreason.errors import ConfigError
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.layout import encode_problem
 from latentreason.methods.base import Method, register_method
-from latentreason.training.config import TrainConfig
+from latentreason.methods.latent_actions import LatentActions
+from latentreason.train_config import SFTConfig
 
 LOSSES = ("nll", "mse")
 STD_KEY = "colar_embedding_std"  # in lm.meta, saved in latentreason.json
 
 
 @dataclass
-class CoLaRConfig(TrainConfig):
+class CoLaRConfig(SFTConfig):
     max_compression: int = field(5, help="training draws the compression factor r from 1..max_compression (ref: 5)")
     compression_factor: int = field(5, help="compression factor r written in the prompt at evaluation")
     latent_loss: str = field("mse", help=f"loss of the latent head: {', '.join(LOSSES)} (the reference: mse)")
@@ -91,9 +92,34 @@ def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor)
     return 0.5 * (logvar + (target - mean).pow(2) * torch.exp(-logvar))
 
 
+class CoLaRActions(LatentActions):
+    """Prompt `question (speed r) <bot>`; the head predicts the next compressed embedding divided by the
+    embedding std, so z x std is fed; before every slot the LM head saying `<eot>` stops the thinking."""
+
+    stop_reads_latent = False  # the decision reads the hidden state before the slot, never its z
+
+    def __init__(self, lm, method: CoLaR):
+        super().__init__(lm, method.latent_head, method.config.max_latents)
+        self.scale, self.factor = lm.meta[STD_KEY], method.config.compression_factor
+
+    def prompt(self, problem) -> list[int]:
+        return CoLaR.speed_prompt(self.lm, encode_problem(self.lm.tokenizer, problem), self.factor)
+
+    def stop_logits(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        logits = self.lm.lm_head(hidden).float()  # [.., V]
+        eot = torch.arange(logits.shape[-1], device=logits.device) == self.lm.eot_id  # [V]
+        # Any token but <eot> continues: log-sum-exp of the others, so softmax gives (1 - p(eot), p(eot)).
+        return torch.stack([logits.masked_fill(eot, -math.inf).logsumexp(-1), logits[..., self.lm.eot_id]], -1)
+
+    def greedy_stop(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        # The token the model would write is <eot> (not p(eot) > 1/2: many tokens may share the rest).
+        return self.lm.lm_head(hidden).argmax(-1) == self.lm.eot_id  # [..]
+
+
 @register_method("colar")
 class CoLaR(Method):
     config_cls = CoLaRConfig
+    latent_actions = CoLaRActions
 
     def __init__(self, config: CoLaRConfig):
         super().__init__(config)
@@ -192,30 +218,17 @@ class CoLaR(Method):
 
         return thought
 
-    def controller(self, lm):
-        limit = self.config.max_latents
-
-        def stop(j, hidden, z, extra):
-            if j >= limit:
-                return torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-            return lm.lm_head(hidden).argmax(-1) == lm.eot_id  # the model says "end of thinking"
-
-        return stop
-
     def solver(self, lm):
         self.prepare(lm)
-        cfg = self.config
-        return CoLaRSolver(
-            lm, self.thought_map(lm), self.controller(lm), cfg.max_latents, cfg.max_new_tokens, cfg.compression_factor
-        )
+        return CoLaRSolver(lm, self.thought_map(lm), self.latent_actions(lm, self), self.config.max_new_tokens)
 
 
 class CoLaRSolver(LatentSolver):
     """The latent rollout from `question (speed r) <bot>`; each row thinks until it predicts <eot>."""
 
-    def __init__(self, lm, thought_map, controller, max_latents: int, max_new_tokens: int, factor: int):
-        super().__init__(lm, thought_map, controller, max_latents, max_new_tokens, name="colar")
-        self.factor = factor
+    def __init__(self, lm, thought_map, actions: CoLaRActions, max_new_tokens: int):
+        super().__init__(lm, thought_map, actions.controller(), actions.max_latents, max_new_tokens, name="colar")
+        self.actions = actions
 
     def prompts(self, problems):
-        return [CoLaR.speed_prompt(self.lm, encode_problem(self.lm.tokenizer, p), self.factor) for p in problems]
+        return [self.actions.prompt(p) for p in problems]

@@ -21,11 +21,11 @@ from latentreason.errors import ConfigError
 from latentreason.layout import encode_problem
 from latentreason.methods.base import register_method
 from latentreason.methods.sft import TextSFT
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import SFTConfig
 
 
 @dataclass
-class ICoTConfig(TrainConfig):
+class ICoTConfig(SFTConfig):
     remove_per_epoch: float = field(8.0, help="CoT tokens removed per epoch (the reference uses 8)")
     removal_smoothing_lambda: float = field(4.0, help="rate of the exponential extra-removal offset (0 disables)")
     remove_all_when_remove_beyond: int = field(

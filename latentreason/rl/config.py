@@ -8,7 +8,7 @@ from latentreason.config import field
 from latentreason.errors import ConfigError
 from latentreason.rl.grpo import LOSS_TYPES
 from latentreason.rl.policy import LATENT_LOGPROB
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 
 GATES = ("accuracy", "none")
 

@@ -9,12 +9,10 @@ A rollout's actions, each with a log-probability:
 same actions in one teacher-forced latent pass with gradients. For an unchanged policy the two agree
 (tests check 1e-4).
 
-What differs per method lives in a small actions object (`ACTIONS`, by method name):
-  ATPActions    prompt `question <bot>`; z fed as drawn; the stop head decides on z at the first slot
-                of every c_thought group.
-  CoLaRActions  prompt `question (speed r) <bot>`; the head predicts the next compressed embedding
-                divided by the embedding std, so z x std is fed; before every slot the LM head's
-                probability of `<eot>` is the probability of stopping (any other token: continue).
+What differs per method is the method's own actions (`method.latent_actions`, methods/latent_actions.py):
+its prompt, how z is fed and the stop rule its solver also uses (ATPActions in methods/atp.py: the stop
+head on z at the first slot of every c_thought group; CoLaRActions in methods/colar.py: the LM head's
+probability of `<eot>` before every slot is the probability of stopping).
 
 The Gaussian log-density of a d-dimensional z is a sum of d terms, so its changes dwarf every other
 action's and its importance ratios explode. `latent_logprob: mean` divides it by d (a per-dimension
@@ -32,9 +30,6 @@ from latentreason.engine.batch import IGNORE
 from latentreason.engine.latent_pass import build_latent_batch, latent_forward
 from latentreason.engine.rollout import latent_rollout
 from latentreason.errors import ConfigError
-from latentreason.layout import encode_problem
-from latentreason.methods.atp import STOP
-from latentreason.methods.colar import STD_KEY, CoLaR
 
 LATENT_LOGPROB = ("mean", "sum")
 
@@ -100,51 +95,8 @@ def gaussian_logpdf(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -
     return -0.5 * ((z - mean).pow(2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
 
 
-class ATPActions:
-    """ATP-Latent: z is fed as drawn; the stop head reads z at the first slot of each c_thought group."""
-
-    scale = 1.0
-    stop_reads_latent = True  # where a row stops, the z drawn there is an action: the stop head saw it
-
-    def __init__(self, lm, method):
-        self.lm, self.latent_head, self.stop_head = lm, method.latent_head, method.stop_head
-        self.group = method.config.c_thought  # decisions at slots j with j % group == 0
-        self.max_latents = method.config.max_latent_stage * self.group
-
-    def prompt(self, problem) -> list[int]:
-        return encode_problem(self.lm.tokenizer, problem).prompt + [self.lm.bot_id]
-
-    def stop_logits(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.stop_head(z).float()  # [.., 2] (continue, stop)
-
-
-class CoLaRActions:
-    """CoLaR: z x embedding std is fed; before every slot, the LM head predicting <eot> ends the thinking."""
-
-    group = 1
-    stop_reads_latent = False  # the decision reads the hidden state before the slot, never its z
-
-    def __init__(self, lm, method):
-        self.lm, self.latent_head = lm, method.latent_head
-        self.scale = lm.meta[STD_KEY]
-        self.max_latents = method.config.max_latents
-        self.factor = method.config.compression_factor
-
-    def prompt(self, problem) -> list[int]:
-        return CoLaR.speed_prompt(self.lm, encode_problem(self.lm.tokenizer, problem), self.factor)
-
-    def stop_logits(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        logits = self.lm.lm_head(hidden).float()  # [.., V]
-        eot = torch.arange(logits.shape[-1], device=logits.device) == self.lm.eot_id  # [V]
-        # Any token but <eot> continues: log-sum-exp of the others, so softmax gives (1 - p(eot), p(eot)).
-        return torch.stack([logits.masked_fill(eot, -math.inf).logsumexp(-1), logits[..., self.lm.eot_id]], -1)
-
-
-ACTIONS = {"atp": ATPActions, "colar": CoLaRActions}  # method name -> its actions; RL runs these methods
-
-
 class LatentPolicy:
-    """Samples and scores rollouts of an ATP-Latent or CoLaR model (its latent head, stop rule and LM)."""
+    """Samples and scores rollouts of a latent model through its method's actions (latent head, stop rule)."""
 
     def __init__(
         self,
@@ -159,7 +111,7 @@ class LatentPolicy:
             raise ConfigError(f"latent_logprob: expected one of {LATENT_LOGPROB}, got {latent_logprob!r}")
         if temperature <= 0:
             raise ConfigError(f"temperature: RL samples its answers, so it must be > 0, got {temperature}")
-        self.lm, self.actions = lm, ACTIONS[method.name](lm, method)
+        self.lm, self.actions = lm, method.latent_actions(lm, method)
         self.temperature, self.max_completion_length = temperature, max_completion_length
         self.latent_logprob, self.latent_logprob_scale = latent_logprob, latent_logprob_scale
 
@@ -197,17 +149,11 @@ class LatentPolicy:
             drawn.append((fed, mean, logvar, hidden))
             return fed, None
 
-        def controller(j, hidden, fed, extra):
-            if j % acts.group:
-                return torch.zeros(fed.shape[0], dtype=torch.bool, device=fed.device)
-            probs = acts.stop_logits(hidden, fed).softmax(-1)  # [B, 2]
-            return torch.multinomial(probs, 1, generator=generator).squeeze(-1) == STOP
-
         out = latent_rollout(
             self.lm,
             prompts,
             thought,
-            controller,
+            acts.controller(sample=True, generator=generator),
             acts.max_latents,
             self.max_completion_length,
             temperature=self.temperature,

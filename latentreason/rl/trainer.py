@@ -1,4 +1,4 @@
-"""GRPO over latent plans (ATP-Latent or CoLaR; rl/policy.py has what differs): read top to bottom.
+"""GRPO over latent plans (ATP-Latent or CoLaR; what differs is each method's latent_actions): read top to bottom.
 
 Per rollout step (the unit of max_steps, checkpoints and resume):
   1. questions: this rank's whole questions of the step (a group never spans ranks), from a
@@ -33,7 +33,7 @@ from latentreason.model.latent_lm import LatentLM
 from latentreason.model.step_decoder import StepDecoder
 from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
-from latentreason.rl.policy import ACTIONS, LatentPolicy, RolloutBatch
+from latentreason.rl.policy import LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
 from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.loop import TrainingLoop
@@ -87,7 +87,7 @@ class RLTrainer(TrainingLoop):
     ):
         if not train:
             raise UserError("no training questions (check dataset / num_train_examples)")
-        if method.name not in ACTIONS:
+        if method.latent_actions is None:
             raise UserError(
                 f"RL needs an ATP-Latent or CoLaR model; {config.model_name_or_path} was trained with {method.name}"
             )

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from latentreason.engine.lockstep import lockstep
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult, evaluate_sharded
+from latentreason.train_config import TrainConfig
 from latentreason.training import deepspeed
 from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
-from latentreason.training.config import TrainConfig
 from latentreason.training.guards import NonFiniteGuard, advance_schedule
 from latentreason.training.outputs import append_log, save_final, trim_log
 from latentreason.training.processes import multi_process_cpu

@@ -23,7 +23,7 @@ from transformers.utils import logging as hf_logging
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult
-from latentreason.training.config import TrainConfig
+from latentreason.train_config import TrainConfig
 from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.loop import TrainingLoop
 from latentreason.training.sharding import PreparedModule

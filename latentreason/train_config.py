@@ -1,4 +1,10 @@
-"""Fields shared by every training method (names follow TRL / transformers where they mean the same)."""
+"""The fields of a training run (names follow TRL / transformers where they mean the same).
+
+TrainConfig holds what every run reads, supervised (`latentreason train`) or RL (`latentreason rl`,
+rl/config.py's RLConfig). SFTConfig adds what only a supervised run reads: the model it builds or loads and
+the longest sequence it trains on; every training method's config derives from it. RL starts from a model
+already trained, so it has none of these (a config has no field its run would ignore).
+"""
 
 from __future__ import annotations
 
@@ -14,17 +20,6 @@ REPORTERS = ("none", "tensorboard", "wandb")
 
 @dataclass
 class TrainConfig:
-    # --- model ---
-    model_name_or_path: str = field(
-        "tiny",
-        help="a local model directory (HF format or a latentreason checkpoint), 'tiny' for a from-scratch "
-        "model sized by tiny_model, or 'smollm2' for the packaged SmolLM2-135M-Instruct",
-    )
-    tiny_model: dict = field(
-        {}, help="architecture of the 'tiny' model: model_type, hidden_size, num_hidden_layers, ..."
-    )
-    tokenizer_vocab_size: int = field(384, help="BPE vocabulary size of the tokenizer trained for a 'tiny' model")
-    init_from_token: str = field("<<", help="existing token whose embedding initialises the new special tokens")
     # --- data ---
     dataset: str = field(
         "synthetic:chain",
@@ -36,7 +31,6 @@ class TrainConfig:
     eval_split: str = field("valid", help="held-out split used for evaluation during training (never test)")
     num_train_examples: int = field(0, help="training examples to use/generate (0 = the whole split)")
     num_eval_examples: int = field(200, help="held-out examples evaluated during and after training")
-    max_seq_length: int = field(512, help="longer training sequences are dropped (and counted in the log)")
     on_invalid: str = field(
         "error", help="a malformed data record: 'error' stops with file, record and field; 'skip' drops and counts it"
     )
@@ -104,3 +98,20 @@ class TrainConfig:
             raise ConfigError("set max_steps > 0 or num_train_epochs > 0: nothing to train otherwise")
         if self.eval_split == "test":
             raise ConfigError("field 'eval_split': evaluation during training must not use the test split")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    # --- model ---
+    model_name_or_path: str = field(
+        "tiny",
+        help="a local model directory (HF format or a latentreason checkpoint), 'tiny' for a from-scratch "
+        "model sized by tiny_model, or 'smollm2' for the packaged SmolLM2-135M-Instruct",
+    )
+    tiny_model: dict = field(
+        {}, help="architecture of the 'tiny' model: model_type, hidden_size, num_hidden_layers, ..."
+    )
+    tokenizer_vocab_size: int = field(384, help="BPE vocabulary size of the tokenizer trained for a 'tiny' model")
+    init_from_token: str = field("<<", help="existing token whose embedding initialises the new special tokens")
+    # --- data ---
+    max_seq_length: int = field(512, help="longer training sequences are dropped (and counted in the log)")

@@ -1,0 +1,36 @@
+"""The shipped recipes: YAML configs under latentreason/configs/, named on the command line by their file stem.
+
+A recipe's `method:` says which command runs it: a training method for `latentreason train`, an RL
+recipe (a key of RL_METHODS) for `latentreason rl`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from latentreason.config import read_yaml
+from latentreason.errors import UserError
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+# The `method:` of RL recipes, which `latentreason rl` runs -> the method of the SFT model each starts from.
+RL_METHODS = {"atp-rl": "atp", "colar-rl": "colar"}
+
+
+def resolve_config_path(value: str | None) -> Path | None:
+    """A file path, or the name of a shipped recipe (e.g. 'cot-tiny' -> latentreason/configs/cot-tiny.yaml)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / f"{value}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+    shipped_hint = f"not a shipped recipe ({', '.join(names)})" if names else "no recipes are shipped"
+    raise UserError(f"--config {value}: no such file, and {shipped_hint}")
+
+
+def recipe_method(path: Path | None) -> str | None:
+    """The recipe's `method:` (None without a recipe, or when it names none)."""
+    return read_yaml(path).get("method") if path else None
