@@ -224,7 +224,7 @@ def cmd_data(argv: list[str]) -> int:
 
 # --- demo --------------------------------------------------------------------------------------
 def cmd_demo(argv: list[str]) -> int:
-    from latentreason.demo import run_demo
+    from latentreason.demo.run import run_demo
     from latentreason.demo.plan import DEFAULT_ROWS
 
     parser = argparse.ArgumentParser(prog="latentreason demo", description=run_demo.__doc__.splitlines()[0])

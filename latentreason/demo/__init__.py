@@ -1,5 +1,2 @@
-"""`latentreason demo`, the embedded default job (see demo/run.py)."""
-
-from latentreason.demo.run import run_demo
-
-__all__ = ["run_demo"]
+"""`latentreason demo`, the embedded default job: plan.py (rows and their commands), scheduler.py (rows
+run side by side), run.py (`run_demo`: the task, the rows, the evaluation and the report)."""
