@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from latentreason.errors import UserError
-from latentreason.training import deepspeed
+from latentreason.training.backends import deepspeed
 from latentreason.training.config import TrainConfig
 from tests.helpers import tiny_train_config
 

@@ -22,7 +22,7 @@ from latentreason.errors import UserError
 from latentreason.evaluation.harness import evaluate
 from latentreason.methods import get_method
 from latentreason.model.latent_lm import LatentLM
-from latentreason.training import deepspeed
+from latentreason.training.backends import deepspeed
 from latentreason.training.checkpoint import list_checkpoints
 from latentreason.training.config import TrainConfig
 from latentreason.training.run import run_training

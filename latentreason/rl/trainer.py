@@ -37,7 +37,7 @@ from latentreason.rl.policy import ACTIONS, LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
 from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.loop import TrainingLoop
-from latentreason.training.sharding import PreparedModule
+from latentreason.training.prepared_module import PreparedModule
 
 
 class PolicyLossModule(PreparedModule):
@@ -230,7 +230,9 @@ class RLTrainer(TrainingLoop):
         problems = [q for q in questions for _ in range(cfg.num_generations)]  # groups are consecutive
         # One gather of a sharded model for both: the coherence reward decodes with the step decoder, a head
         # of the model in copy/small mode.
-        rollouts, scores, sampled = self.outside_forward(module, lambda: self._sample_and_score(problems, generator))
+        rollouts, scores, sampled = self.backend.outside_forward(
+            module, lambda: self._sample_and_score(problems, generator)
+        )
         rewards = combine(scores, self.weights, cfg.coherence_gate)  # [B]
         advantages = group_advantages(rewards, cfg.num_generations, scale=cfg.scale_rewards).to(lm.device)  # [B]
         scored = time.perf_counter()
@@ -287,10 +289,10 @@ class RLTrainer(TrainingLoop):
                 for m in range(cfg.gradient_accumulation_steps):
                     rows = chunk[m * self.micro : (m + 1) * self.micro].to(advantages.device)
                     last = m == cfg.gradient_accumulation_steps - 1
-                    with self.micro_batch(module, last):
+                    with self.backend.micro_batch(module, last):
                         out = module(rollouts.select(rows), advantages[rows])
                         losses.append(out.loss)
-                        self.backward(losses, last)
+                        self.backend.backward(losses, last)
                     for key, value in {"loss": float(out.loss.detach()), **out.stats}.items():
                         sums[key] = sums.get(key, 0.0) + value
                     micro_batches += 1

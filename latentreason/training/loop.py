@@ -1,11 +1,9 @@
-"""What every training loop (SFT and RL) shares: accelerate set-up (DDP, FSDP (see sharding.py) or
-DeepSpeed ZeRO-1/2/3 (see deepspeed.py)), the micro-batch / update pattern, the output directory rules,
-AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final model."""
+"""What every training loop (SFT and RL) shares: accelerate set-up and the launch's backend (one process,
+DDP, FSDP or DeepSpeed ZeRO-1/2/3, see backends/), the update pattern, the output directory rules, AdamW,
+the metrics log, sharded held-out evaluation, checkpoints and the final model."""
 
 from __future__ import annotations
 
-import contextlib
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,26 +11,13 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from latentreason.engine.lockstep import lockstep
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult, evaluate_sharded
-from latentreason.training import deepspeed
+from latentreason.training import backends
 from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
 from latentreason.training.config import TrainConfig
 from latentreason.training.guards import NonFiniteGuard, advance_schedule
 from latentreason.training.outputs import append_log, save_final, trim_log
-from latentreason.training.processes import multi_process_cpu
-from latentreason.training.sharding import (
-    check_launch,
-    enable_fsdp_on_cpu,
-    full_optimizer_state,
-    full_weights,
-    max_over_processes,
-    sharded_per_layer,
-)
-from latentreason.training.sharding import (
-    outside_forward as fsdp_outside_forward,
-)
 
 
 def mixed_precision(setting: str) -> str:
@@ -45,7 +30,8 @@ def mixed_precision(setting: str) -> str:
 
 class TrainingLoop:
     """Subclasses set `self.lm`, `self.method`, `self.held_out`, `self.total_steps` and run their own loop
-    with these parts; `module` is the `PreparedModule` they handed to `accelerator.prepare`."""
+    with these parts and the launch's `self.backend`; `module` is the `PreparedModule` they handed to
+    `accelerator.prepare`."""
 
     config: TrainConfig
 
@@ -53,33 +39,21 @@ class TrainingLoop:
         self.config, self.resume, self.progress = config, resume, progress
         self.output_dir = Path(config.output_dir)
         precision = mixed_precision(config.bf16)
-        if deepspeed.requested():
-            launch = deepspeed.accelerator_kwargs(config, precision, self.lm.model.config.hidden_size)
-        else:
-            launch = {"cpu": multi_process_cpu()}
         self.accelerator = Accelerator(
             mixed_precision=precision,
             log_with=None if config.report_to == "none" else config.report_to,
             project_dir=config.output_dir,
-            **launch,
+            **backends.accelerator_kwargs(config, precision, self.lm.model.config.hidden_size),
         )
-        self.deepspeed = deepspeed.active(self.accelerator)
-        if self.deepspeed:
-            deepspeed.withdraw_from_transformers()
-        enable_fsdp_on_cpu(self.accelerator)
-        check_launch(self.accelerator, self.lm)
-        # Sharded per layer (FSDP auto-wrap) or per submodule (ZeRO-3), every call gathers: the training
-        # passes run as much as the busiest process (engine/lockstep.py).
-        self.per_layer = sharded_per_layer(self.accelerator) or deepspeed.zero3(self.accelerator)
+        self.backend = backends.select(self.accelerator, config, self.lm)
 
     def begin(self, module, optimizer, scheduler, tracker: str, desc: str) -> tuple[dict, tqdm]:
         """The run's starting state (from the resumed checkpoint, if any), trackers, output dir, progress bar."""
         acc = self.accelerator
         state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
         if self.resume is not None:
-            if self.deepspeed:
-                deepspeed.load_engine_state(module, self.resume, acc.num_processes)
-            state = load_training_state(self.resume, None if self.deepspeed else optimizer.optimizer, scheduler)
+            self.backend.load_optimizer(module, optimizer, self.resume)
+            state = load_training_state(self.resume, scheduler)
             acc.print(f"resumed from {self.resume} at step {state['global_step']}")
             if acc.is_main_process:
                 trim_log(self.output_dir / "log.jsonl", state["global_step"])
@@ -118,27 +92,6 @@ class TrainingLoop:
         betas = (self.config.adam_beta1, self.config.adam_beta2)
         return torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=betas)
 
-    # --- one update: accumulation micro-batches, then the step ------------------------------------
-    @contextlib.contextmanager
-    def micro_batch(self, module, last: bool):
-        """The context of one micro-batch's forward and backward: gradients are reduced after the last.
-        Sharded per layer, the engine pads its data-dependent call counts to the processes' largest."""
-        if self.deepspeed:
-            reduction = self.accelerator.accumulate(module)  # counts micro-batches; the engine reduces and steps
-        else:
-            reduction = contextlib.nullcontext() if last else self.accelerator.no_sync(module)
-        with reduction, lockstep(max_over_processes) if self.per_layer else contextlib.nullcontext():
-            yield
-
-    def backward(self, losses: list[torch.Tensor], last: bool) -> None:
-        """Backward of the latest of this update's micro-batch `losses` (the update's mean is the objective).
-        DeepSpeed divides by the accumulation steps itself, and steps inside the last backward."""
-        acc, loss = self.accelerator, losses[-1]
-        if not self.deepspeed:
-            acc.backward(loss / self.config.gradient_accumulation_steps)
-            return
-        acc.backward(deepspeed.poison_if_any_nonfinite(acc, losses, loss) if last else loss)
-
     def finish_update(self, module, optimizer, scheduler, guard: NonFiniteGuard, losses: list, step: int):
         """Clip, step (unless the loss or gradient norm is not finite) and advance the schedule after the
         last micro-batch. -> (the update's loss, mean over micro-batches and ranks; applied; gradient norm
@@ -146,25 +99,10 @@ class TrainingLoop:
         acc = self.accelerator
         mean = sum(float(x.detach()) for x in losses) / len(losses)
         loss = float(acc.reduce(torch.tensor(mean, device=acc.device), "mean"))
-        if self.deepspeed:  # the engine already clipped and stepped, or skipped; the guard counts and may stop
-            applied, grad_norm = deepspeed.step_result(optimizer, module)
-            guard.check(loss, grad_norm, step)
-        else:
-            # max_grad_norm 0 still measures the (global) norm for the guard; clipping by inf scales by 1.
-            grad_norm = float(acc.clip_grad_norm_(module.parameters(), self.config.max_grad_norm or math.inf))
-            applied = guard.check(loss, grad_norm, step)
-            if applied:
-                optimizer.step()
+        applied, grad_norm = self.backend.apply_update(module, optimizer, loss, guard, step)
         advance_schedule(scheduler)
         optimizer.zero_grad(set_to_none=True)
         return loss, applied, grad_norm
-
-    def outside_forward(self, module, fn):
-        """fn() without gradients where it may call the model directly (evaluation, RL sampling and scoring):
-        on the whole model, without per-layer collectives, under every launch."""
-        if deepspeed.zero3(self.accelerator):
-            return deepspeed.outside_forward(module, fn)
-        return fsdp_outside_forward(self.accelerator, module, fn)
 
     def log(self, metrics: dict, step: int) -> None:
         if self.accelerator.is_main_process:
@@ -179,7 +117,7 @@ class TrainingLoop:
             return None
         was_training = lm.training
         lm.eval()
-        result = self.outside_forward(
+        result = self.backend.outside_forward(
             module,
             lambda: evaluate_sharded(
                 self.method.solver(lm),
@@ -209,11 +147,8 @@ class TrainingLoop:
 
     def save(self, module, optimizer, scheduler, state: dict) -> None:
         acc = self.accelerator
-        if self.deepspeed:  # every rank writes its optimizer partition into the temporary directory
-            deepspeed.save_engine_state(acc, module, self.output_dir, state["global_step"])
-            weights, optimizer_state = deepspeed.full_weights(acc, module), None
-        else:  # under FSDP every process gathers the shards; the main process writes the whole tensors
-            weights, optimizer_state = full_weights(acc, module), full_optimizer_state(acc, optimizer.optimizer)
+        optimizer_state = self.backend.save_optimizer(module, optimizer, self.output_dir, state["global_step"])
+        weights = self.backend.full_weights(module)
         if acc.is_main_process:
             save_checkpoint(
                 self.output_dir,
@@ -229,7 +164,7 @@ class TrainingLoop:
 
     def save_final(self, module) -> Path:
         acc = self.accelerator
-        weights = deepspeed.full_weights(acc, module) if self.deepspeed else full_weights(acc, module)
+        weights = self.backend.full_weights(module)
         if acc.is_main_process:
             save_final(self.lm, self.output_dir, weights)
         acc.wait_for_everyone()

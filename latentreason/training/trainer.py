@@ -26,7 +26,7 @@ from latentreason.evaluation.harness import EvalResult
 from latentreason.training.config import TrainConfig
 from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.loop import TrainingLoop
-from latentreason.training.sharding import PreparedModule
+from latentreason.training.prepared_module import PreparedModule
 
 
 class TrainingModule(PreparedModule):
@@ -174,10 +174,10 @@ class Trainer(TrainingLoop):
             idx = order[start + m * self.micro : start + (m + 1) * self.micro].tolist()
             batch = self.method.collate(self.lm, [self.train_set[i] for i in idx])
             batch = {k: v.to(acc.device) if hasattr(v, "to") else v for k, v in batch.items()}
-            with self.micro_batch(module, last=m == accum - 1):
+            with self.backend.micro_batch(module, last=m == accum - 1):
                 loss, metrics = module(batch)
                 losses.append(loss)
-                self.backward(losses, last=m == accum - 1)
+                self.backend.backward(losses, last=m == accum - 1)
             for key, value in metrics.items():
                 parts[key] = parts.get(key, 0.0) + value / accum
             tokens += self.method.batch_tokens(batch)
