@@ -11,6 +11,9 @@ from latentreason.training.checkpoint import read_optimizer_state
 
 
 class DDP(Backend):
+    """`accumulation_steps` micro-batches make an update; gradients are clipped to `max_grad_norm` (0: not
+    clipped, still measured for the guard)."""
+
     def __init__(self, accelerator, accumulation_steps: int, max_grad_norm: float):
         super().__init__(accelerator)
         self.accumulation_steps, self.max_grad_norm = accumulation_steps, max_grad_norm
@@ -22,7 +25,7 @@ class DDP(Backend):
         self.accelerator.backward(losses[-1] / self.accumulation_steps)
 
     def apply_update(self, module, optimizer, loss, guard, step):
-        # max_grad_norm 0 still measures the (global) norm for the guard; clipping by inf scales by 1.
+        # Clipping by inf scales by 1: max_grad_norm 0 still measures the (global) norm.
         grad_norm = float(self.accelerator.clip_grad_norm_(module.parameters(), self.max_grad_norm or math.inf))
         applied = guard.check(loss, grad_norm, step)
         if applied:

@@ -1,5 +1,5 @@
 """DeepSpeed ZeRO stages 1, 2 and 3 for the training loops, launched by accelerate
-(configs/accelerate/deepspeed-zero2.yaml, deepspeed-zero3.yaml). The only module that knows about DeepSpeed.
+(configs/accelerate/deepspeed-zero2.yaml, deepspeed-zero3.yaml). The only module that imports DeepSpeed.
 
 Each of N processes keeps 1/N of the AdamW moments and fp32 master weights (stage 1), of the reduced
 gradients (stage 2) and of the parameters themselves (stage 3). The engine differs from DDP in ways the

@@ -82,6 +82,8 @@ def _full_tensor(value: torch.Tensor) -> torch.Tensor:
 
 
 class FSDP(DDP):
+    """DDP's gradient sync and update, on sharded parameters that are gathered outside the forward."""
+
     def __init__(self, accelerator, accumulation_steps: int, max_grad_norm: float):
         super().__init__(accelerator, accumulation_steps, max_grad_norm)
         self.plugin = accelerator.state.fsdp_plugin
