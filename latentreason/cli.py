@@ -224,8 +224,8 @@ def cmd_data(argv: list[str]) -> int:
 
 # --- demo --------------------------------------------------------------------------------------
 def cmd_demo(argv: list[str]) -> int:
-    from latentreason.demo.run import run_demo
     from latentreason.demo.plan import DEFAULT_ROWS
+    from latentreason.demo.run import run_demo
 
     parser = argparse.ArgumentParser(prog="latentreason demo", description=run_demo.__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="demo_output", help="where models, results and the plot go")

@@ -27,9 +27,9 @@ from accelerate import PartialState
 from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from safetensors.torch import save_file
 
+from latentreason.training.prepared_module import PreparedModule
 from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
-from latentreason.training.sharding import PreparedModule
 from tests.distributed_latent import latent_config, latent_run, train_recording_passes
 from tests.distributed_rl_worker import run_rl_recording
 

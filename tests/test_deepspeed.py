@@ -12,7 +12,7 @@ import torch
 
 from latentreason.errors import UserError
 from latentreason.train_config import SFTConfig
-from latentreason.training import deepspeed
+from latentreason.training.backends import deepspeed
 from tests.helpers import tiny_train_config
 
 HIDDEN = 32  # the model width accelerator_kwargs sizes ZeRO-3's buckets from

@@ -23,7 +23,7 @@ from latentreason.evaluation.harness import evaluate
 from latentreason.methods import get_method
 from latentreason.model.latent_lm import LatentLM
 from latentreason.train_config import SFTConfig
-from latentreason.training import deepspeed
+from latentreason.training.backends import deepspeed
 from latentreason.training.checkpoint import list_checkpoints
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config

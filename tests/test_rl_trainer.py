@@ -287,6 +287,37 @@ def test_non_finite_updates_are_skipped_and_too_many_in_a_row_stop_the_run(tmp_p
         run_rl(dataclasses.replace(cfg, output_dir=str(tmp_path / "stop"), max_nonfinite_steps=2), progress=False)
 
 
+class Bar:
+    """Stands in for the loop's progress bar: records the bars made and whether the loop closed them."""
+
+    made: list[Bar] = []
+
+    def __init__(self, **settings):
+        self.closed = False
+        Bar.made.append(self)
+
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, values: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_stopped_run_closes_its_progress_bar(tmp_path, sft_model, monkeypatch):
+    """So that the error message starts on its own line."""
+    from latentreason.training import loop
+
+    monkeypatch.setattr(loop, "tqdm", Bar)
+    monkeypatch.setattr(Bar, "made", [])
+    cfg = rl_config(sft_model, tmp_path / "stop", reward_funcs=["test_nan"], reward_weights=[1.0], max_steps=1)
+    with pytest.raises(UserError, match="not finite for 2 steps in a row"):
+        run_rl(dataclasses.replace(cfg, max_nonfinite_steps=2), progress=False)
+    assert [bar.closed for bar in Bar.made] == [True]
+
+
 @pytest.fixture
 def fresh_accelerate_state():
     """accelerate keeps one process-wide precision: let this test pick bf16 and leave no trace."""

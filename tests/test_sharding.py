@@ -11,7 +11,7 @@ from accelerate.utils import DistributedType
 from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy, transformer_auto_wrap_policy
 
 from latentreason.errors import UserError
-from latentreason.training.sharding import check_launch
+from latentreason.training.backends.fsdp import check_launch
 from tests.helpers import tiny_lm
 
 

@@ -92,7 +92,7 @@ def test_shipped_accelerate_fsdp_configs_ask_for_what_the_loops_support(name, po
     assert config.distributed_type == DistributedType.FSDP
     assert config.mixed_precision == "no"
     fsdp = config.fsdp_config
-    assert (fsdp["fsdp_version"], fsdp["fsdp_auto_wrap_policy"]) == (2, policy)  # see training/sharding.py
+    assert (fsdp["fsdp_version"], fsdp["fsdp_auto_wrap_policy"]) == (2, policy)  # see training/backends/fsdp.py
 
 
 @pytest.mark.parametrize(("name", "stage"), [("deepspeed-zero2.yaml", 2), ("deepspeed-zero3.yaml", 3)])
@@ -100,13 +100,13 @@ def test_shipped_accelerate_deepspeed_configs_ask_for_what_the_loops_support(nam
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
-    from latentreason.training import deepspeed
+    from latentreason.training.backends import deepspeed
 
     config = load_config_from_file(str(SHIPPED_CONFIGS / "accelerate" / name))
     assert config.distributed_type == DistributedType.DEEPSPEED and config.mixed_precision == "no"
     settings = config.deepspeed_config
     assert settings["zero_stage"] == stage and settings["zero3_init_flag"] is False
-    # What `accelerate launch` sets from them passes the loops' checks (see training/deepspeed.py).
+    # What `accelerate launch` sets from them passes the loops' checks (see training/backends/deepspeed.py).
     for key in ("zero_stage", "offload_optimizer_device", "offload_param_device", "zero3_init_flag"):
         variable = "ZERO3_INIT" if key == "zero3_init_flag" else key.upper()
         monkeypatch.setenv(f"ACCELERATE_DEEPSPEED_{variable}", str(settings[key]).lower())

@@ -9,12 +9,13 @@ from latentreason.errors import UserError
 from latentreason.methods.saved import method_for
 from latentreason.model.latent_lm import LatentLM
 from latentreason.rl.config import RLConfig
-from latentreason.rl.trainer import RLResult, RLTrainer
+from latentreason.rl.trainer import RLTrainer
 from latentreason.training.checkpoint import resolve_resume
+from latentreason.training.loop import TrainResult
 from latentreason.training.processes import say
 
 
-def run_rl(config: RLConfig, progress: bool = True, expected_method: str | None = None) -> RLResult:
+def run_rl(config: RLConfig, progress: bool = True, expected_method: str | None = None) -> TrainResult:
     """GRPO on `config.model_name_or_path`; a resumable checkpoint in output_dir takes precedence.
 
     expected_method: the SFT method the recipe was written for (its `method:` marker); another is refused.

@@ -1,8 +1,9 @@
-"""GRPO over latent plans (ATP-Latent or CoLaR; what differs is each method's latent_actions): read top to bottom.
+"""GRPO over latent plans (ATP-Latent or CoLaR; what differs is each method's latent_actions): what its steps
+are in the shared loop (training/loop.py), read top to bottom.
 
 Per rollout step (the unit of max_steps, checkpoints and resume):
-  1. questions: this rank's whole questions of the step (a group never spans ranks), from a
-     permutation seeded by (seed, epoch), so a resumed run sees the same questions;
+  1. questions: this rank's whole questions of the step (a group never spans ranks), from the epoch's
+     permutation, so a resumed run sees the same questions;
   2. rollouts: num_generations per question, sampled with a generator seeded by (seed, step, rank)
      (latent noise from the learned variance, sampled stop decisions, answer tokens at `temperature`),
      their log-probs recorded on the way;
@@ -19,25 +20,22 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
-from latentreason.evaluation.harness import EvalResult
 from latentreason.model.latent_lm import LatentLM
 from latentreason.model.step_decoder import StepDecoder
 from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
 from latentreason.rl.policy import LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
-from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.loop import TrainingLoop
-from latentreason.training.sharding import PreparedModule
+from latentreason.training.prepared_module import PreparedModule
 
 
 class PolicyLossModule(PreparedModule):
@@ -64,16 +62,10 @@ class PolicyLossModule(PreparedModule):
         )
 
 
-@dataclass
-class RLResult:
-    final_dir: Path
-    global_step: int
-    last_metrics: dict
-    eval: EvalResult | None
-
-
 class RLTrainer(TrainingLoop):
     """`resume`: a complete checkpoint to continue from (`lm` must hold its weights); `run_rl` resolves it."""
+
+    tracker_project, progress_label = "latentreason-rl", "rl"
 
     def __init__(
         self,
@@ -175,51 +167,23 @@ class RLTrainer(TrainingLoop):
         decoder = self.reward_context.decoder
         if decoder is not None and decoder.lm is not self.lm:  # a copy/small decoder is a head of the model
             decoder.lm.to(device)
-        self.guard = NonFiniteGuard(cfg.max_nonfinite_steps, report=self.accelerator.print)
         return module, optimizer, scheduler
 
-    # --- the loop -------------------------------------------------------------------------------
-    def train(self) -> RLResult:
-        cfg, acc = self.config, self.accelerator
-        self.check_output_dir()
-        set_seed(cfg.seed)
-        module, optimizer, scheduler = self.setup()
-        state, bar = self.begin(module, optimizer, scheduler, "latentreason-rl", f"rl {self.method.name}")
-        self.guard.skipped = state.get("skipped_nonfinite", 0)
-        metrics: dict = {}
-        step, epoch, step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
-        while step < self.total_steps:
-            order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-            while step_in_epoch < self.steps_per_epoch and step < self.total_steps:
-                first = step_in_epoch * cfg.questions_per_step + acc.process_index * self.local_questions
-                questions = [self.train_set[i] for i in order[first : first + self.local_questions].tolist()]
-                metrics = self.rl_step(module, optimizer, scheduler, questions, step)
-                step, step_in_epoch = step + 1, step_in_epoch + 1
-                metrics = {"step": step, "epoch": epoch, **metrics, "lr": scheduler.get_last_lr()[0]}
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward']:.3f}", latents=f"{metrics['latents/mean_active']:.1f}")
-                if step % cfg.logging_steps == 0 or step == self.total_steps:
-                    self.log(metrics, step)
-                if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
-                    self.evaluate(module, step)
-                if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
-                    self.save(module, optimizer, scheduler, self._state(step, epoch, step_in_epoch))
-            if step_in_epoch >= self.steps_per_epoch:
-                epoch, step_in_epoch = epoch + 1, 0
-        bar.close()
-        self.save(module, optimizer, scheduler, self._state(step, epoch, step_in_epoch))
-        final_dir = self.save_final(module)
-        result = self.evaluate(module, step)
-        self.end()
-        return RLResult(final_dir, step, metrics, result)
+    # --- the steps -----------------------------------------------------------------------------
+    def start_epoch(self, epoch, step_in_epoch, optimizer):
+        """Nothing: the SFT method's curriculum stays where SFT left it."""
 
-    def _state(self, step: int, epoch: int, step_in_epoch: int) -> dict:
-        return {
-            "global_step": step,
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "skipped_nonfinite": self.guard.skipped,
-        }
+    def train_step(self, module, optimizer, scheduler, order, step_in_epoch, step) -> dict:
+        """This rank's questions of the rollout step, then `rl_step` on them."""
+        first = step_in_epoch * self.config.questions_per_step + self.accelerator.process_index * self.local_questions
+        questions = [self.train_set[i] for i in order[first : first + self.local_questions].tolist()]
+        return self.rl_step(module, optimizer, scheduler, questions, step)
+
+    def summary(self, since_log, seconds, lr):
+        return {**since_log[-1], "lr": lr}  # the last rollout step's metrics (already averaged over processes)
+
+    def postfix(self, metrics):
+        return {"reward": f"{metrics['reward']:.3f}", "latents": f"{metrics['latents/mean_active']:.1f}"}
 
     def rl_step(self, module, optimizer, scheduler, questions: list[Problem], step: int) -> dict:
         """Sample, score and update on one rollout batch; returns its metrics (phase times included)."""
@@ -230,7 +194,9 @@ class RLTrainer(TrainingLoop):
         problems = [q for q in questions for _ in range(cfg.num_generations)]  # groups are consecutive
         # One gather of a sharded model for both: the coherence reward decodes with the step decoder, a head
         # of the model in copy/small mode.
-        rollouts, scores, sampled = self.outside_forward(module, lambda: self._sample_and_score(problems, generator))
+        rollouts, scores, sampled = self.backend.outside_forward(
+            module, lambda: self._sample_and_score(problems, generator)
+        )
         rewards = combine(scores, self.weights, cfg.coherence_gate)  # [B]
         advantages = group_advantages(rewards, cfg.num_generations, scale=cfg.scale_rewards).to(lm.device)  # [B]
         scored = time.perf_counter()
@@ -287,14 +253,14 @@ class RLTrainer(TrainingLoop):
                 for m in range(cfg.gradient_accumulation_steps):
                     rows = chunk[m * self.micro : (m + 1) * self.micro].to(advantages.device)
                     last = m == cfg.gradient_accumulation_steps - 1
-                    with self.micro_batch(module, last):
+                    with self.backend.micro_batch(module, last):
                         out = module(rollouts.select(rows), advantages[rows])
                         losses.append(out.loss)
-                        self.backward(losses, last)
+                        self.backend.backward(losses, last)
                     for key, value in {"loss": float(out.loss.detach()), **out.stats}.items():
                         sums[key] = sums.get(key, 0.0) + value
                     micro_batches += 1
-                _, applied, norm = self.finish_update(module, optimizer, scheduler, self.guard, losses, step + 1)
+                _, applied, norm = self.finish_update(module, optimizer, scheduler, losses, step + 1)
                 if applied:
                     norms.append(norm)
         stats = {k: v / micro_batches for k, v in sums.items()}

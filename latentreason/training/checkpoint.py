@@ -6,9 +6,10 @@ killed while saving leaves `.tmp-checkpoint-N` behind; resuming names it and ski
 save of step N replaces it. Every file, then the directory, reaches the disk before the rename
 (outputs.publish), so not even a power loss leaves a complete-looking checkpoint with data missing.
 Weights and optimizer moments are whole tensors under DDP and FSDP (FSDP gathers them first, see
-sharding.py): such a checkpoint resumes under DDP, FSDP or one process. Under DeepSpeed the optimizer is
-per-rank partitions in `deepspeed/` instead of optimizer.pt (written by every rank into the temporary
-directory before the rename, see deepspeed.py); it resumes under DeepSpeed with as many processes.
+backends/fsdp.py): such a checkpoint resumes under DDP, FSDP or one process. Under DeepSpeed the optimizer
+is per-rank partitions in `deepspeed/` instead of optimizer.pt (written by every rank into the temporary
+directory before the rename, see backends/deepspeed.py); it resumes under DeepSpeed with as many processes.
+The launch's backend saves and loads the optimizer state (`Backend.save_optimizer`, `load_optimizer`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 
 from latentreason.errors import UserError
 from latentreason.training.outputs import publish
-from latentreason.training.sharding import load_optimizer_state
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "checkpoint-"
@@ -101,16 +101,19 @@ def clear_run(output_dir: Path) -> None:
     (output_dir / "log.jsonl").unlink(missing_ok=True)
 
 
-def load_training_state(path: Path, optimizer, scheduler) -> dict:
-    """Scheduler, RNG and loop state, and the optimizer unless it is None (DeepSpeed loads its own)."""
-    if optimizer is not None:
-        if not (path / "optimizer.pt").is_file():
-            raise UserError(
-                f"{path} was written under DeepSpeed (no optimizer.pt); resume it under DeepSpeed with the same "
-                "number of processes"
-            )
-        # weights_only=True: a checkpoint can never run code while loading.
-        load_optimizer_state(optimizer, torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+def read_optimizer_state(path: Path) -> dict:
+    """The whole optimizer state a DDP or FSDP run saved in checkpoint `path`."""
+    if not (path / "optimizer.pt").is_file():
+        raise UserError(
+            f"{path} was written under DeepSpeed (no optimizer.pt); resume it under DeepSpeed with the same "
+            "number of processes"
+        )
+    # weights_only=True: a checkpoint can never run code while loading.
+    return torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+
+
+def load_training_state(path: Path, scheduler) -> dict:
+    """Scheduler, RNG and loop state (the backend resumes the optimizer: `Backend.load_optimizer`)."""
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
     set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     return json.loads((path / STATE_FILE).read_text())

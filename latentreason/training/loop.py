@@ -1,38 +1,33 @@
-"""What every training loop (SFT and RL) shares: accelerate set-up (DDP, FSDP (see sharding.py) or
-DeepSpeed ZeRO-1/2/3 (see deepspeed.py)), the micro-batch / update pattern, the output directory rules,
-AdamW, the metrics log, sharded held-out evaluation, checkpoints and the final model."""
+"""The loop every trainer runs (SFT in trainer.py, GRPO in rl/trainer.py), read top to bottom in `train`:
+resume, steps under the non-finite guard, the metrics log, held-out evaluation, checkpoints, the final
+model. A trainer supplies what differs: its prepared module, optimizer and schedule (`setup`), one step
+(`train_step`), what its log lines say (`summary`, `postfix`) and what an epoch's start means to its
+method (`start_epoch`).
+
+Steps run epoch by epoch over a permutation of the training set seeded by (seed, epoch); a step's data is
+a pure function of (seed, epoch, step), so resuming a checkpoint replays exactly the same steps. Under
+every launch (one process, DDP, FSDP, DeepSpeed ZeRO-1/2/3) the launch's backend (backends/) synchronises
+gradients, applies updates, gathers the model and saves the optimizer."""
 
 from __future__ import annotations
 
-import contextlib
-import math
-from dataclasses import asdict
+import abc
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from latentreason.engine.lockstep import lockstep
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult, evaluate_sharded
 from latentreason.train_config import TrainConfig
-from latentreason.training import deepspeed
+from latentreason.training import backends
 from latentreason.training.checkpoint import clear_run, load_training_state, save_checkpoint
 from latentreason.training.guards import NonFiniteGuard, advance_schedule
 from latentreason.training.outputs import append_log, save_final, trim_log
-from latentreason.training.processes import multi_process_cpu
-from latentreason.training.sharding import (
-    check_launch,
-    enable_fsdp_on_cpu,
-    full_optimizer_state,
-    full_weights,
-    max_over_processes,
-    sharded_per_layer,
-)
-from latentreason.training.sharding import (
-    outside_forward as fsdp_outside_forward,
-)
 
 
 def mixed_precision(setting: str) -> str:
@@ -43,57 +38,133 @@ def mixed_precision(setting: str) -> str:
     return "no"
 
 
-class TrainingLoop:
-    """Subclasses set `self.lm`, `self.method`, `self.held_out`, `self.total_steps` and run their own loop
-    with these parts; `module` is the `PreparedModule` they handed to `accelerator.prepare`."""
+@dataclass
+class TrainResult:
+    final_dir: Path
+    global_step: int
+    last_metrics: dict
+    eval: EvalResult | None
+
+
+class TrainingLoop(abc.ABC):
+    """`resume`: a complete checkpoint to continue from (`self.lm` must hold its weights). A subclass sets
+    `self.method`, `self.lm`, `self.train_set` and `self.held_out` before this constructor (which starts
+    the launch), `self.steps_per_epoch` and `self.total_steps` after it. `module` is the `PreparedModule`
+    its `setup` handed to `accelerator.prepare`, `optimizer` accelerate's wrapper of the AdamW it built."""
 
     config: TrainConfig
+    tracker_project: str  # the name the metrics trackers file the run under
+    progress_label: str  # the progress bar's, before the method's name
 
     def __init__(self, config: TrainConfig, resume: Path | None, progress: bool):
         self.config, self.resume, self.progress = config, resume, progress
         self.output_dir = Path(config.output_dir)
         precision = mixed_precision(config.bf16)
-        if deepspeed.requested():
-            launch = deepspeed.accelerator_kwargs(config, precision, self.lm.model.config.hidden_size)
-        else:
-            launch = {"cpu": multi_process_cpu()}
         self.accelerator = Accelerator(
             mixed_precision=precision,
             log_with=None if config.report_to == "none" else config.report_to,
             project_dir=config.output_dir,
-            **launch,
+            **backends.accelerator_kwargs(config, precision, self.lm.model.config.hidden_size),
         )
-        self.deepspeed = deepspeed.active(self.accelerator)
-        if self.deepspeed:
-            deepspeed.withdraw_from_transformers()
-        enable_fsdp_on_cpu(self.accelerator)
-        check_launch(self.accelerator, self.lm)
-        # Sharded per layer (FSDP auto-wrap) or per submodule (ZeRO-3), every call gathers: the training
-        # passes run as much as the busiest process (engine/lockstep.py).
-        self.per_layer = sharded_per_layer(self.accelerator) or deepspeed.zero3(self.accelerator)
+        self.backend = backends.select(self.accelerator, config, self.lm)
+        self.guard = NonFiniteGuard(config.max_nonfinite_steps, report=self.accelerator.print)
 
-    def begin(self, module, optimizer, scheduler, tracker: str, desc: str) -> tuple[dict, tqdm]:
+    # --- the loop -------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        cfg = self.config
+        self.check_output_dir()
+        set_seed(cfg.seed)
+        module, optimizer, scheduler = self.setup()
+        state, bar = self.begin(module, optimizer, scheduler)
+        step, epoch, step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
+        metrics: dict = {}
+        since_log, log_clock = [], time.perf_counter()  # what the steps since the last log returned
+        try:
+            while step < self.total_steps:
+                self.start_epoch(epoch, step_in_epoch, optimizer)
+                order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+                while step_in_epoch < self.steps_per_epoch and step < self.total_steps:
+                    since_log.append(self.train_step(module, optimizer, scheduler, order, step_in_epoch, step))
+                    step, step_in_epoch = step + 1, step_in_epoch + 1
+                    bar.update(1)
+                    if step % cfg.logging_steps == 0 or step == self.total_steps:
+                        took, lr = time.perf_counter() - log_clock, scheduler.get_last_lr()[0]
+                        metrics = {"step": step, "epoch": epoch, **self.summary(since_log, took, lr)}
+                        self.log(metrics, step)
+                        bar.set_postfix(self.postfix(metrics))
+                        since_log, log_clock = [], time.perf_counter()
+                    if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
+                        self.evaluate(module, step)
+                    if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
+                        self.save(module, optimizer, scheduler, self.loop_state(step, epoch, step_in_epoch))
+                if step_in_epoch >= self.steps_per_epoch:
+                    epoch, step_in_epoch = epoch + 1, 0
+        finally:
+            bar.close()  # also when the run stops: the error message then starts on its own line
+        self.save(module, optimizer, scheduler, self.loop_state(step, epoch, step_in_epoch))
+        final_dir = self.save_final(module)
+        result = self.evaluate(module, step)
+        self.end()
+        return TrainResult(final_dir, step, metrics, result)
+
+    # --- what a trainer supplies --------------------------------------------------------------
+    @abc.abstractmethod
+    def setup(self) -> tuple:
+        """(module, optimizer, scheduler), prepared by accelerate."""
+
+    @abc.abstractmethod
+    def start_epoch(self, epoch: int, step_in_epoch: int, optimizer) -> None:
+        """Before the steps of `epoch` (also of a resumed one, from `step_in_epoch` on)."""
+
+    @abc.abstractmethod
+    def train_step(self, module, optimizer, scheduler, order: torch.Tensor, step_in_epoch: int, step: int):
+        """Step `step` (0-based; the `step_in_epoch`-th of the epoch whose permutation of the training set
+        is `order`): its updates. Returns what `summary` needs of it."""
+
+    @abc.abstractmethod
+    def summary(self, since_log: list, seconds: float, lr: float) -> dict:
+        """The log line's metrics (besides step and epoch) for the steps since the last log, which returned
+        `since_log` and took `seconds`; `lr`: the learning rate now."""
+
+    @abc.abstractmethod
+    def postfix(self, metrics: dict) -> dict[str, str]:
+        """What the progress bar shows of the latest log line."""
+
+    # --- the parts ------------------------------------------------------------------------------
+    def begin(self, module, optimizer, scheduler) -> tuple[dict, tqdm]:
         """The run's starting state (from the resumed checkpoint, if any), trackers, output dir, progress bar."""
         acc = self.accelerator
         state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
         if self.resume is not None:
-            if self.deepspeed:
-                deepspeed.load_engine_state(module, self.resume, acc.num_processes)
-            state = load_training_state(self.resume, None if self.deepspeed else optimizer.optimizer, scheduler)
+            self.backend.load_optimizer(module, optimizer, self.resume)
+            state = load_training_state(self.resume, scheduler)
+            self.guard.skipped = state.get("skipped_nonfinite", 0)
             acc.print(f"resumed from {self.resume} at step {state['global_step']}")
+            if self.method.resume_resets_optimizer():
+                optimizer.optimizer.state.clear()
+                acc.print("fresh LoRA adapters on the merged checkpoint: the optimizer state starts anew")
             if acc.is_main_process:
                 trim_log(self.output_dir / "log.jsonl", state["global_step"])
         if self.config.report_to != "none":
-            acc.init_trackers(tracker, config=asdict(self.config))
+            acc.init_trackers(self.tracker_project, config=asdict(self.config))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(
             total=self.total_steps,
             initial=state["global_step"],
-            desc=desc,
+            desc=f"{self.progress_label} {self.method.name}",
             disable=not (self.progress and acc.is_main_process),
             dynamic_ncols=True,
         )
         return state, bar
+
+    def loop_state(self, step: int, epoch: int, step_in_epoch: int) -> dict:
+        """What a checkpoint records of the loop (trainer_state.json)."""
+        return {
+            "global_step": step,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "skipped_nonfinite": self.guard.skipped,
+        }
 
     def check_output_dir(self) -> None:
         # Every rank checks (before the first collective), so a refusal stops all of them alike.
@@ -118,53 +189,17 @@ class TrainingLoop:
         betas = (self.config.adam_beta1, self.config.adam_beta2)
         return torch.optim.AdamW(groups, lr=self.config.learning_rate, betas=betas)
 
-    # --- one update: accumulation micro-batches, then the step ------------------------------------
-    @contextlib.contextmanager
-    def micro_batch(self, module, last: bool):
-        """The context of one micro-batch's forward and backward: gradients are reduced after the last.
-        Sharded per layer, the engine pads its data-dependent call counts to the processes' largest."""
-        if self.deepspeed:
-            reduction = self.accelerator.accumulate(module)  # counts micro-batches; the engine reduces and steps
-        else:
-            reduction = contextlib.nullcontext() if last else self.accelerator.no_sync(module)
-        with reduction, lockstep(max_over_processes) if self.per_layer else contextlib.nullcontext():
-            yield
-
-    def backward(self, losses: list[torch.Tensor], last: bool) -> None:
-        """Backward of the latest of this update's micro-batch `losses` (the update's mean is the objective).
-        DeepSpeed divides by the accumulation steps itself, and steps inside the last backward."""
-        acc, loss = self.accelerator, losses[-1]
-        if not self.deepspeed:
-            acc.backward(loss / self.config.gradient_accumulation_steps)
-            return
-        acc.backward(deepspeed.poison_if_any_nonfinite(acc, losses, loss) if last else loss)
-
-    def finish_update(self, module, optimizer, scheduler, guard: NonFiniteGuard, losses: list, step: int):
+    def finish_update(self, module, optimizer, scheduler, losses: list, step: int):
         """Clip, step (unless the loss or gradient norm is not finite) and advance the schedule after the
         last micro-batch. -> (the update's loss, mean over micro-batches and ranks; applied; gradient norm
         before clipping). The loss is reduced over ranks so every rank takes the same skip decision."""
         acc = self.accelerator
         mean = sum(float(x.detach()) for x in losses) / len(losses)
         loss = float(acc.reduce(torch.tensor(mean, device=acc.device), "mean"))
-        if self.deepspeed:  # the engine already clipped and stepped, or skipped; the guard counts and may stop
-            applied, grad_norm = deepspeed.step_result(optimizer, module)
-            guard.check(loss, grad_norm, step)
-        else:
-            # max_grad_norm 0 still measures the (global) norm for the guard; clipping by inf scales by 1.
-            grad_norm = float(acc.clip_grad_norm_(module.parameters(), self.config.max_grad_norm or math.inf))
-            applied = guard.check(loss, grad_norm, step)
-            if applied:
-                optimizer.step()
+        applied, grad_norm = self.backend.apply_update(module, optimizer, loss, self.guard, step)
         advance_schedule(scheduler)
         optimizer.zero_grad(set_to_none=True)
         return loss, applied, grad_norm
-
-    def outside_forward(self, module, fn):
-        """fn() without gradients where it may call the model directly (evaluation, RL sampling and scoring):
-        on the whole model, without per-layer collectives, under every launch."""
-        if deepspeed.zero3(self.accelerator):
-            return deepspeed.outside_forward(module, fn)
-        return fsdp_outside_forward(self.accelerator, module, fn)
 
     def log(self, metrics: dict, step: int) -> None:
         if self.accelerator.is_main_process:
@@ -179,7 +214,7 @@ class TrainingLoop:
             return None
         was_training = lm.training
         lm.eval()
-        result = self.outside_forward(
+        result = self.backend.outside_forward(
             module,
             lambda: evaluate_sharded(
                 self.method.solver(lm),
@@ -209,11 +244,8 @@ class TrainingLoop:
 
     def save(self, module, optimizer, scheduler, state: dict) -> None:
         acc = self.accelerator
-        if self.deepspeed:  # every rank writes its optimizer partition into the temporary directory
-            deepspeed.save_engine_state(acc, module, self.output_dir, state["global_step"])
-            weights, optimizer_state = deepspeed.full_weights(acc, module), None
-        else:  # under FSDP every process gathers the shards; the main process writes the whole tensors
-            weights, optimizer_state = full_weights(acc, module), full_optimizer_state(acc, optimizer.optimizer)
+        optimizer_state = self.backend.save_optimizer(module, optimizer, self.output_dir, state["global_step"])
+        weights = self.backend.full_weights(module)
         if acc.is_main_process:
             save_checkpoint(
                 self.output_dir,
@@ -229,7 +261,7 @@ class TrainingLoop:
 
     def save_final(self, module) -> Path:
         acc = self.accelerator
-        weights = deepspeed.full_weights(acc, module) if self.deepspeed else full_weights(acc, module)
+        weights = self.backend.full_weights(module)
         if acc.is_main_process:
             save_final(self.lm, self.output_dir, weights)
         acc.wait_for_everyone()

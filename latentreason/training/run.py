@@ -10,8 +10,9 @@ from latentreason.methods import get_method
 from latentreason.model.build import build_latent_lm
 from latentreason.model.latent_lm import LatentLM
 from latentreason.training.checkpoint import resolve_resume
+from latentreason.training.loop import TrainResult
 from latentreason.training.processes import say
-from latentreason.training.trainer import Trainer, TrainResult
+from latentreason.training.trainer import Trainer
 
 
 def fits(lm, problem, max_len: int) -> bool:

@@ -1,32 +1,27 @@
-"""The SFT loop every method shares: read top to bottom.
+"""SFT for every method: what its steps are in the shared loop (loop.py).
 
 Per optimizer step: a global batch of `per_device_train_batch_size * world * accumulation` problems
-is cut from a permutation seeded by (seed, epoch); each rank takes its slice, runs its micro-batches
-(gradient sync only on the last), then clip, AdamW step, schedule step (loop.py's hooks: under
-DeepSpeed the engine does the last three inside the last backward). Because the data order is a
-pure function of (seed, epoch, step), resuming from a checkpoint replays exactly the same batches.
-A NaN/inf loss or gradient norm skips the AdamW step (the schedule still advances); see guards.py.
+is cut from the epoch's permutation; each rank takes its slice, runs its micro-batches (gradient sync
+only on the last), then clip, AdamW step, schedule step (the backend's: under DeepSpeed the engine does
+the first two inside the last backward). A NaN/inf loss or gradient norm skips the AdamW step (the
+schedule still advances); see guards.py. The method may reset the optimizer at an epoch or a step.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
-from latentreason.evaluation.harness import EvalResult
 from latentreason.train_config import TrainConfig
-from latentreason.training.guards import NonFiniteGuard
 from latentreason.training.loop import TrainingLoop
-from latentreason.training.sharding import PreparedModule
+from latentreason.training.prepared_module import PreparedModule
 
 
 class TrainingModule(PreparedModule):
@@ -40,17 +35,11 @@ class TrainingModule(PreparedModule):
         return self.method.loss(self.lm, batch)
 
 
-@dataclass
-class TrainResult:
-    final_dir: Path
-    global_step: int
-    last_metrics: dict
-    eval: EvalResult | None
-
-
 class Trainer(TrainingLoop):
     """`resume`: a complete checkpoint to continue from (`lm` must hold its weights); `run_training`
     resolves `config.resume_from_checkpoint` into it."""
+
+    tracker_project, progress_label = "latentreason", "train"
 
     def __init__(
         self,
@@ -87,85 +76,46 @@ class Trainer(TrainingLoop):
         else:
             self.total_steps = math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
 
-    # --- the loop -------------------------------------------------------------------------------
-    def train(self) -> TrainResult:
-        cfg, acc, resume = self.config, self.accelerator, self.resume
-        self.check_output_dir()
-        set_seed(cfg.seed)
+    # --- the steps -----------------------------------------------------------------------------
+    def setup(self):
+        cfg = self.config
         module = TrainingModule(self.lm, self.method)
         optimizer = self.adamw(module.parameters())
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, self.total_steps)
-        module, optimizer = acc.prepare(module, optimizer)
-        state, bar = self.begin(module, optimizer, scheduler, "latentreason", f"train {self.method.name}")
-        if resume is not None and self.method.resume_resets_optimizer():
+        module, optimizer = self.accelerator.prepare(module, optimizer)
+        return module, optimizer, scheduler
+
+    def start_epoch(self, epoch, step_in_epoch, optimizer):
+        # Always tell the method the epoch (a resumed run needs its curriculum stage); a requested
+        # optimizer reset applies only when the epoch really starts here.
+        if self.method.start_epoch(epoch) and step_in_epoch == 0:
             optimizer.optimizer.state.clear()
-            acc.print("fresh LoRA adapters on the merged checkpoint: the optimizer state starts anew")
-        guard = NonFiniteGuard(cfg.max_nonfinite_steps, state.get("skipped_nonfinite", 0), report=acc.print)
-        metrics: dict = {}
-        window = {"loss": 0.0, "applied": 0, "tokens": 0, "clock": time.perf_counter()}  # since the last log
-        step, epoch, step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
-        try:
-            while step < self.total_steps:
-                # Always tell the method the epoch (a resumed run needs its curriculum stage); a requested
-                # optimizer reset applies only when the epoch really starts here.
-                if self.method.start_epoch(epoch) and step_in_epoch == 0:
-                    optimizer.optimizer.state.clear()
-                order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-                while step_in_epoch < self.steps_per_epoch and step < self.total_steps:
-                    if self.method.start_step(step, self.steps_per_epoch):
-                        optimizer.optimizer.state.clear()
-                    loss, parts, tokens, grad_norm = self._update(
-                        module, optimizer, scheduler, order, step_in_epoch, guard, step + 1
-                    )
-                    step, step_in_epoch = step + 1, step_in_epoch + 1
-                    if loss is not None:
-                        window["loss"] += loss
-                        window["applied"] += 1
-                    window["tokens"] += tokens
-                    bar.update(1)
-                    if step % cfg.logging_steps == 0 or step == self.total_steps:
-                        took = time.perf_counter() - window["clock"]
-                        metrics = {
-                            "step": step,
-                            "epoch": epoch,
-                            **parts,  # the last step's parts
-                            "lr": scheduler.get_last_lr()[0],
-                            "tokens_per_s": window["tokens"] / max(took, 1e-9),
-                            "grad_norm": grad_norm,
-                            "skipped_nonfinite": guard.skipped,  # over the whole run
-                        }
-                        if window["applied"]:  # mean over the window's applied updates
-                            metrics["loss"] = window["loss"] / window["applied"]
-                        self.log(metrics, step)
-                        shown = metrics.get("loss", math.nan)
-                        bar.set_postfix(loss=f"{shown:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-                        window = {"loss": 0.0, "applied": 0, "tokens": 0, "clock": time.perf_counter()}
-                    if cfg.eval_steps > 0 and step % cfg.eval_steps == 0 and step < self.total_steps:
-                        self.evaluate(module, step)
-                    if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < self.total_steps:
-                        self.save(module, optimizer, scheduler, self._state(step, epoch, step_in_epoch, guard))
-                if step_in_epoch >= self.steps_per_epoch:
-                    epoch, step_in_epoch = epoch + 1, 0
-        finally:
-            bar.close()  # also when the run stops: the error message then starts on its own line
-        final_state = self._state(step, epoch, step_in_epoch, guard)
-        self.save(module, optimizer, scheduler, final_state)
-        final_dir = self.save_final(module)
-        result = self.evaluate(module, step)
-        self.end()
-        return TrainResult(final_dir, step, metrics, result)
 
-    @staticmethod
-    def _state(step: int, epoch: int, step_in_epoch: int, guard: NonFiniteGuard) -> dict:
-        return {"global_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "skipped_nonfinite": guard.skipped}
+    def train_step(self, module, optimizer, scheduler, order, step_in_epoch, step) -> dict:
+        """One optimizer step: its loss (None when the update was skipped), parts, tokens and gradient norm."""
+        if self.method.start_step(step, self.steps_per_epoch):
+            optimizer.optimizer.state.clear()
+        losses, parts, tokens = self._micro_batches(module, order, step_in_epoch)
+        loss, applied, grad_norm = self.finish_update(module, optimizer, scheduler, losses, step + 1)
+        return {"loss": loss if applied else None, "parts": parts, "tokens": tokens, "grad_norm": grad_norm}
 
-    def _update(self, module, optimizer, scheduler, order, step_in_epoch, guard, step):
-        """One optimizer step: (mean loss or None when the update was skipped, parts, tokens, grad norm)."""
-        losses, parts, tokens = self._optimizer_step(module, optimizer, order, step_in_epoch)
-        loss, applied, grad_norm = self.finish_update(module, optimizer, scheduler, guard, losses, step)
-        return (loss if applied else None), parts, tokens, grad_norm
+    def summary(self, since_log, seconds, lr):
+        last, losses = since_log[-1], [s["loss"] for s in since_log if s["loss"] is not None]
+        metrics = {
+            **last["parts"],  # the last step's parts
+            "lr": lr,
+            "tokens_per_s": sum(s["tokens"] for s in since_log) / max(seconds, 1e-9),
+            "grad_norm": last["grad_norm"],
+            "skipped_nonfinite": self.guard.skipped,  # over the whole run
+        }
+        if losses:  # mean over the applied updates
+            metrics["loss"] = sum(losses) / len(losses)
+        return metrics
 
-    def _optimizer_step(self, module, optimizer, order, step_in_epoch) -> tuple[list, dict, int]:
+    def postfix(self, metrics):
+        return {"loss": f"{metrics.get('loss', math.nan):.3f}", "tok_s": f"{metrics['tokens_per_s']:.0f}"}
+
+    def _micro_batches(self, module, order, step_in_epoch) -> tuple[list, dict, int]:
         """Forward/backward over this rank's micro-batches of one global batch: (their losses, parts, tokens)."""
         acc, accum = self.accelerator, self.config.gradient_accumulation_steps
         start = step_in_epoch * self.global_batch + acc.process_index * self.micro * accum
@@ -174,10 +124,10 @@ class Trainer(TrainingLoop):
             idx = order[start + m * self.micro : start + (m + 1) * self.micro].tolist()
             batch = self.method.collate(self.lm, [self.train_set[i] for i in idx])
             batch = {k: v.to(acc.device) if hasattr(v, "to") else v for k, v in batch.items()}
-            with self.micro_batch(module, last=m == accum - 1):
+            with self.backend.micro_batch(module, last=m == accum - 1):
                 loss, metrics = module(batch)
                 losses.append(loss)
-                self.backward(losses, last=m == accum - 1)
+                self.backend.backward(losses, last=m == accum - 1)
             for key, value in metrics.items():
                 parts[key] = parts.get(key, 0.0) + value / accum
             tokens += self.method.batch_tokens(batch)

@@ -1,13 +1,13 @@
 """DeepSpeed ZeRO stages 1, 2 and 3 for the training loops, launched by accelerate
-(configs/accelerate/deepspeed-zero2.yaml, deepspeed-zero3.yaml). The only module that knows about DeepSpeed.
+(configs/accelerate/deepspeed-zero2.yaml, deepspeed-zero3.yaml). The only module that imports DeepSpeed.
 
 Each of N processes keeps 1/N of the AdamW moments and fp32 master weights (stage 1), of the reduced
 gradients (stage 2) and of the parameters themselves (stage 3). The engine differs from DDP in ways the
-loops see through TrainingLoop's hooks:
+loops see only through the backend (`DeepSpeed`, and `ZeRO3` for stage 3):
 - it steps INSIDE the last micro-batch's backward (`optimizer.step()`/`zero_grad()` become no-ops) and
   divides the loss by the accumulation steps itself;
 - it clips (DeepSpeed config `gradient_clipping`) and skips a step whose gradients are not finite on its
-  own; a NaN loss with finite gradients it would apply, so `poison_if_any_nonfinite` makes every rank's
+  own; a NaN loss with finite gradients it would apply, so `DeepSpeed.backward` makes every rank's
   gradients NaN whenever any rank saw a non-finite loss;
 - its optimizer state is per-rank partitions, saved by `engine.save_checkpoint` into the checkpoint's
   temporary directory (`deepspeed/`) and resumable only with the same number of processes.
@@ -30,14 +30,14 @@ import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, GradientAccumulationPlugin, InitProcessGroupKwargs
+from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
 
 from latentreason.errors import UserError
+from latentreason.training.backends.base import Backend, whole_weights
 from latentreason.training.checkpoint import TMP_PREFIX, temp_dir
 
 CONFIG = "latentreason/configs/accelerate/deepspeed-zero2.yaml"
@@ -49,15 +49,6 @@ TAG = "state"
 def requested() -> bool:
     """Launched by `accelerate launch` with a DeepSpeed config (which sets this variable)."""
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-
-
-def active(accelerator) -> bool:
-    return accelerator.distributed_type == DistributedType.DEEPSPEED
-
-
-def zero3(accelerator) -> bool:
-    """Whether the parameters themselves are partitioned (every submodule call gathers its own)."""
-    return active(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
 
 
 def _refuse_unsupported_settings() -> None:
@@ -151,23 +142,6 @@ def accelerator_kwargs(config, mixed_precision: str, hidden_size: int) -> dict:
     return kwargs
 
 
-def poison_if_any_nonfinite(accelerator, losses: list[torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
-    """`loss`, made NaN on every rank when any rank's micro-batch losses (this update's) were not finite,
-    so that DeepSpeed skips the step everywhere. A collective: every rank calls it before the last backward."""
-    bad = torch.stack([(~torch.isfinite(x.detach())).any() for x in losses]).any().float()  # ()
-    if float(accelerator.reduce(bad.to(accelerator.device), "sum")) > 0:
-        return loss * float("nan")
-    return loss
-
-
-def step_result(optimizer, engine) -> tuple[bool, float]:
-    """(applied, gradient norm before clipping) of the step the engine took in the last backward; the norm
-    is inf when the step was skipped for non-finite gradients."""
-    if optimizer.step_was_skipped:
-        return False, float("inf")
-    return True, float(engine.get_global_grad_norm())
-
-
 def withdraw_from_transformers() -> None:
     """accelerate hands its ZeRO-3 config to transformers, which then builds every model made later in this
     process (a resumed run's, RL's frozen copies, a new step decoder) straight into partitions, and resizes
@@ -176,28 +150,6 @@ def withdraw_from_transformers() -> None:
     from transformers.integrations import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
-
-
-def whole_parameters(engine):
-    """A context in which every parameter of the engine's model is whole on every process (a collective on
-    entry, every process enters it). A no-op unless the parameters are ZeRO-3 partitions."""
-    from deepspeed.runtime.zero.partition_parameters import GatheredParameters
-
-    return GatheredParameters(list(engine.module.parameters()), enabled=engine.zero_optimization_partition_weights())
-
-
-def outside_forward(engine, fn: Callable):
-    """fn() without gradients, on the whole ZeRO-3 model: every parameter is gathered once (one collective,
-    the same on every process) and the engine's per-submodule hooks are taken off until fn returns, so fn
-    may call any submodule any number of times without collectives; then the hooks go back on and the
-    parameters are partitioned again."""
-    offload = engine.optimizer.parameter_offload
-    with whole_parameters(engine), torch.no_grad():
-        _remove_hooks(offload)
-        try:
-            return fn()
-        finally:
-            offload._register_deepspeed_module(offload.module)  # re-records its call trace on the next forward
 
 
 def _remove_hooks(offload) -> None:
@@ -209,30 +161,9 @@ def _remove_hooks(offload) -> None:
     offload.forward_hooks, offload.backward_hooks = [], []
 
 
-def full_weights(accelerator, engine) -> dict[str, torch.Tensor] | None:
-    """The weights a DDP run would save, under `LatentLM` names on the main process ({} on the others), or
-    None when the engine's live model already holds them (ZeRO-1/2 in fp32). Under bf16 the engine's model
-    is a bf16 copy: trained tensors come from the fp32 master partitions. Under ZeRO-3 every tensor is a
-    partition: trained ones come from the fp32 master partitions, frozen ones are gathered. Every process
-    must call it (one collective per tensor, in state-dict order)."""
-    partitioned = engine.zero_optimization_partition_weights()
-    if not (partitioned or engine.bfloat16_enabled()):
-        return None
-    keep = accelerator.is_main_process
-    gathered: dict[int, torch.Tensor | None] = {}  # tied weights stay one tensor
-    weights = {}
-    for name, value in engine.module.state_dict(keep_vars=True).items():
-        if id(value) not in gathered:
-            whole = _whole(value, partitioned)
-            # Only the main process keeps a CPU copy: the others would hold a whole model for nothing.
-            gathered[id(value)] = (whole.float() if whole.is_floating_point() else whole).cpu() if keep else None
-        weights[name.removeprefix("lm.")] = gathered[id(value)]
-    return weights if keep else {}
-
-
 def _whole(value: torch.Tensor, partitioned: bool) -> torch.Tensor:
     """One state-dict tensor, whole: its fp32 master when trained; gathered when a frozen ZeRO-3 partition
-    (its live, maybe bf16, value: no master copy exists); buffers are never partitioned."""
+    (its live, maybe bf16, value: no master copy exists); buffers are never partitioned. A collective."""
     from deepspeed.runtime.zero.partition_parameters import GatheredParameters
     from deepspeed.utils import safe_get_full_fp32_param
 
@@ -245,6 +176,77 @@ def _whole(value: torch.Tensor, partitioned: bool) -> torch.Tensor:
         return value.detach()
     with GatheredParameters([value]):
         return value.detach().clone()
+
+
+class DeepSpeed(Backend):
+    """ZeRO-1/2: every process holds the whole parameters (`ZeRO3` partitions them too)."""
+
+    def __init__(self, accelerator):
+        super().__init__(accelerator)
+        withdraw_from_transformers()
+
+    def gradient_sync(self, module, last):
+        return self.accelerator.accumulate(module)  # counts micro-batches; the engine reduces and steps
+
+    def backward(self, losses, last):
+        """The loss, made NaN on every rank when any rank's micro-batch losses of this update were not
+        finite, so that the engine skips the step everywhere (a collective before the last backward)."""
+        acc, loss = self.accelerator, losses[-1]
+        if last:
+            bad = torch.stack([(~torch.isfinite(x.detach())).any() for x in losses]).any().float()  # ()
+            if float(acc.reduce(bad.to(acc.device), "sum")) > 0:
+                loss = loss * float("nan")
+        acc.backward(loss)
+
+    def apply_update(self, module, optimizer, loss, guard, step):
+        """The engine already clipped and stepped in the last backward, or skipped a step whose gradients
+        were not finite (the norm is then inf); the guard counts and may stop."""
+        applied = not optimizer.step_was_skipped
+        grad_norm = float(module.get_global_grad_norm()) if applied else float("inf")
+        guard.check(loss, grad_norm, step)
+        return applied, grad_norm
+
+    def full_weights(self, module):
+        """The weights a DDP run would save, or None when the engine's live model already holds them
+        (ZeRO-1/2 in fp32). Under bf16 the engine's model is a bf16 copy: trained tensors come from the
+        fp32 master partitions. Under ZeRO-3 every tensor is a partition: trained ones come from the fp32
+        master partitions, frozen ones are gathered (one collective per tensor, in state-dict order)."""
+        partitioned = module.zero_optimization_partition_weights()
+        if not (partitioned or module.bfloat16_enabled()):
+            return None
+
+        def whole(value):
+            value = _whole(value, partitioned)
+            return value.float() if value.is_floating_point() else value
+
+        return whole_weights(module.module.state_dict(keep_vars=True), whole, self.accelerator.is_main_process)
+
+    def save_optimizer(self, module, optimizer, output_dir, step):
+        save_engine_state(self.accelerator, module, output_dir, step)
+        return None
+
+    def load_optimizer(self, module, optimizer, checkpoint):
+        load_engine_state(module, checkpoint, self.accelerator.num_processes)
+
+
+class ZeRO3(DeepSpeed):
+    """ZeRO-3: every submodule call gathers its own parameters."""
+
+    per_layer_collectives = True
+
+    def outside_forward(self, module, fn):
+        """Every parameter is gathered once (one collective, the same on every process) and the engine's
+        per-submodule hooks are taken off until fn returns, so fn may call any submodule any number of
+        times without collectives; then the hooks go back on and the parameters are partitioned again."""
+        from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+
+        offload = module.optimizer.parameter_offload
+        with GatheredParameters(list(module.module.parameters())), torch.no_grad():
+            _remove_hooks(offload)
+            try:
+                return fn()
+            finally:
+                offload._register_deepspeed_module(offload.module)  # re-records its call trace on the next forward
 
 
 def save_engine_state(accelerator, engine, output_dir: Path, step: int) -> None:
