@@ -142,6 +142,25 @@ def test_a_method_can_ask_for_a_fresh_optimizer_on_resume(tmp_path, capsys, monk
     assert ("the optimizer state starts anew" in capsys.readouterr().out) == resets
 
 
+def test_a_method_can_ask_for_a_fresh_optimizer_at_an_epoch_or_a_step(tmp_path, monkeypatch, optimizer_steps):
+    # Coconut's stages (start_epoch) and iCoT's removals (start_step) ask for it: the loop must act on it.
+    cot = get_method("cot")
+    monkeypatch.setattr(cot, "start_epoch", lambda self, epoch: epoch == 1)
+    monkeypatch.setattr(cot, "start_step", lambda self, step, steps_per_epoch: step == 2)
+
+    def fresh_steps(max_steps: int, **resume) -> list[int]:
+        """Indices (from 0, this run's steps) of the optimizer steps that start without AdamW moments."""
+        optimizer_steps.clear()
+        cfg = config(tmp_path, num_train_examples=64, max_steps=max_steps, num_eval_examples=0, **resume)
+        run_training("cot", cfg, progress=False)
+        return [i for i, step in enumerate(optimizer_steps) if all(m is None for m in step["exp_avg"])]
+
+    # 4 steps per epoch: the first step, the one start_step asks at and the first of epoch 1.
+    assert fresh_steps(5) == [0, 2, 4]
+    # Resumed inside epoch 1, the method is told the epoch again, but the epoch does not start here.
+    assert fresh_steps(6, resume_from_checkpoint="auto") == []
+
+
 def test_codi_with_lora_resets_the_optimizer_on_resume():
     codi = get_method("codi")
     assert codi(codi.config_cls(lora_r=4)).resume_resets_optimizer()
