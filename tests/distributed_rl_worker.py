@@ -21,9 +21,17 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.methods.atp import ATPConfig, ATPLatent
 from latentreason.rl import trainer as rl_trainer
 from latentreason.rl.config import RLConfig
+from latentreason.rl.rewards import register_reward
 from latentreason.training.processes import leave_process_group
 from tests.distributed_latent import latent_run, train_recording_passes
 from tests.helpers import build_tiny_lm
+
+
+@register_reward("test_fewer_latents")
+def fewer_latents(context):
+    """Varies within the groups of an untrained model, which answers nothing: without it every advantage,
+    and every gradient, would be 0, and the launches would be compared on weight decay alone."""
+    return lambda problems, completions: [-float(c.num_latents) for c in completions]
 
 
 def main(out: Path, runs: dict) -> None:

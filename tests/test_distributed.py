@@ -76,12 +76,27 @@ def largest_difference(a: dict, b: dict) -> float:
     return max(float((a[name] - b[name]).abs().max()) for name in a)
 
 
+def grad_norms(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [row["grad_norm"] for row in rows if "grad_norm" in row]
+
+
+def check_same_grad_norms(run: Path, reference: Path, rel: float = 1e-5) -> None:
+    """Every step's gradient norm (before clipping, logged) is the reference run's. Weights after AdamW updates
+    hardly change when every gradient is scaled (a sum over ranks or micro-batches instead of a mean), and
+    clipping gives scaled gradients the same norm: comparing weights alone would not show it."""
+    got, expected = grad_norms(run), grad_norms(reference)
+    assert len(got) == len(expected) and any(norm > 0 for norm in expected)  # there were gradients to compare
+    assert got == pytest.approx(expected, rel=rel), run.name
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(two_ranks, one_process):
     single = load_file(str(one_process / "final" / "model.safetensors"))
     ddp = load_file(str(two_ranks / "run" / "final" / "model.safetensors"))
     worst = largest_difference(single, ddp)
     print(f"largest difference from one process: {worst:.2e}")
     assert worst <= TOLERANCE, worst
+    check_same_grad_norms(two_ranks / "run", one_process)
 
 
 def test_sharded_evaluation_gathers_every_problem_exactly_once(two_ranks):
@@ -113,6 +128,8 @@ RL_RUN = {
     "learning_rate": 1e-3,
     "max_steps": 3,
     "seed": 4,
+    "reward_funcs": ["test_fewer_latents"],  # registered in distributed_rl_worker.py
+    "reward_weights": [1.0],
 }
 
 
@@ -156,6 +173,9 @@ def test_rl_groups_stay_whole_on_one_rank_and_advantages_are_per_group(two_rl_ra
                 # Normalised by the group's own statistics (0 where the group's rewards are all equal).
                 expected_adv = centred / (rewards.std() + 1e-4) if rewards.std() > 0 else torch.zeros(g)
                 torch.testing.assert_close(advantages, expected_adv, atol=1e-5, rtol=1e-4)
+    # Each rank had groups whose rewards differ: were they all equal, every advantage would be 0 however the
+    # rollouts were grouped.
+    assert all(any(a != 0 for view in rank for a in view["advantages"]) for rank in ranks)
 
 
 def test_rl_parameters_are_identical_across_ranks(two_rl_ranks):
@@ -199,6 +219,7 @@ def test_fsdp_matches_one_process_and_ddp(fsdp_ranks, one_process, two_ranks):
     from_single, from_ddp = largest_difference(fsdp, single), largest_difference(fsdp, ddp)
     print(f"FSDP: largest difference from one process {from_single:.2e}, from DDP {from_ddp:.2e}")
     assert from_single <= TOLERANCE and from_ddp <= TOLERANCE, (from_single, from_ddp)
+    check_same_grad_norms(fsdp_ranks / "sft", one_process)
     assert largest_difference(fsdp, load_file(str(fsdp_ranks / "sft" / "checkpoint-2" / "model.safetensors"))) > 0
 
 
@@ -249,13 +270,26 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_ranks, one_process, tmp_
     assert worst <= TOLERANCE, worst
 
 
+# GRPO's advantages are centred per group, so many weights' gradients nearly cancel, and Adam's first updates
+# (lr * g / (|g| + eps)) turn the rounding of another summation order into up to a few percent of lr in those
+# few values (see PER_CALL_TOLERANCE). Measured at lr 1e-3 against DDP: 2.9e-5 under FSDP and ZeRO-2, 3.7e-5
+# under ZeRO-3, 5.7e-6 under per-layer FSDP, with at most 38 of 70,946 values more than TOLERANCE apart. A
+# gradient that is really different (another rollout, a missing reduction) moves most weights by about lr.
+RL_TOLERANCE = 1e-4
+RL_VALUES_APART = 100
+
+
 def check_rl_matches_ddp(launch: str, run: Path, two_rl_ranks: Path) -> None:
-    """The GRPO model saved in `run` loads, moved from the start, and equals the DDP run's within TOLERANCE."""
+    """The GRPO model saved in `run` loads, moved from the start, and equals the DDP run's: all within
+    RL_TOLERANCE, all but RL_VALUES_APART values within TOLERANCE; the gradient norms too."""
     trained = LatentLM.from_pretrained(run / "final").state_dict()
     ddp = LatentLM.from_pretrained(two_rl_ranks / "rl" / "final").state_dict()
     worst = largest_difference(trained, ddp)
-    print(f"{launch} GRPO: largest difference from DDP {worst:.2e}")
-    assert worst <= TOLERANCE, worst
+    apart = sum(int(((trained[k] - ddp[k]).abs() > TOLERANCE).sum()) for k in ddp)
+    print(f"{launch} GRPO: largest difference from DDP {worst:.2e}, {apart} values more than {TOLERANCE} apart")
+    assert worst <= RL_TOLERANCE and apart <= RL_VALUES_APART, (worst, apart)
+    # The first step starts from the same weights; later ones from weights apart as above (measured 1.3e-4).
+    check_same_grad_norms(run, two_rl_ranks / "rl", rel=1e-3)
     start = build_atp_start()
     assert any(not torch.equal(start[k], trained[k]) for k in start)  # the updates did happen
 
@@ -283,6 +317,8 @@ def test_deepspeed_zero2_matches_one_process_with_and_without_accumulation(deeps
     accum = largest_difference(load_file(str(deepspeed_ranks / "accum" / "final" / "model.safetensors")), single)
     print(f"ZeRO-2: largest difference from one process {plain:.2e}, with accumulation {accum:.2e}")
     assert plain <= TOLERANCE and accum <= TOLERANCE, (plain, accum)
+    check_same_grad_norms(deepspeed_ranks / "sft", one_process)
+    check_same_grad_norms(deepspeed_ranks / "accum", one_process)
     # The optimizer state really is split: one partition per process, no whole optimizer.pt.
     checkpoint = deepspeed_ranks / "sft" / "checkpoint-2"
     assert deepspeed.saved_world_size(checkpoint) == 2 and not (checkpoint / "optimizer.pt").exists()
@@ -415,6 +451,7 @@ def test_zero3_latent_sft_pads_its_passes_and_matches_one_process(zero3_ranks, o
     worst = largest_difference(zero3, single)
     print(f"ZeRO-3 Coconut: largest difference from one process {worst:.2e}")
     assert worst <= PER_CALL_TOLERANCE, worst
+    check_same_grad_norms(zero3_ranks / "coconut", one_process_coconut)
     # The whole weights each rank gathers at the end are the same, and what the final model holds.
     ranks = [load_file(str(zero3_ranks / f"rank{r}.safetensors")) for r in (0, 1)]
     assert largest_difference(ranks[0], ranks[1]) == 0.0
@@ -473,6 +510,7 @@ def test_zero3_atp_latent_sft_matches_ddp(zero3_ranks, two_rl_ranks):
     worst = largest_difference(zero3, ddp)
     print(f"ZeRO-3 ATP-Latent: largest difference from DDP {worst:.2e}")
     assert worst <= PER_CALL_TOLERANCE, worst
+    check_same_grad_norms(zero3_ranks / "atp", two_rl_ranks / "atp")
 
 
 def test_zero3_bf16_saves_the_fp32_master_weights(zero3_ranks):
@@ -488,6 +526,7 @@ def test_zero3_trains_lora_adapters_as_one_process(zero3_ranks, tmp_path):
     worst = largest_difference(zero3, load_file(str(one / "final" / "model.safetensors")))
     print(f"ZeRO-3 LoRA: largest difference from one process {worst:.2e}")
     assert worst <= PER_CALL_TOLERANCE, worst
+    check_same_grad_norms(zero3_ranks / "lora", one)
     start = LatentLM.from_pretrained(zero3_ranks / "lora" / "checkpoint-2").state_dict()
     assert start.keys() == LatentLM.from_pretrained(zero3_ranks / "lora" / "final").state_dict().keys()
 

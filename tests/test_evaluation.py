@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -210,10 +211,18 @@ def test_text_solver_on_tiny_model():
 
 def test_harness_runs_text_solver():
     lm = tiny_lm("gpt2")
-    problems = chain_problems(5, seed=4)
     solver = TextSolver(lm, max_new_tokens=6, name="cot")
+    problems = chain_problems(5, seed=4)
+    texts = [s.text for s in solver.solve(problems)]
+    # An untrained model answers no chain right, so an accuracy of 0 would prove nothing. Problems 0 and 3
+    # ask for what the model says (a sentence answer: its first line) and problem 1 for another sentence:
+    # 2/5 only when each text is scored against its own problem's reference, in that reference's mode.
+    references = {0: texts[0].strip(), 1: "no", 3: texts[3].strip()}
+    problems = [replace(p, answer=references.get(i, p.answer)) for i, p in enumerate(problems)]
     result = evaluate(solver, problems, benchmark="chain", batch_size=2, progress=False)
     assert result.n == 5 and result.method == "cot" and result.latent_tokens == 0
-    assert [r["generated"] for r in result.records] == [s.text for s in solver.solve(problems)]
+    assert [r["generated"] for r in result.records] == texts
+    assert [r["correct"] for r in result.records] == [True, False, False, True, False]
+    assert result.accuracy == 2 / 5
     assert result.text_tokens == sum(r["text_tokens"] for r in result.records) / 5
-    assert 0.0 <= result.accuracy <= 1.0 and result.latency_s > 0
+    assert result.latency_s > 0

@@ -25,6 +25,7 @@ from tests.test_distributed import (
     RL_RUN,
     check_padded,
     check_rl_matches_ddp,
+    check_same_grad_norms,
     largest_difference,
     torchrun_two,
 )
@@ -71,6 +72,7 @@ def test_processes_with_different_thoughts_pad_and_match_one_process(layer_ranks
     worst = largest_difference(layered, single)
     print(f"per-layer FSDP: largest difference from one process {worst:.2e}")
     assert worst <= PER_CALL_TOLERANCE, worst
+    check_same_grad_norms(layer_ranks / "sft", tmp_path / "one")
 
 
 def test_held_out_evaluation_scores_every_problem_once_in_order(layer_ranks):
@@ -103,6 +105,7 @@ def test_atp_latent_sft_with_padded_passes_matches_ddp(layer_ranks, two_rl_ranks
     worst = largest_difference(layered, ddp)
     print(f"per-layer FSDP ATP-Latent: largest difference from DDP {worst:.2e}")
     assert worst <= PER_CALL_TOLERANCE, worst
+    check_same_grad_norms(layer_ranks / "atp", two_rl_ranks / "atp")
 
 
 def test_lora_trains_under_fsdp_and_saves_the_merged_model(layer_ranks, tmp_path):
@@ -114,3 +117,4 @@ def test_lora_trains_under_fsdp_and_saves_the_merged_model(layer_ranks, tmp_path
     worst = largest_difference(layered, single)
     print(f"per-layer FSDP with LoRA: largest difference from one process {worst:.2e}")
     assert worst <= PER_CALL_TOLERANCE, worst
+    check_same_grad_norms(layer_ranks / "lora", tmp_path / "one")

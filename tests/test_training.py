@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from latentreason.errors import UserError
 from latentreason.methods import get_method
@@ -25,6 +26,27 @@ def config(tmp_path, **overrides) -> SFTConfig:
 
 def weights(directory) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
+
+
+@pytest.fixture
+def optimizer_steps():
+    """What each optimizer step of the test starts from, per parameter (in the optimizer's order): its
+    gradient and its AdamW first moment (None before the parameter's first step)."""
+    seen = []
+
+    def record(optimizer, args, kwargs):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        state = optimizer.state
+        seen.append(
+            {
+                "grads": [p.grad.detach().clone() for p in params],
+                "exp_avg": [state[p]["exp_avg"].clone() if "exp_avg" in state.get(p, {}) else None for p in params],
+            }
+        )
+
+    handle = register_optimizer_step_pre_hook(record)
+    yield seen
+    handle.remove()
 
 
 @pytest.mark.parametrize("method", ["cot", "no-cot"])
@@ -83,29 +105,60 @@ def test_existing_output_dir_is_not_overwritten(tmp_path):
         run_training("cot", config(tmp_path, max_steps=1), progress=False)
 
 
-def test_gradient_accumulation_matches_large_batch(tmp_path):
-    big = run_training("cot", config(tmp_path / "big", max_steps=2, per_device_train_batch_size=16), progress=False)
-    acc = run_training(
-        "cot",
-        config(tmp_path / "acc", max_steps=2, per_device_train_batch_size=8, gradient_accumulation_steps=2),
-        progress=False,
-    )
-    a, b = weights(big.final_dir), weights(acc.final_dir)
-    # Same 16 problems per step; per-micro-batch token means differ slightly from one 16-row mean.
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=2e-4), name
+def test_gradient_accumulation_matches_large_batch(tmp_path, optimizer_steps):
+    # The gradients themselves, not the weights: AdamW's update hardly changes when every gradient is scaled,
+    # so it would not show a missing or extra division by the number of micro-batches. No clipping either:
+    # it would rescale both runs' gradients to the same norm.
+    def gradients(name: str, **batching) -> list[list[torch.Tensor]]:
+        optimizer_steps.clear()
+        cfg = config(tmp_path / name, max_steps=2, max_grad_norm=0.0, num_eval_examples=0, **batching)
+        run_training("cot", cfg, progress=False)
+        return [step["grads"] for step in optimizer_steps]
+
+    big = gradients("big", per_device_train_batch_size=16)
+    acc = gradients("acc", per_device_train_batch_size=8, gradient_accumulation_steps=2)
+    assert len(big) == len(acc) == 2
+    # Same 16 problems per step, and every 2-step chain has as many target tokens, so the mean of the two
+    # micro-batch means is the 16-row mean: only float rounding differs (about 1e-6).
+    for step, (got, expected) in enumerate(zip(acc, big)):
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            relative = float((g - e).norm() / e.norm())
+            assert relative <= 1e-5, f"step {step + 1}, parameter {i}: gradients differ by {relative:.3g} (relative)"
 
 
-def test_a_method_can_ask_for_a_fresh_optimizer_on_resume(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("resets", [True, False])
+def test_a_method_can_ask_for_a_fresh_optimizer_on_resume(tmp_path, capsys, monkeypatch, optimizer_steps, resets):
     # CODI/PCCoT with LoRA: resumed runs train new adapters, so old Adam moments must not be reused.
-    method_cls = get_method("cot")
-    monkeypatch.setattr(method_cls, "resume_resets_optimizer", lambda self: True)
+    monkeypatch.setattr(get_method("cot"), "resume_resets_optimizer", lambda self: resets)
     run_training("cot", config(tmp_path, max_steps=2, num_eval_examples=0), progress=False)
+    optimizer_steps.clear()
     capsys.readouterr()
-    run_training(
-        "cot", config(tmp_path, max_steps=3, num_eval_examples=0, resume_from_checkpoint="auto"), progress=False
-    )
-    assert "the optimizer state starts anew" in capsys.readouterr().out
+    cfg = config(tmp_path, max_steps=3, num_eval_examples=0, resume_from_checkpoint="auto")
+    run_training("cot", cfg, progress=False)
+    (resumed,) = optimizer_steps  # the one step after the checkpoint, as it starts
+    with_moments = [i for i, moment in enumerate(resumed["exp_avg"]) if moment is not None and moment.any()]
+    # Reset: no parameter has a moment yet; else every one has the one loaded from the checkpoint.
+    assert with_moments == ([] if resets else list(range(len(resumed["exp_avg"]))))
+    assert ("the optimizer state starts anew" in capsys.readouterr().out) == resets
+
+
+def test_a_method_can_ask_for_a_fresh_optimizer_at_an_epoch_or_a_step(tmp_path, monkeypatch, optimizer_steps):
+    # Coconut's stages (start_epoch) and iCoT's removals (start_step) ask for it: the loop must act on it.
+    cot = get_method("cot")
+    monkeypatch.setattr(cot, "start_epoch", lambda self, epoch: epoch == 1)
+    monkeypatch.setattr(cot, "start_step", lambda self, step, steps_per_epoch: step == 2)
+
+    def fresh_steps(max_steps: int, **resume) -> list[int]:
+        """Indices (from 0, this run's steps) of the optimizer steps that start without AdamW moments."""
+        optimizer_steps.clear()
+        cfg = config(tmp_path, num_train_examples=64, max_steps=max_steps, num_eval_examples=0, **resume)
+        run_training("cot", cfg, progress=False)
+        return [i for i, step in enumerate(optimizer_steps) if all(m is None for m in step["exp_avg"])]
+
+    # 4 steps per epoch: the first step, the one start_step asks at and the first of epoch 1.
+    assert fresh_steps(5) == [0, 2, 4]
+    # Resumed inside epoch 1, the method is told the epoch again, but the epoch does not start here.
+    assert fresh_steps(6, resume_from_checkpoint="auto") == []
 
 
 def test_codi_with_lora_resets_the_optimizer_on_resume():
