@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+from latentreason.data.problems import Problem
 from latentreason.errors import UserError
+from latentreason.layout import encode_problem
 from latentreason.model import smollm
 from latentreason.model.smollm import (
     CACHE_NAME,
@@ -111,6 +113,19 @@ def test_second_load_comes_from_the_cache_with_identical_logits(
     assert torch.equal(tokenizer("Natalia sold clips to 48 of her friends.", return_tensors="pt").input_ids, ids)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, first_load["model"](ids).logits)
+
+
+@needs_smollm2
+def test_problem_encoding_equals_the_tokenizer_call_per_piece(first_load: dict[str, Any]) -> None:
+    """encode_problem calls the fast tokenizer's Rust backend directly: a real BPE tokenizer with a
+    normaliser and pre-tokenizer must give what its transformers wrapper gives."""
+    from tests.test_layout import PROBLEMS, by_the_wrapper
+
+    tokenizer = first_load["tokenizer"]
+    word_problem = Problem("Tom has 3 apples; he buys 2 more. How many?  ", ["<<3+2=5>>"], "5 apples")
+    for problem in [*PROBLEMS, word_problem]:
+        enc = encode_problem(tokenizer, problem)
+        assert (enc.prompt, enc.cot, enc.answer, enc.step_spans) == by_the_wrapper(tokenizer, problem)
 
 
 @needs_smollm2
