@@ -237,15 +237,29 @@ def cmd_demo(argv: list[str]) -> int:
         f"default {','.join(DEFAULT_ROWS)}",
     )
     parser.add_argument(
-        "--seed", type=int, help="replace every recipe's seed (problems, initialisation, data order): a replicate"
+        "--seed",
+        help="replace every recipe's seed (problems, initialisation, data order): a replicate; several, "
+        "comma-separated (42,1,2), give each row's mean, std and range over them in summary.md",
     )
     parser.add_argument(
         "--jobs", type=int, default=2, help="rows trained at the same time, each with cores/jobs threads (default 2)"
     )
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
-    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite, rows=rows, seed=args.seed, jobs=args.jobs)
+    seeds = seed_list(args.seed) if args.seed else None
+    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite, rows=rows, seeds=seeds, jobs=args.jobs)
     return 0
+
+
+def seed_list(text: str) -> list[int]:
+    """'42,1,2' -> [42, 1, 2]; anything else is a user mistake named in one line."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seed: expected whole numbers separated by commas, got {text!r}") from None
+    if len(set(seeds)) < len(seeds):
+        raise UserError(f"--seed: {text!r} repeats a seed")
+    return seeds
 
 
 USAGE = (

@@ -45,4 +45,3 @@ def _ids(tokenizer, pieces: list[str]) -> list[list[int]]:
     if backend is None:
         return tokenizer(pieces, add_special_tokens=False)["input_ids"]
     return [backend.encode(piece, add_special_tokens=False).ids for piece in pieces]
-

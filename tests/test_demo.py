@@ -12,7 +12,9 @@ import pytest
 from latentreason import cli
 from latentreason.demo import plan
 from latentreason.demo.scheduler import Job, run_jobs, schedule_seconds
+from latentreason.demo.summary import seed_summary, summary_table
 from latentreason.errors import UserError
+from latentreason.evaluation.harness import EvalResult
 from tests.test_cli import user_error
 
 # A stand-in for a training process: notes when it starts and ends, logs its steps as the trainer does.
@@ -153,3 +155,41 @@ def test_demo_rows_and_seed(capsys, tmp_path, small_quick_plan):
     assert saved["method_config"]["seed"] == 5
     line = user_error(capsys, ["demo", "--quick", "--output-dir", str(tmp_path / "x"), "--rows", "cocnut"])
     assert "--rows: unknown cocnut" in line
+
+
+def result(method: str, accuracy: float, latents: float = 0.0) -> EvalResult:
+    return EvalResult(method, "chain", 100, accuracy, 0.0, latents, latents, 0.001, 1000.0)
+
+
+def test_seed_summary_gives_mean_sample_std_and_range():
+    per_seed = {
+        42: [result("cot", 1.0), result("atp", 0.30, 6)],
+        1: [result("cot", 1.0), result("atp", 0.40, 6)],
+        2: [result("cot", 1.0), result("atp", 0.20, 4)],
+    }
+    cot, atp = seed_summary(per_seed)
+    assert cot["accuracy_mean"] == 1.0 and cot["accuracy_std"] == 0.0
+    assert atp["accuracy_by_seed"] == {42: 0.30, 1: 0.40, 2: 0.20}
+    assert atp["accuracy_mean"] == pytest.approx(0.30)
+    assert atp["accuracy_std"] == pytest.approx(0.10)  # sample std (n - 1) of 0.3, 0.4, 0.2
+    assert (atp["accuracy_min"], atp["accuracy_max"]) == (0.20, 0.40)
+    assert atp["latent_tokens_mean"] == pytest.approx(16 / 3)
+    assert "| atp | 30.0% ± 10.0 | 20.0%-40.0% | 30.0% | 40.0% | 20.0% | 5.3 |" in summary_table([cot, atp])
+
+
+def test_demo_over_several_seeds_writes_each_table_and_the_summary(capsys, tmp_path, small_quick_plan):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--quick", "--output-dir", str(out), "--rows", "no-cot", "--seed", "3,4"]) == 0
+    accuracy = {}
+    for seed in (3, 4):
+        payload = json.loads((out / f"seed-{seed}" / "results.json").read_text())
+        assert payload["seed"] == seed
+        accuracy[seed] = {r["method"]: r["accuracy"] for r in payload["results"]}
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["no-cot"]
+    for row in rows:
+        by_seed = [accuracy[s][row["method"]] for s in (3, 4)]
+        assert row["accuracy_mean"] == pytest.approx(sum(by_seed) / 2)
+    assert "| no-cot |" in (out / "summary.md").read_text()
+    line = user_error(capsys, ["demo", "--quick", "--output-dir", str(tmp_path / "x"), "--seed", "1,x"])
+    assert "--seed: expected whole numbers separated by commas, got '1,x'" in line

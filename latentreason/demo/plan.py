@@ -29,17 +29,17 @@ class Row:
 # In the table's order. `seconds`: `latentreason demo --rows all` on this repository's 2-core machine
 # (docs/results.md), two rows at a time with one thread each.
 ROWS = {
-    "cot": Row(None, 150),
-    "no-cot": Row(None, 75),
+    "cot": Row(None, 205),
+    "no-cot": Row(None, 105),
     "icot": Row("cot", 45),
     "coconut": Row("cot", 150),
     "pause": Row("cot", 45),
     "codi": Row("cot", 110),
     "pccot": Row("cot", 120),
     "colar": Row("cot", 90),
-    "simcot": Row("cot", 210),
-    "atp": Row("cot", 220),
-    "atp-rl": Row("atp", 70),
+    "simcot": Row("cot", 245),
+    "atp": Row("cot", 245),
+    "atp-rl": Row("atp", 45),
     "colar-rl": Row("colar", 200),
 }
 # The default: the flagship (ATP-Latent, SFT and SFT+RL), its main baseline (SIM-CoT) and both ends

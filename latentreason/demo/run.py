@@ -18,6 +18,7 @@ from transformers.utils import logging as hf_logging
 from latentreason.data.sources import held_out_from, load_problems
 from latentreason.demo import plan
 from latentreason.demo.scheduler import Job, run_jobs, schedule_seconds
+from latentreason.demo.summary import seed_summary, summary_table, write_summary
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import evaluate
 from latentreason.evaluation.report import markdown_table, write_report
@@ -30,14 +31,16 @@ def run_demo(
     quick: bool = False,
     overwrite: bool = False,
     rows: list[str] | None = None,
-    seed: int | None = None,
+    seeds: list[int] | None = None,
     jobs: int = 2,
-) -> list:
+) -> dict[int | None, list]:
     """Train CoT-SFT, No-CoT and latent methods on a generated task and compare them on held-out problems.
 
-    `rows`: None for the default rows, ['all'] for the whole table. `seed` replaces every recipe's seed:
-    another draw of the problems, the initialisation and the data order, for a replicate of the table.
+    `rows`: None for the default rows, ['all'] for the whole table. `seeds` replace every recipe's seed:
+    another draw of the problems, the initialisation and the data order. With several, each seed's table
+    goes to `seed-<S>/` and summary.md gives every row's mean, standard deviation and range over them.
     `jobs`: rows trained at the same time; each gets cores // jobs threads (at least one).
+    Returns {seed: results} (seed None: the recipes' own).
     """
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
@@ -47,6 +50,21 @@ def run_demo(
         if not overwrite:
             raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --output-dir")
         shutil.rmtree(out)
+    if not seeds or len(seeds) == 1:
+        seed = seeds[0] if seeds else None
+        return {seed: run_table(out, quick, selected, seed, jobs)}
+    per_seed = {}
+    for seed in seeds:
+        print(f"\n=== seed {seed} ({len(per_seed) + 1} of {len(seeds)}) ===")
+        per_seed[seed] = run_table(out / f"seed-{seed}", quick, selected, seed, jobs)
+    summary = seed_summary(per_seed)
+    paths = write_summary(summary, out, {"seeds": seeds, "quick": quick, "jobs": jobs})
+    print(f"\nover seeds {', '.join(map(str, seeds))}:\n{summary_table(summary)}\n\nsummary: {paths['markdown']}")
+    return per_seed
+
+
+def run_table(out: Path, quick: bool, selected: list[str], seed: int | None, jobs: int) -> list:
+    """Train and evaluate `selected` rows with one seed into `out`; returns their EvalResults."""
     began = time.perf_counter()
     configs = {row: plan.row_config(row, out, quick, seed) for row in selected}  # bad settings fail here, not mid-run
     cot = plan.row_config("cot", out, quick, seed)  # the task: CoT-SFT's recipe draws it, every row trains on it

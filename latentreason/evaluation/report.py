@@ -36,10 +36,10 @@ def write_report(results: list[EvalResult], output_dir: str | Path, extra: dict 
     out.mkdir(parents=True, exist_ok=True)
     payload = {"results": [r.summary() for r in results], **(extra or {})}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "predictions": out / "predictions.jsonl"}
-    _atomic_write(paths["json"], json.dumps(payload, indent=2))
-    _atomic_write(paths["markdown"], markdown_table(results) + "\n")
+    atomic_write_text(paths["json"], json.dumps(payload, indent=2))
+    atomic_write_text(paths["markdown"], markdown_table(results) + "\n")
     lines = [json.dumps({"method": r.method, "benchmark": r.benchmark, **rec}) for r in results for rec in r.records]
-    _atomic_write(paths["predictions"], "\n".join(lines) + "\n")
+    atomic_write_text(paths["predictions"], "\n".join(lines) + "\n")
     plot = plot_accuracy_vs_tokens(results, out / "accuracy_vs_tokens.png")
     if plot:
         paths["plot"] = plot
@@ -77,7 +77,7 @@ def plot_accuracy_vs_tokens(results: list[EvalResult], path: Path) -> Path | Non
     return path
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
