@@ -26,21 +26,21 @@ class Row:
     seconds: float  # training time on 2 CPU cores, one thread (for the time-left estimate and scheduling)
 
 
-# In the table's order. `seconds`: `latentreason demo --rows all` on this repository's 2-core machine
-# (docs/results.md), two rows at a time with one thread each.
+# In the table's order. `seconds`: training times of `latentreason demo --rows all --seed 2` on this
+# repository's 2-core machine (docs/results.md), two rows at a time with one thread each.
 ROWS = {
-    "cot": Row(None, 205),
-    "no-cot": Row(None, 105),
-    "icot": Row("cot", 45),
-    "coconut": Row("cot", 150),
-    "pause": Row("cot", 45),
-    "codi": Row("cot", 110),
-    "pccot": Row("cot", 120),
-    "colar": Row("cot", 90),
-    "simcot": Row("cot", 245),
-    "atp": Row("cot", 245),
-    "atp-rl": Row("atp", 45),
-    "colar-rl": Row("colar", 200),
+    "cot": Row(None, 190),
+    "no-cot": Row(None, 95),
+    "icot": Row("cot", 75),
+    "coconut": Row("cot", 165),
+    "pause": Row("cot", 80),
+    "codi": Row("cot", 190),
+    "pccot": Row("cot", 225),
+    "colar": Row("cot", 150),
+    "simcot": Row("cot", 235),
+    "atp": Row("cot", 230),
+    "atp-rl": Row("atp", 50),
+    "colar-rl": Row("colar", 180),
 }
 # The default: the flagship (ATP-Latent, SFT and SFT+RL), its main baseline (SIM-CoT) and both ends
 # (CoT, No-CoT). `--rows all` runs the whole table.
