@@ -39,19 +39,24 @@ def fake_job(tmp_path, name, start=None, seconds=0.3, expected=1.0, code=0) -> J
     return Job(name, command, start, expected, 4, log, tmp_path / "logs" / f"{name}.txt")
 
 
-def events(tmp_path) -> list[tuple[str, str, float]]:
-    lines = (tmp_path / "events.txt").read_text().splitlines()
-    return sorted(((kind, name, float(t)) for kind, name, t in (line.split() for line in lines)), key=lambda e: e[2])
-
-
-def test_rows_run_side_by_side_after_the_row_they_start_from(tmp_path):
-    jobs = [
+def default_rows(tmp_path) -> list[Job]:
+    """Stand-ins for the default demo's rows, with its dependencies and (roughly) its expected times."""
+    return [
         fake_job(tmp_path, "cot", expected=150),
         fake_job(tmp_path, "no-cot", expected=75),
         fake_job(tmp_path, "simcot", "cot", expected=210),
         fake_job(tmp_path, "atp", "cot", expected=220),
         fake_job(tmp_path, "atp-rl", "atp", expected=70),
     ]
+
+
+def events(tmp_path) -> list[tuple[str, str, float]]:
+    lines = (tmp_path / "events.txt").read_text().splitlines()
+    return sorted(((kind, name, float(t)) for kind, name, t in (line.split() for line in lines)), key=lambda e: e[2])
+
+
+def test_rows_run_side_by_side_after_the_row_they_start_from(tmp_path):
+    jobs = default_rows(tmp_path)
     timings = run_jobs(jobs, parallel=2, threads=1)
     assert set(timings) == {job.name for job in jobs} and all(job.done for job in jobs)
     seen = events(tmp_path)
@@ -80,13 +85,7 @@ def test_a_failing_row_stops_the_others_and_names_its_output(tmp_path):
 
 
 def test_the_expected_time_follows_the_schedule(tmp_path):
-    jobs = [
-        fake_job(tmp_path, "cot", expected=150),
-        fake_job(tmp_path, "no-cot", expected=75),
-        fake_job(tmp_path, "simcot", "cot", expected=210),
-        fake_job(tmp_path, "atp", "cot", expected=220),
-        fake_job(tmp_path, "atp-rl", "atp", expected=70),
-    ]
+    jobs = default_rows(tmp_path)
     # cot || no-cot; at 150 atp || simcot; at 370 atp-rl: done at 440. One at a time: the sum.
     assert schedule_seconds(jobs, 2) == 440
     assert schedule_seconds(jobs, 1) == 725
