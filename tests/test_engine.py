@@ -199,3 +199,12 @@ def test_decode_stops_early_when_every_row_is_done():
     for row in range(4):
         n = out.lengths[row].item()
         assert out.tokens[row, :n].tolist() == free[row, :n].tolist()
+
+
+def test_decode_of_no_new_tokens_returns_empty_rows_and_the_prefilled_cache():
+    lm = tiny_lm("llama")
+    batch = left_pad([[1, 2, 3], [4, 5]], pad_id=lm.pad_id)
+    out = decode(lm, batch["input_ids"], batch["attention_mask"], 0, [lm.eos_id], return_logprobs=True)
+    assert out.tokens.shape == (2, 0) and out.logprobs.shape == (2, 0)
+    assert out.lengths.tolist() == [0, 0]
+    assert out.cache.get_seq_length() == 3 and torch.equal(out.attention_mask, batch["attention_mask"])

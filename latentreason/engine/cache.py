@@ -53,6 +53,26 @@ class GrowableLayer(DynamicLayer):
         self._filled -= min(abs(tokens_to_remove), self._filled)
         self.keys, self.values = self._k[..., : self._filled, :], self._v[..., : self._filled, :]
 
+    # Row operations act on the buffers that `update` writes, not on the views it hands out: re-indexing
+    # only the views (DynamicLayer's versions) would be lost at the next write.
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows at `indices` (e.g. the rows still generating), in that order."""
+        self._rows(lambda t: t[indices.to(t.device) if torch.is_tensor(indices) else indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row `repeats` times in a row (N samples sharing one prefill)."""
+        self._rows(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def _rows(self, pick) -> None:
+        """New buffers holding `pick` of the filled positions; the next update regrows them."""
+        if not self.is_initialized or self._k is None:
+            return
+        self._k, self._v = pick(self._k[..., : self._filled, :]), pick(self._v[..., : self._filled, :])
+        self.keys, self.values = self._k, self._v
+
 
 class _Buffer:
     """A growable [B, H, capacity, D] tensor, kept out of autograd's sight (passed as a plain object)."""

@@ -86,6 +86,7 @@ def decode(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
     lengths = torch.zeros(batch, dtype=torch.long, device=device)  # [B]
     logprobs = torch.zeros((batch, max_new_tokens), device=device) if return_logprobs else None  # [B, T]
+    t = -1  # the last step taken: none when max_new_tokens is 0
     for t in range(max_new_tokens):
         logits = lm.lm_head(last_hidden).float()  # [B, V]
         if temperature > 0:
