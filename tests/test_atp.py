@@ -129,6 +129,7 @@ def test_inspect_shows_decoded_steps_stop_probabilities_and_nearest_tokens(tmp_p
     with torch.no_grad():  # never stop early: both groups are thought, decoded and shown
         lm.heads["stop_head"].net[-1].bias.copy_(torch.tensor([100.0, -100.0]))
     lm.save_pretrained(final)
+    capsys.readouterr()  # what training printed (DeepSpeed's first import writes a line to stdout)
     assert cli.main(["inspect", "--model", str(final), "--question", "3 + 4 * 2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)[0]
     assert report["latents"] == 4 and len(report["groups"]) == 2

@@ -7,16 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from latentreason.data.problems import Problem
-from latentreason.engine.rollout import latent_rollout
-from latentreason.layout import encode_problem
 
 
 @torch.no_grad()
 def inspect_problems(lm, method, problems: list[Problem], top_k: int = 3, max_step_tokens: int = 32) -> list[dict]:
-    """One report per problem for a latent method (`method.solver(lm)` must be a latent solver)."""
+    """One report per problem for a latent method (`method.solver(lm)` must be a latent solver).
+
+    The thoughts are the solver's own: its prompts (CoLaR's `(speed r)`) and its rollout (PCCoT's Jacobi
+    iterations), so what is shown is what evaluation scores."""
     solver = method.solver(lm)
-    prompts = [encode_problem(lm.tokenizer, p).prompt + [lm.bot_id] for p in problems]
-    out = latent_rollout(lm, prompts, solver.thought_map, solver.controller, solver.max_latents, solver.max_new_tokens)
+    out = solver.rollout(solver.prompts(problems))
     c = getattr(method.config, "c_thought", 1)
     vocab = F.normalize(lm.embed.weight.float(), dim=-1)  # [V, d]
     decoder = getattr(method, "decoder", None)
