@@ -30,13 +30,9 @@ compile() {  # compile OUTPUT [uv options...]: the project with its locked extra
 if [ "$mode" = "--lowest" ]; then
     lowest=$(grep -oE '"transformers>=[0-9.]+' pyproject.toml | cut -d= -f2)
     echo "transformers==$lowest" > .venv-lowest.constraints
-    compile .venv-lowest.txt -c .venv-lowest.constraints
+    compile .venv-lowest.txt -c .venv-lowest.constraints --generate-hashes
     rm -rf .venv-lowest
-    python3 -m venv .venv-lowest
-    .venv-lowest/bin/python -m pip install -q "pip==26.3"
-    DS_BUILD_OPS=0 .venv-lowest/bin/python -m pip install -q -r .venv-lowest.txt
-    .venv-lowest/bin/python -m pip install -q --require-hashes --no-deps -r requirements/nodeps.txt
-    PYTHONWARNINGS=ignore .venv-lowest/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+    VENV=.venv-lowest LOCK=.venv-lowest.txt bash scripts/setup.sh
     .venv-lowest/bin/python -m pytest
     echo "the suite passed with transformers $lowest"
     exit 0

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
+LOCK="${LOCK:-requirements/lock.txt}"  # scripts/lock.sh --lowest passes another resolution
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
@@ -13,7 +14,7 @@ fi
 python -m pip install -q "pip==26.3"
 # torch's CPU build comes from this machine's disk (find-links /opt/wheels), every other package from PyPI.
 # DS_BUILD_OPS=0: DeepSpeed compiles none of its optional C++/CUDA ops (the CPU tests need none).
-DS_BUILD_OPS=0 python -m pip install -q --require-hashes -r requirements/lock.txt
+DS_BUILD_OPS=0 python -m pip install -q --require-hashes -r "$LOCK"
 python -m pip install -q --require-hashes --no-deps -r requirements/nodeps.txt
 # The package itself, built with the locked setuptools (no isolated build environment resolving its own);
 # PYTHONWARNINGS hides setuptools' generic notice about editable installs.

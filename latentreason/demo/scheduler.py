@@ -69,7 +69,7 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int) -> dict[str, float]:
     """Run every job, `parallel` at a time with `threads` threads each; returns their wall times (s)."""
     by_name = {job.name: job for job in jobs}
     priority = chain_seconds(by_name)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     total = sum(job.seconds for job in jobs)
     timings: dict[str, float] = {}
     bar = tqdm(
