@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentreason.engine.cache import GrowableLayer, inference_cache
-from latentreason.engine.decode import new_cache
+from latentreason.engine.forward import new_cache
 from tests.helpers import tiny_lm
 
 
@@ -75,7 +75,7 @@ def test_a_model_continues_on_a_reindexed_cache_as_on_a_recomputed_one(operation
     plain cache's (float64, `EXACT`); the in-place cache once lost a reorder at the next write."""
     from transformers import DynamicCache
 
-    from latentreason.engine.decode import forward_step
+    from latentreason.engine.forward import forward_step
     from tests.helpers import EXACT, build_tiny_lm
 
     lm = build_tiny_lm("llama", dtype=torch.float64)

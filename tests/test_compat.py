@@ -28,7 +28,7 @@ def test_each_model_gets_the_name_its_forward_takes():
 
 def test_the_installed_transformers_models_take_the_name_without_warning():
     """With warnings as errors (pyproject's filterwarnings), a cached call under a deprecated name fails."""
-    from latentreason.engine.decode import forward_step, new_cache
+    from latentreason.engine.forward import forward_step, new_cache
     from tests.helpers import tiny_lm
 
     lm = tiny_lm("llama")

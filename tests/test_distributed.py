@@ -127,7 +127,7 @@ RL_RUN = {
     "max_new_tokens": 8,
     "learning_rate": 1e-3,
     "max_steps": 3,
-    "seed": 4,
+    "seed": 8,  # rollouts that leave each rank the shorter pass at least once (test_fsdp_layers)
     "reward_funcs": ["test_fewer_latents"],  # registered in distributed_rl_worker.py
     "reward_weights": [1.0],
 }

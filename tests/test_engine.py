@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from latentreason.engine.batch import IGNORE, left_pad, positions_from_mask
-from latentreason.engine.decode import decode, forward_step, new_cache
+from latentreason.engine.decode import decode, decode_from
+from latentreason.engine.forward import forward_step, new_cache
+from latentreason.engine.sampling import Sampling
+from latentreason.engine.steps import Prefix
 from latentreason.layout import encode_problem
 from tests.helpers import MODEL_TYPES, chain_problems, tiny_lm
 
@@ -112,8 +115,7 @@ def test_decode_from_prefix_cache_equals_full_prompt(model_type):
     cache = new_cache(lm)
     with torch.no_grad():
         hidden = forward_step(lm, cache, mask, input_ids=ids)  # [B, L, d]
-    empty = ids[:, :0]
-    from_hidden = decode(lm, empty, mask, 8, stop_ids=no_stop(lm), cache=cache, last_hidden=hidden[:, -1])
+    from_hidden = decode_from(lm, Prefix(cache, mask, hidden[:, -1]), 8, stop_ids=no_stop(lm))
     assert from_hidden.tokens.tolist() == full.tokens.tolist()
 
 
@@ -122,30 +124,30 @@ def test_decode_continues_from_its_own_returned_cache():
     batch = left_pad(prompts_for(lm), lm.pad_id)
     full = decode(lm, batch["input_ids"], batch["attention_mask"], 10, stop_ids=no_stop(lm))
     first = decode(lm, batch["input_ids"], batch["attention_mask"], 5, stop_ids=no_stop(lm))
-    # The returned mask covers exactly what is in the cache (the last sampled token is not fed yet).
-    assert first.attention_mask.shape[1] == first.cache.get_seq_length() == batch["input_ids"].shape[1] + 4
-    mask = torch.cat([first.attention_mask, torch.ones(4, 1, dtype=torch.long)], dim=1)
-    second = decode(lm, first.tokens[:, -1:], mask, 5, stop_ids=no_stop(lm), cache=first.cache)
+    # The state's mask covers exactly what is in the cache (the last sampled token is not fed yet).
+    state = first.trace.state
+    assert state.attention_mask.shape[1] == state.cache.get_seq_length() == batch["input_ids"].shape[1] + 4
+    mask = torch.cat([state.attention_mask, torch.ones(4, 1, dtype=torch.long)], dim=1)
+    second = decode(lm, first.tokens[:, -1:], mask, 5, stop_ids=no_stop(lm), cache=state.cache)
     assert torch.cat([first.tokens, second.tokens], dim=1).tolist() == full.tokens.tolist()
 
 
 # --- sampling and stopping ---------------------------------------------------------------------------
 
 
-def test_sampled_decode_is_reproducible_with_a_seeded_generator():
+def test_sampled_decode_is_reproducible_with_row_seeds():
     lm = tiny_lm("llama")
     batch = left_pad(prompts_for(lm), lm.pad_id)
 
     def sample(seed: int, temperature: float = 2.0) -> list[list[int]]:
-        gen = torch.Generator().manual_seed(seed)
         out = decode(
             lm,
             batch["input_ids"],
             batch["attention_mask"],
             12,
             stop_ids=no_stop(lm),
-            temperature=temperature,
-            generator=gen,
+            sampling=Sampling(temperature=temperature),
+            seeds=torch.arange(4) + 100 * seed,
         )
         return out.tokens.tolist()
 
@@ -204,7 +206,8 @@ def test_decode_stops_early_when_every_row_is_done():
 def test_decode_of_no_new_tokens_returns_empty_rows_and_the_prefilled_cache():
     lm = tiny_lm("llama")
     batch = left_pad([[1, 2, 3], [4, 5]], pad_id=lm.pad_id)
-    out = decode(lm, batch["input_ids"], batch["attention_mask"], 0, [lm.eos_id], return_logprobs=True)
+    out = decode(lm, batch["input_ids"], batch["attention_mask"], 0, [lm.eos_id])
     assert out.tokens.shape == (2, 0) and out.logprobs.shape == (2, 0)
     assert out.lengths.tolist() == [0, 0]
-    assert out.cache.get_seq_length() == 3 and torch.equal(out.attention_mask, batch["attention_mask"])
+    state = out.trace.state
+    assert state.cache.get_seq_length() == 3 and torch.equal(state.attention_mask, batch["attention_mask"])

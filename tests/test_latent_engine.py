@@ -91,9 +91,9 @@ def positions_ignoring_the_mask(mask, offset=None):
 def test_the_row_by_row_check_catches_a_masking_or_position_bug(model_type, bug, monkeypatch):
     """The two classic padding bugs, put into the engine on purpose: the float64 comparison above sees each
     of them by far more than `EXACT` allows (so that tolerance is not what keeps it passing)."""
-    from latentreason.engine import decode
+    from latentreason.engine import forward
 
-    real_forward_step = decode.forward_step
+    real_forward_step = forward.forward_step
     if bug is attend_to_padding:
 
         def broken(lm, cache, attention_mask, **kwargs):
@@ -101,7 +101,7 @@ def test_the_row_by_row_check_catches_a_masking_or_position_bug(model_type, bug,
 
         monkeypatch.setattr(latent_pass, "forward_step", broken)
     else:
-        monkeypatch.setattr(decode, "positions_from_mask", bug)
+        monkeypatch.setattr(forward, "positions_from_mask", bug)
     pairs = batched_and_reference(tiny_lm(model_type), scaled)
     worst = max(float((got - want).abs().max()) for got, want in pairs if got.numel())
     assert worst > 1e-3, worst

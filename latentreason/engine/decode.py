@@ -1,6 +1,6 @@
-"""Batched token decoding on a KV cache, greedy or sampled, continuing any cached prefix.
+"""Token decoding as a step-engine policy, greedy or sampled per row, continuing any cached prefix.
 
-The text solvers use it from a prompt; latent solvers call it after their latent steps so the
+The text solvers use it from a prompt; latent solvers use `TokenPolicy` for their answer phase, so the
 answer continues from the same cache without a second prefill.
 """
 
@@ -9,49 +9,70 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
-from latentreason.engine.batch import positions_from_mask
-from latentreason.engine.cache import inference_cache
-from latentreason.engine.compat import cache_kwargs
+from latentreason.engine.forward import forward_step, new_cache
+from latentreason.engine.sampling import RowSampling, Sampling, sample_tokens
+from latentreason.engine.steps import TOKEN, Prefix, StepChoice, StepView, Trace, run_steps
+
+
+class TokenPolicy:
+    """Every step a sampled (or greedy) token; a row ends at a stop token or after `max_new_tokens`.
+
+    sampling: one setting for all rows or a RowSampling [B]; seeds: [B] row seeds (see sampling.row_uniform).
+    Each row's draws are keyed by its seed and its own token count, never by its batch."""
+
+    def __init__(
+        self,
+        batch: int,
+        device,
+        stop_ids: list[int],
+        max_new_tokens: int,
+        sampling: Sampling | RowSampling | None = None,
+        seeds: torch.Tensor | None = None,
+    ):
+        sampling = sampling or Sampling()
+        self.sampling = sampling.rows(batch, device) if isinstance(sampling, Sampling) else sampling
+        self.seeds = seeds.to(device) if seeds is not None else torch.arange(batch, device=device)
+        self.stop = torch.tensor(stop_ids, device=device)
+        self.max_new_tokens = max_new_tokens
+        self.generated = torch.zeros(batch, dtype=torch.long, device=device)  # [B] tokens chosen so far
+
+    def choose(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids [b], log-probs [b], finished [b]) for the rows [b] whose logits [b, V] are given."""
+        counters = self.generated[rows]
+        ids, logprobs = sample_tokens(logits, self.sampling.take(rows), self.seeds[rows], counters)
+        self.generated[rows] = counters + 1
+        finished = torch.isin(ids, self.stop) | (counters + 1 >= self.max_new_tokens)
+        return ids, logprobs, finished
+
+    def step(self, view: StepView) -> StepChoice:
+        ids, logprobs, finished = self.choose(view.logits, view.rows)
+        return StepChoice(ids, logprobs=logprobs, finished=finished)
 
 
 @dataclass
 class Decoded:
     tokens: torch.Tensor  # [B, T] generated ids, pad after a row's stop token
     lengths: torch.Tensor  # [B] generated tokens per row, stop token included
-    cache: DynamicCache
-    attention_mask: torch.Tensor  # [B, S] mask over what the cache holds (the last generated token is not fed)
-    logprobs: torch.Tensor | None = None  # [B, T] log-prob of each generated token (0 after a row's stop)
+    logprobs: torch.Tensor  # [B, T] log-prob of each generated token (0 after a row's stop)
+    trace: Trace
 
 
-def new_cache(lm) -> DynamicCache:
-    """In-place cache when gradients are off (inference), concatenating cache when training."""
-    if torch.is_grad_enabled():
-        return DynamicCache(config=lm.model.config)
-    return inference_cache(lm.model.config)
-
-
-def forward_step(lm, cache, attention_mask, input_ids=None, inputs_embeds=None, all_layers: bool = False):
-    """Run new tokens (ids or embeddings) through the backbone on `cache`; return their hidden states.
-
-    attention_mask: [B, past + L] covering the cache and the new tokens, so positions are derived
-    from it and left padding or masked (finished) steps never shift a row's positions.
-    Returns [B, L, d], or with all_layers the tuple of every layer's [B, L, d] (embeddings first; the
-    last one is the default return).
-    """
-    new_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-    position_ids = positions_from_mask(attention_mask)[:, -new_len:]  # [B, L]
-    out = lm.backbone(
-        input_ids=input_ids,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        **cache_kwargs(lm.backbone, cache),
-        output_hidden_states=all_layers,
-    )
-    return out.hidden_states if all_layers else out.last_hidden_state  # [B, L, d]
+def decode_from(
+    lm,
+    prefix: Prefix,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    sampling: Sampling | RowSampling | None = None,
+    seeds: torch.Tensor | None = None,
+    stats: bool = False,
+) -> Decoded:
+    """Generate up to `max_new_tokens` per row from a prefilled `prefix` (its rows in original order)."""
+    batch = prefix.hidden.shape[0]
+    policy = TokenPolicy(batch, prefix.hidden.device, stop_ids, max_new_tokens, sampling, seeds)
+    trace = run_steps(lm, prefix, policy, max_new_tokens, batch_size=batch, stats=stats)
+    tokens, logprobs, lengths = trace.packed(TOKEN, lm.pad_id)
+    return Decoded(tokens, lengths, logprobs, trace)
 
 
 @torch.no_grad()
@@ -61,51 +82,13 @@ def decode(
     attention_mask: torch.Tensor,
     max_new_tokens: int,
     stop_ids: list[int],
-    cache: DynamicCache | None = None,
-    last_hidden: torch.Tensor | None = None,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-    return_logprobs: bool = False,
+    sampling: Sampling | RowSampling | None = None,
+    seeds: torch.Tensor | None = None,
+    cache=None,
 ) -> Decoded:
-    """Generate up to `max_new_tokens` per row.
+    """Prefill `input_ids` [B, L] and generate up to `max_new_tokens`.
 
-    input_ids: [B, L] new tokens to prefill (may be [B, 0] when `last_hidden` is given).
-    attention_mask: [B, past + L] for the cache plus the new tokens.
-    last_hidden: [B, d] hidden state predicting the first token, when the caller already has it.
-    temperature 0 is greedy; otherwise sampling from softmax(logits / temperature).
-    return_logprobs: also return each chosen token's log-prob under the distribution it was drawn
-    from (softmax(logits / temperature); plain softmax when greedy), as RL needs.
-    """
+    attention_mask: [B, past + L] over `cache` (when continuing one) and the new, left-padded tokens."""
     cache = cache if cache is not None else new_cache(lm)
-    if input_ids.shape[1] > 0:
-        last_hidden = forward_step(lm, cache, attention_mask, input_ids=input_ids)[:, -1]  # [B, d]
-    batch = attention_mask.shape[0]
-    device = attention_mask.device
-    stop = torch.tensor(stop_ids, device=device)
-    tokens = torch.full((batch, max_new_tokens), lm.pad_id, dtype=torch.long, device=device)  # [B, T]
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # [B]
-    logprobs = torch.zeros((batch, max_new_tokens), device=device) if return_logprobs else None  # [B, T]
-    t = -1  # the last step taken: none when max_new_tokens is 0
-    for t in range(max_new_tokens):
-        logits = lm.lm_head(last_hidden).float()  # [B, V]
-        if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
-        else:
-            next_ids = logits.argmax(-1)  # [B]
-        if logprobs is not None:
-            scaled = logits / temperature if temperature > 0 else logits
-            chosen = scaled.log_softmax(-1).gather(-1, next_ids[:, None]).squeeze(-1)  # [B]
-            logprobs[:, t] = torch.where(finished, 0.0, chosen)
-        next_ids = torch.where(finished, lm.pad_id, next_ids)
-        tokens[:, t] = next_ids
-        lengths += (~finished).long()
-        finished |= torch.isin(next_ids, stop)
-        if t == max_new_tokens - 1 or bool(finished.all()):  # one sync per step for the whole batch
-            break
-        # Finished rows keep running (batch shape is fixed) but their new slot is masked out.
-        attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=1)
-        last_hidden = forward_step(lm, cache, attention_mask, input_ids=next_ids[:, None])[:, -1]
-    kept = logprobs[:, : t + 1] if logprobs is not None else None
-    return Decoded(tokens[:, : t + 1], lengths, cache, attention_mask, kept)
+    hidden = forward_step(lm, cache, attention_mask, input_ids=input_ids)[:, -1]  # [B, d]
+    return decode_from(lm, Prefix(cache, attention_mask, hidden), max_new_tokens, stop_ids, sampling, seeds)

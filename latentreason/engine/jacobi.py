@@ -19,9 +19,12 @@ from __future__ import annotations
 import torch
 
 from latentreason.engine.batch import left_pad
-from latentreason.engine.decode import decode, forward_step, new_cache
+from latentreason.engine.decode import decode_from
+from latentreason.engine.forward import forward_step, new_cache
 from latentreason.engine.latent_pass import LatentBatch, LatentPassOutput, ThoughtMap, finish_pass
 from latentreason.engine.rollout import Rollout
+from latentreason.engine.sampling import Sampling
+from latentreason.engine.steps import Prefix
 
 
 def map_slots(thought_map: ThoughtMap, hidden: torch.Tensor, first_slot: int) -> tuple[torch.Tensor, list]:
@@ -82,8 +85,8 @@ def jacobi_rollout(
     num_latents: int,
     iterations: int,
     max_new_tokens: int,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
+    sampling: Sampling | None = None,
+    seeds: torch.Tensor | None = None,
     stop_ids: list[int] | None = None,
 ) -> Rollout:
     """`latent_rollout` with a fixed number of latents found by Jacobi iteration (prompts end with <bot>)."""
@@ -94,25 +97,15 @@ def jacobi_rollout(
     cache = new_cache(lm)
     if num_latents:
         slot_mask = torch.ones((bsz, num_latents), dtype=torch.bool, device=device)
-        _, thoughts, extras = jacobi_thoughts(lm, cache, ids, mask, slot_mask, thought_map, iterations)
+        _, thoughts, _ = jacobi_thoughts(lm, cache, ids, mask, slot_mask, thought_map, iterations)
     else:
         forward_step(lm, cache, mask, input_ids=ids)
-        thoughts, extras = lm.embed.weight.new_zeros(bsz, 0, lm.embed.weight.shape[1]), []
-    # z^T and <eot> in one call; the answer continues from the same cache.
+        thoughts = lm.embed.weight.new_zeros(bsz, 0, lm.embed.weight.shape[1])
+    # z^T and <eot> in one call; the answer continues from the same cache on the step engine.
     eot = torch.full((bsz, 1), lm.eot_id, dtype=torch.long, device=device)
     mask = torch.cat([mask, torch.ones((bsz, num_latents + 1), dtype=mask.dtype, device=device)], dim=1)
     embeds = torch.cat([thoughts.to(dtype), lm.embed(eot)], dim=1)  # [B, N+1, d]
     last = forward_step(lm, cache, mask, inputs_embeds=embeds)[:, -1]  # [B, d]
-    out = decode(
-        lm,
-        eot[:, :0],
-        mask,
-        max_new_tokens,
-        stop_ids or [lm.eos_id],
-        cache=cache,
-        last_hidden=last,
-        temperature=temperature,
-        generator=generator,
-    )
+    out = decode_from(lm, Prefix(cache, mask, last), max_new_tokens, stop_ids or [lm.eos_id], sampling, seeds)
     used = torch.full((bsz,), num_latents, dtype=torch.long, device=device)
-    return Rollout(out.tokens, out.lengths, used, thoughts, extras)
+    return Rollout(out.tokens, out.lengths, used, thoughts, out.logprobs, trace=out.trace)

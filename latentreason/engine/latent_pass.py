@@ -26,7 +26,7 @@ import torch
 
 from latentreason.engine.batch import IGNORE
 from latentreason.engine.cache import training_cache
-from latentreason.engine.decode import forward_step, new_cache
+from latentreason.engine.forward import forward_step, new_cache
 from latentreason.engine.lockstep import agreed_max
 
 

@@ -1,11 +1,10 @@
-"""Latent rollout (inference, evaluation, RL): batched latent steps on a KV cache, then the answer.
+"""Latent rollout (inference, evaluation, RL) as a step-engine policy: latent steps, then the answer.
 
-    prefill  left-padded prompts ending with <bot>            (one call)
-    latents  up to N single-slot calls; a controller stops rows; stopped rows' slots are masked
-             (positions frozen); the loop exits as soon as every row has stopped
-    answer   <eot> then token decoding continuing on the same cache (no second prefill)
-
-Only one host sync per latent step (`all rows stopped?`), never a per-row `.item()`.
+    prefix   left-padded prompts ending with <bot>           (one call)
+    latents  each row feeds thoughts from the thought map until its controller stops it (or max_latents)
+    <eot>    forced at the step a row stops; the row then decodes its answer on the same cache
+A row that stops early starts its answer while others still think; a row whose answer ends leaves the
+batch. Each row's own sequence is exactly the one it would have alone.
 """
 
 from __future__ import annotations
@@ -15,19 +14,20 @@ from dataclasses import dataclass
 
 import torch
 
-from latentreason.engine.batch import left_pad
-from latentreason.engine.decode import decode, forward_step, new_cache
+from latentreason.engine.decode import TokenPolicy
+from latentreason.engine.sampling import Sampling
+from latentreason.engine.steps import TOKEN, StepChoice, StepView, Trace, prefill, run_steps
 
-# controller(step j, hidden [B, d] before the slot, thought input [B, d], extra) -> stop [B] bool:
-# True means the row ends its latent phase before slot j (it uses j latents).
-Controller = Callable[[int, torch.Tensor, torch.Tensor, object], torch.Tensor]
+# controller(step j, hidden [b, d] before the slot, thought input [b, d], extra, rows [b]) -> stop [b] bool:
+# True means the row ends its latent phase before slot j (it uses j latents). rows: the rows' original indices.
+Controller = Callable[[int, torch.Tensor, torch.Tensor, object, torch.Tensor], torch.Tensor]
 
 
 def fixed_latents(k: torch.Tensor | int) -> Controller:
-    """Every row thinks exactly k latents (k may be a [B] tensor)."""
+    """Every row thinks exactly k latents (k may be a [B] tensor over the original rows)."""
 
-    def stop(j, hidden, z, extra):
-        limit = k if torch.is_tensor(k) else torch.full((hidden.shape[0],), k, device=hidden.device)
+    def stop(j, hidden, z, extra, rows):
+        limit = k.to(rows.device)[rows] if torch.is_tensor(k) else torch.full_like(rows, k)  # [b]
         return j >= limit
 
     return stop
@@ -36,11 +36,76 @@ def fixed_latents(k: torch.Tensor | int) -> Controller:
 @dataclass
 class Rollout:
     tokens: torch.Tensor  # [B, T] answer tokens after <eot>, pad after the stop token
-    lengths: torch.Tensor  # [B] answer tokens generated (stop included)
+    lengths: torch.Tensor  # [B] answer tokens generated (stop token included)
     num_latents: torch.Tensor  # [B] latent slots each row used
-    latent_inputs: torch.Tensor  # [B, N, d] thoughts fed (zeros where a row had stopped)
-    extras: list  # [N] what the thought map returned per step
-    token_logprobs: torch.Tensor | None = None  # [B, T] with return_logprobs: each answer token's log-prob
+    latent_inputs: torch.Tensor  # [B, N, d] thoughts fed (zeros beyond a row's latents)
+    token_logprobs: torch.Tensor | None = None  # [B, T] each answer token's log-prob
+    drawn: torch.Tensor | None = None  # [B, R, d] every thought the map produced (also where the row then stopped)
+    trace: Trace | None = None  # per step: the latents (EMBED), <eot> (FORCED), the answer (TOKEN)
+
+
+# on_thought(rows [n], slot j, hidden [n, d] before the slot, z [n, d], extra): sees every thought the map
+# draws, with the rows' original indices (RL records what its actions were drawn from).
+ThoughtHook = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor, object], None]
+
+
+class LatentThenAnswer:
+    """The step policy of `latent_rollout`; per-row state in [B] tensors."""
+
+    def __init__(
+        self,
+        lm,
+        thought_map,
+        controller: Controller,
+        max_latents: int,
+        answer: TokenPolicy,
+        batch: int,
+        on_thought: ThoughtHook | None = None,
+    ):
+        self.lm, self.thought_map, self.controller, self.answer = lm, thought_map, controller, answer
+        self.max_latents, self.on_thought = max_latents, on_thought
+        device, d = lm.device, lm.embed.weight.shape[1]
+        self.thinking = torch.ones(batch, dtype=torch.bool, device=device)  # [B] still in the latent phase
+        self.used = torch.zeros(batch, dtype=torch.long, device=device)  # [B] latents fed
+        self.drawn = lm.embed.weight.new_zeros((batch, max_latents, d))  # [B, N, d]
+        self.slots = 0  # thought-map calls so far (= the widest row's drawn slots)
+
+    def step(self, view: StepView) -> StepChoice:
+        b, device = view.rows.shape[0], view.hidden.device
+        tokens = torch.full((b,), self.lm.pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros(b, device=device)
+        finished = torch.zeros(b, dtype=torch.bool, device=device)
+        forced = torch.zeros(b, dtype=torch.bool, device=device)
+        embeds, is_embed = None, None
+        thinking = self.thinking[view.rows]  # [b]
+        think_at = thinking.nonzero().squeeze(1)  # [n]
+        if think_at.numel():
+            # Every thinking row is at slot t: all started at the prefix and fed one thought per step.
+            rows, hidden = view.rows[think_at], view.hidden[think_at]  # [n], [n, d]
+            if view.t >= self.max_latents:
+                stop = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
+            else:
+                z, extra = self.thought_map(hidden, view.t)  # [n, d]
+                stop = self.controller(view.t, hidden, z, extra, rows)
+                self.drawn[rows, view.t] = z.to(self.drawn.dtype)
+                if self.on_thought is not None:
+                    self.on_thought(rows, view.t, hidden, z, extra)
+                self.slots = view.t + 1
+                embeds = view.hidden.new_zeros((b, z.shape[-1]))
+                embeds[think_at] = z.to(embeds.dtype)
+                is_embed = torch.zeros(b, dtype=torch.bool, device=device)
+                is_embed[think_at] = ~stop
+            self.used[rows] += (~stop).long()
+            self.thinking[rows] = ~stop
+            tokens[think_at] = torch.where(stop, self.lm.eot_id, self.lm.pad_id)
+            forced[think_at] = stop
+            finished[think_at] = stop & (self.answer.max_new_tokens <= 0)
+        answer_at = (~thinking).nonzero().squeeze(1)  # [m]
+        if answer_at.numel():
+            logits = self.lm.lm_head(view.hidden[answer_at]).float()  # [m, V]
+            ids, lp, done = self.answer.choose(logits, view.rows[answer_at])
+            tokens[answer_at], logprobs[answer_at], finished[answer_at] = ids, lp, done
+        return StepChoice(tokens, embeds, is_embed, logprobs, finished, forced)
 
 
 @torch.no_grad()
@@ -51,44 +116,20 @@ def latent_rollout(
     controller: Controller,
     max_latents: int,
     max_new_tokens: int,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
+    sampling: Sampling | None = None,
+    seeds: torch.Tensor | None = None,
     stop_ids: list[int] | None = None,
-    return_logprobs: bool = False,
+    samples: int = 1,
+    on_thought: ThoughtHook | None = None,
 ) -> Rollout:
-    """Roll out a batch of prompts (each already ending with <bot>)."""
-    device = lm.device
-    batch = left_pad(prompts, lm.pad_id)
-    mask = batch["attention_mask"].to(device)  # [B, P]
-    bsz = mask.shape[0]
-    cache = new_cache(lm)
-    last = forward_step(lm, cache, mask, input_ids=batch["input_ids"].to(device))[:, -1]  # [B, d]
-    active = torch.ones(bsz, dtype=torch.bool, device=device)  # [B]
-    used = torch.zeros(bsz, dtype=torch.long, device=device)  # [B]
-    thoughts, extras = [], []
-    for j in range(max_latents):
-        z, extra = thought_map(last, j)  # [B, d]
-        active &= ~controller(j, last, z, extra)
-        if not bool(active.any()):  # the one sync per step: every row has stopped
-            break
-        thoughts.append(z * active[:, None])
-        extras.append(extra)
-        used += active.long()
-        mask = torch.cat([mask, active.long()[:, None]], dim=1)
-        last = forward_step(lm, cache, mask, inputs_embeds=z[:, None].to(lm.embed.weight.dtype))[:, -1]
-    eot = torch.full((bsz, 1), lm.eot_id, dtype=torch.long, device=device)  # [B, 1]
-    mask = torch.cat([mask, torch.ones_like(eot)], dim=1)
-    out = decode(
-        lm,
-        eot,
-        mask,
-        max_new_tokens,
-        stop_ids or [lm.eos_id],
-        cache=cache,
-        temperature=temperature,
-        generator=generator,
-        return_logprobs=return_logprobs,
-    )
-    d = last.shape[-1]
-    latent_inputs = torch.stack(thoughts, 1) if thoughts else last.new_zeros(bsz, 0, d)
-    return Rollout(out.tokens, out.lengths, used, latent_inputs, extras, out.logprobs)
+    """Roll out a batch of prompts (each already ending with <bot>); with `samples` > 1 each prompt's rows
+    (i x samples + s) share one prefill."""
+    prefix = prefill(lm, prompts, samples)
+    batch, device = prefix.hidden.shape[0], prefix.hidden.device
+    answer = TokenPolicy(batch, device, stop_ids or [lm.eos_id], max_new_tokens, sampling, seeds)
+    policy = LatentThenAnswer(lm, thought_map, controller, max_latents, answer, batch, on_thought)
+    trace = run_steps(lm, prefix, policy, max_latents + 1 + max_new_tokens, batch_size=batch)
+    tokens, logprobs, lengths = trace.packed(TOKEN, lm.pad_id)
+    n, r = int(policy.used.max()) if batch else 0, policy.slots
+    inputs = policy.drawn[:, :n] * (torch.arange(n, device=device)[None] < policy.used[:, None])[..., None]
+    return Rollout(tokens, lengths, policy.used, inputs, logprobs, policy.drawn[:, :r], trace)

@@ -9,6 +9,7 @@ import torch
 from latentreason.data.problems import Problem
 from latentreason.engine.batch import left_pad
 from latentreason.engine.decode import decode
+from latentreason.engine.sampling import Sampling, row_seeds
 from latentreason.layout import ANSWER_MARKER, encode_problem
 
 
@@ -26,10 +27,13 @@ def count_reasoning_tokens(tokenizer, text: str) -> int:
 
 
 class TextSolver:
-    """Greedy (or sampled) text generation from the question prompt, batched on one KV cache."""
+    """Greedy (or sampled) text generation from the question prompt, batched on one KV cache.
 
-    def __init__(self, lm, max_new_tokens: int = 64, name: str = "text", temperature: float = 0.0):
-        self.lm, self.max_new_tokens, self.name, self.temperature = lm, max_new_tokens, name, temperature
+    Sampled rows draw from seeds keyed by (seed, question): a problem's answer does not depend on its batch."""
+
+    def __init__(self, lm, max_new_tokens: int = 64, name: str = "text", sampling: Sampling | None = None, seed=0):
+        self.lm, self.max_new_tokens, self.name = lm, max_new_tokens, name
+        self.sampling, self.seed = sampling or Sampling(), seed
 
     @torch.no_grad()
     def solve(self, problems: list[Problem]) -> list[Solution]:
@@ -42,7 +46,8 @@ class TextSolver:
             batch["attention_mask"].to(lm.device),
             self.max_new_tokens,
             stop_ids=[lm.eos_id],
-            temperature=self.temperature,
+            sampling=self.sampling,
+            seeds=row_seeds(self.seed, [p.question for p in problems]),
         )
         texts = lm.tokenizer.batch_decode(out.tokens.cpu(), skip_special_tokens=True)
         return [Solution(text, count_reasoning_tokens(lm.tokenizer, text)) for text in texts]

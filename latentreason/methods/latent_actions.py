@@ -41,7 +41,7 @@ class LatentActions(abc.ABC):
     def controller(self, sample: bool = False, generator: torch.Generator | None = None) -> Controller:
         """The rollout's stop rule: greedy, or sampled from softmax(stop_logits) with `generator`."""
 
-        def stop(j, hidden, z, extra):
+        def stop(j, hidden, z, extra, rows):
             if j >= self.max_latents:
                 return torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
             if j % self.group:

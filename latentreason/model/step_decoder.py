@@ -16,8 +16,10 @@ from types import SimpleNamespace
 import torch
 
 from latentreason.engine.batch import IGNORE
-from latentreason.engine.decode import decode, forward_step, new_cache
+from latentreason.engine.decode import decode_from
+from latentreason.engine.forward import forward_step, new_cache
 from latentreason.engine.loss import shifted_ce
+from latentreason.engine.steps import Prefix
 from latentreason.errors import ConfigError
 
 MODES = ("shared", "copy", "small")
@@ -64,6 +66,5 @@ class StepDecoder:
         mask = torch.ones((groups, c), dtype=torch.long, device=latents.device)
         cache = new_cache(view)
         last = forward_step(view, cache, mask, inputs_embeds=latents.to(model.dtype))[:, -1]  # [G, d]
-        empty = torch.zeros((groups, 0), dtype=torch.long, device=latents.device)
-        out = decode(view, empty, mask, max_new_tokens, [self.lm.eos_id], cache=cache, last_hidden=last)
+        out = decode_from(view, Prefix(cache, mask, last), max_new_tokens, [self.lm.eos_id])
         return [row[:n].tolist() for row, n in zip(out.tokens, out.lengths.tolist())]

@@ -29,6 +29,7 @@ import torch
 from latentreason.engine.batch import IGNORE
 from latentreason.engine.latent_pass import build_latent_batch, latent_forward
 from latentreason.engine.rollout import latent_rollout
+from latentreason.engine.sampling import Sampling
 from latentreason.errors import ConfigError
 
 LATENT_LOGPROB = ("mean", "sum")
@@ -139,16 +140,23 @@ class LatentPolicy:
 
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], generator: torch.Generator | None = None) -> RolloutBatch:
-        acts = self.actions
-        drawn = []  # per latent step: (thought fed, mean, logvar, hidden before the slot), every row
+        """Rollouts with their actions' log-probs. `generator` draws the thoughts' noise, the stop decisions
+        and the answer tokens' row seeds."""
+        acts, device = self.actions, self.lm.device
+        batch, width, d = len(prompts), acts.max_latents, self.lm.model.config.hidden_size
+        # What each drawn thought came from, per row and slot: (mean, logvar, hidden before the slot).
+        drawn_from = self.lm.embed.weight.new_zeros((3, batch, width, d))  # [3, B, N, d]
 
         def thought(hidden, j):
-            mean, logvar = acts.latent_head(hidden)  # [B, d], [B, d]
+            mean, logvar = acts.latent_head(hidden)  # [b, d], [b, d]
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            fed = (mean + (0.5 * logvar).exp() * noise) * acts.scale  # [B, d]
-            drawn.append((fed, mean, logvar, hidden))
-            return fed, None
+            return (mean + (0.5 * logvar).exp() * noise) * acts.scale, (mean, logvar)  # [b, d]
 
+        def record(rows, j, hidden, z, extra):
+            mean, logvar = extra
+            drawn_from[:, rows, j] = torch.stack([mean, logvar, hidden]).to(drawn_from.dtype)
+
+        seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=generator.device if generator else None)
         out = latent_rollout(
             self.lm,
             prompts,
@@ -156,15 +164,12 @@ class LatentPolicy:
             acts.controller(sample=True, generator=generator),
             acts.max_latents,
             self.max_completion_length,
-            temperature=self.temperature,
-            generator=generator,
-            return_logprobs=True,
+            sampling=Sampling(temperature=self.temperature),
+            seeds=seeds.to(device),
+            on_thought=record,
         )
-        bsz, device = len(prompts), out.tokens.device
-        if drawn:
-            fed, mean, logvar, before = (torch.stack(parts, 1) for parts in zip(*drawn))  # [B, R, d] each
-        else:  # no latent steps at all (max_latents 0)
-            fed = mean = logvar = before = torch.zeros(bsz, 0, self.lm.model.config.hidden_size, device=device)
+        fed = out.drawn  # [B, R, d] every thought drawn
+        mean, logvar, before = drawn_from[:, :, : fed.shape[1]].to(fed.dtype).unbind(0)  # [B, R, d] each
         slots = torch.arange(fed.shape[1], device=device)[None]  # [1, R]
         used = out.num_latents[:, None]  # [B, 1]
         # A row stops only where it decides, so slot `used` (when it was run) is where it said stop.

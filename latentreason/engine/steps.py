@@ -1,0 +1,262 @@
+"""The step engine: one batched loop on one KV cache in which each row's next input is a token or an embedding.
+
+    prefix   the prompts' prefill (one call), optionally repeated for N samples per prompt (cache rows
+             repeated, not recomputed)
+    step t   the policy sees every row still running (its hidden state, lazily its logits) and chooses,
+             per row, a token id or an input embedding, and whether the row ends here; queued forced
+             tokens (an end-of-thinking text, an agent's prompt) replace its choice
+    feed     rows that ended leave the batch (cache rows selected), the others run one call
+
+A policy keeps its own per-row state in full-size [B] tensors indexed by `view.rows` (each running row's
+original index), so rows leaving the batch cost it nothing. The loop returns a `Trace`: per row and step
+the kind of input, the token (fed, or recorded for an embedding step), its log-prob, and optionally the
+entropy, top-1 token and hidden state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from transformers import DynamicCache
+
+from latentreason.engine.batch import left_pad
+from latentreason.engine.compat import cache_kwargs
+from latentreason.engine.forward import forward_step, new_cache
+
+NONE, TOKEN, EMBED, FORCED = (
+    0,
+    1,
+    2,
+    3,
+)  # trace kinds: no step (the row had ended), chosen token, embedding, forced token
+
+
+@dataclass
+class Prefix:
+    """What the cache holds for each running row, and the hidden state that predicts its next input."""
+
+    cache: DynamicCache
+    attention_mask: torch.Tensor  # [b, S] over the cache
+    hidden: torch.Tensor  # [b, d]
+    rows: torch.Tensor | None = None  # [b] original row of each; None: 0..b-1
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.rows = torch.arange(self.hidden.shape[0], device=self.hidden.device)
+
+
+@torch.no_grad()
+def prefill(lm, prompts: list[list[int]], samples: int = 1) -> Prefix:
+    """The left-padded prompts in one call; with `samples` > 1 each row is repeated that many times in a
+    row (row i x samples + s is sample s of prompt i), sharing the one prefill."""
+    batch = left_pad(prompts, lm.pad_id)
+    mask = batch["attention_mask"].to(lm.device)  # [B, P]
+    cache = new_cache(lm)
+    hidden = forward_step(lm, cache, mask, input_ids=batch["input_ids"].to(lm.device))[:, -1]  # [B, d]
+    if samples > 1:
+        cache.batch_repeat_interleave(samples)
+        mask, hidden = mask.repeat_interleave(samples, 0), hidden.repeat_interleave(samples, 0)
+    return Prefix(cache, mask, hidden)
+
+
+@dataclass
+class StepChoice:
+    """A policy's decision for the b running rows."""
+
+    tokens: torch.Tensor  # [b] token fed (for an embedding step: the token recorded, e.g. its top-1)
+    embeds: torch.Tensor | None = None  # [b, d] inputs of the rows with is_embed (anything elsewhere)
+    is_embed: torch.Tensor | None = None  # [b] bool; None: every row feeds its token
+    logprobs: torch.Tensor | None = None  # [b] log-prob of the chosen token (recorded in the trace)
+    finished: torch.Tensor | None = None  # [b] bool: the row ends with this step (recorded, not fed)
+    forced: torch.Tensor | None = None  # [b] bool: the token is imposed, not chosen (traced as FORCED)
+
+
+class ForcedQueue:
+    """Tokens waiting to be fed to rows in place of their policy's choice, first in first out. [B, Q] ids."""
+
+    def __init__(self, batch: int, device):
+        self.ids = torch.zeros((batch, 0), dtype=torch.long, device=device)  # [B, Q]
+        self.head = torch.zeros(batch, dtype=torch.long, device=device)  # [B] next to feed
+        self.end = torch.zeros(batch, dtype=torch.long, device=device)  # [B] one past the last queued
+        self.maybe_pending = False  # False: certainly nothing queued (skips the checks)
+
+    def push(self, rows: torch.Tensor, ids: list[int]) -> None:
+        """Queue `ids` after whatever rows [n] (original indices) already wait for."""
+        if not ids or rows.numel() == 0:
+            return
+        n = len(ids)
+        self.ids = torch.cat([self.ids, self.ids.new_zeros((self.ids.shape[0], n))], dim=1)  # room for any row
+        at = self.end[rows][:, None] + torch.arange(n, device=rows.device)[None]  # [n_rows, n]
+        self.ids[rows[:, None], at] = torch.tensor(ids, device=rows.device)
+        self.end[rows] += n
+        self.maybe_pending = True
+
+    def pop(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(has [b] bool, ids [b]) for the running rows [b], advancing those that had one; None if none waits."""
+        if not self.maybe_pending:
+            return None
+        has = self.head[rows] < self.end[rows]  # [b]
+        if not bool(has.any()):
+            self.maybe_pending = bool((self.head < self.end).any())
+            return None
+        ids = self.ids[rows, self.head[rows].clamp(max=self.ids.shape[1] - 1)]  # [b]
+        self.head[rows] += has.long()
+        return has, ids
+
+    def pending(self, rows: torch.Tensor) -> torch.Tensor:
+        """[b] bool: rows with tokens still queued."""
+        return self.head[rows] < self.end[rows]
+
+
+@dataclass
+class StepView:
+    """What a policy sees at step t: the running rows and their hidden states."""
+
+    lm: object
+    t: int  # steps the loop has taken (the same for every row: they all start at the prefix)
+    rows: torch.Tensor  # [b] original row index of each running row
+    hidden: torch.Tensor  # [b, d] the state that predicts each row's next input
+    queue: ForcedQueue
+
+    @cached_property
+    def logits(self) -> torch.Tensor:
+        return self.lm.lm_head(self.hidden).float()  # [b, V]
+
+    @cached_property
+    def entropy(self) -> torch.Tensor:
+        """[b] entropy of softmax(logits), unfiltered and at temperature 1."""
+        logp = self.logits.log_softmax(-1)
+        return -(logp.exp() * logp).sum(-1)
+
+    def force(self, rows: torch.Tensor, ids: list[int]) -> None:
+        """Queue `ids` for the running rows at positions `rows` [n] (indices into this view); the first is fed
+        at this very step."""
+        self.queue.push(self.rows[rows], ids)
+
+
+@dataclass
+class Trace:
+    """Per row (original order) and step. Steps a row did not take have kind NONE."""
+
+    kind: torch.Tensor  # [B, S] int8
+    tokens: torch.Tensor  # [B, S] token fed or recorded (pad_id where NONE)
+    logprobs: torch.Tensor  # [B, S] the policy's log-prob of the token (0 where it gave none)
+    entropy: torch.Tensor | None = None  # [B, S] with stats (nan where NONE)
+    top1: torch.Tensor | None = None  # [B, S] with stats (-1 where NONE)
+    hidden: torch.Tensor | None = None  # [B, S, d] with keep_hidden: the state each input was chosen from
+    # The rows in the batch at the last step when max_steps ended the loop (that step's inputs not fed yet)
+    state: Prefix | None = field(default=None, repr=False)
+
+    @property
+    def steps(self) -> torch.Tensor:
+        """[B] steps each row took."""
+        return (self.kind != NONE).sum(1)
+
+    def count(self, kind: int) -> torch.Tensor:
+        """[B] steps of `kind` per row."""
+        return (self.kind == kind).sum(1)
+
+    def packed(self, kind: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens [B, T], log-probs [B, T], lengths [B]) of each row's steps of `kind`, left-aligned in order."""
+        chosen = self.kind == kind  # [B, S]
+        lengths = chosen.sum(1)  # [B]
+        order = torch.sort((~chosen).to(torch.int8), dim=1, stable=True).indices  # [B, S] chosen steps first
+        width = int(lengths.max()) if lengths.numel() else 0
+        order = order[:, :width]
+        valid = torch.arange(width, device=lengths.device)[None] < lengths[:, None]  # [B, T]
+        tokens = torch.where(valid, self.tokens.gather(1, order), pad_id)
+        logprobs = torch.where(valid, self.logprobs.gather(1, order), 0.0)
+        return tokens, logprobs, lengths
+
+
+@torch.no_grad()
+def run_steps(
+    lm,
+    prefix: Prefix,
+    policy,
+    max_steps: int,
+    batch_size: int | None = None,
+    stats: bool = False,
+    keep_hidden: bool = False,
+) -> Trace:
+    """Run `policy` (an object with `step(view) -> StepChoice`) from `prefix` for at most `max_steps` steps.
+
+    batch_size: the number of original rows B (default: the prefix's rows). stats: record the entropy and
+    top-1 token of every step (one LM-head call per step when the policy made none).
+    """
+    cache, mask, hidden, rows = prefix.cache, prefix.attention_mask, prefix.hidden, prefix.rows
+    device = hidden.device
+    total = batch_size or (int(rows.max()) + 1 if rows.numel() else 0)
+    kind = torch.zeros((total, max_steps), dtype=torch.int8, device=device)  # [B, S]
+    tokens = torch.full((total, max_steps), lm.pad_id, dtype=torch.long, device=device)  # [B, S]
+    logprobs = torch.zeros((total, max_steps), device=device)  # [B, S]
+    entropy = torch.full((total, max_steps), float("nan"), device=device) if stats else None  # [B, S]
+    top1 = torch.full((total, max_steps), -1, dtype=torch.long, device=device) if stats else None  # [B, S]
+    kept = hidden.new_zeros((total, max_steps, hidden.shape[-1])) if keep_hidden else None  # [B, S, d]
+    positions = mask.sum(1)  # [b] the position of each row's next input
+    queue = ForcedQueue(total, device)
+    state = prefix if max_steps == 0 else None
+    for t in range(max_steps):
+        view = StepView(lm, t, rows, hidden, queue)
+        choice = policy.step(view)
+        step_tokens, is_embed = choice.tokens, choice.is_embed
+        step_kind = torch.full_like(step_tokens, TOKEN, dtype=torch.int8)
+        if is_embed is not None:
+            step_kind = torch.where(is_embed, EMBED, step_kind).to(torch.int8)
+        if choice.forced is not None:
+            step_kind = torch.where(choice.forced, FORCED, step_kind).to(torch.int8)
+        finished = choice.finished
+        popped = queue.pop(rows)
+        if popped is not None:  # a queued token replaces the policy's choice and keeps its row running
+            has, ids = popped
+            step_tokens = torch.where(has, ids, step_tokens)
+            step_kind = torch.where(has, FORCED, step_kind).to(torch.int8)
+            is_embed = is_embed & ~has if is_embed is not None else None
+            finished = finished & ~has if finished is not None else None
+        kind[rows, t] = step_kind
+        tokens[rows, t] = step_tokens
+        if choice.logprobs is not None:
+            forced_here = step_kind == FORCED
+            logprobs[rows, t] = torch.where(forced_here, 0.0, choice.logprobs.float())
+        if stats:
+            entropy[rows, t] = view.entropy
+            top1[rows, t] = view.logits.argmax(-1)
+        if keep_hidden:
+            kept[rows, t] = hidden.to(kept.dtype)
+        if t == max_steps - 1:  # the last step's choice is recorded, never fed
+            state = Prefix(cache, mask, hidden, rows)
+            break
+        if finished is not None and bool(finished.any()):  # the one sync per step
+            stay = (~finished).nonzero().squeeze(1)  # [b']
+            if stay.numel() == 0:
+                break
+            cache.batch_select_indices(stay)
+            rows, mask, positions, step_tokens = rows[stay], mask[stay], positions[stay], step_tokens[stay]
+            embeds = choice.embeds[stay] if is_embed is not None else None
+            is_embed = is_embed[stay] if is_embed is not None else None
+        else:
+            embeds = choice.embeds
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # [b, S+1]
+        hidden = _feed(lm, cache, mask, positions, step_tokens, embeds, is_embed)
+        positions = positions + 1
+    return Trace(kind, tokens, logprobs, entropy, top1, kept, state)
+
+
+def _feed(lm, cache, mask, positions, tokens, embeds, is_embed) -> torch.Tensor:
+    """One call with each row's input (token ids, or embeddings where is_embed); the new hidden states [b, d]."""
+    if is_embed is None:
+        inputs = {"input_ids": tokens[:, None]}  # [b, 1]
+    else:
+        token_embeds = lm.embed(tokens.clamp(min=0))  # [b, d] (an embedding row may carry a -1 token)
+        mixed = torch.where(is_embed[:, None], embeds.to(token_embeds.dtype), token_embeds)  # [b, d]
+        inputs = {"inputs_embeds": mixed[:, None]}  # [b, 1, d]
+    out = lm.backbone(
+        **inputs,
+        attention_mask=mask,
+        position_ids=positions[:, None],  # [b, 1]
+        use_cache=True,
+        **cache_kwargs(lm.backbone, cache),
+    )
+    return out.last_hidden_state[:, -1]  # [b, d]
