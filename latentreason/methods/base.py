@@ -10,26 +10,16 @@ import torch
 
 from latentreason.data.problems import Problem
 from latentreason.engine.loss import next_token_loss  # noqa: F401  (re-exported for methods)
-from latentreason.errors import ConfigError
 from latentreason.methods.latent_actions import LatentActions
+from latentreason.named import Registry
 from latentreason.train_config import SFTConfig
 
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(name: str):
-    def wrap(cls):
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return wrap
+METHODS = Registry("method")
+register_method = METHODS.register
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS.get_class(name)
 
 
 class Method(abc.ABC):

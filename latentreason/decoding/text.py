@@ -1,0 +1,24 @@
+"""Plain token decoding (greedy, or sampled with the context's settings): the baseline every decoder is
+compared with, and what the degenerate settings of the others must equal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latentreason.decoding.base import DecodeContext, Decoder, register_decoder
+from latentreason.engine.decode import TokenPolicy
+
+
+@dataclass
+class TextConfig:
+    pass
+
+
+@register_decoder("text")
+class TextDecoder(Decoder):
+    config_cls = TextConfig
+
+    def policy(self, lm, context: DecodeContext) -> TokenPolicy:
+        return TokenPolicy(
+            context.rows, lm.device, context.stop_ids, context.max_new_tokens, context.sampling, context.seeds
+        )
