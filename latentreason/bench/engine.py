@@ -15,13 +15,13 @@ the KV-cache bytes (rollout), which is what grows with latents. The last line pr
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from latentreason.bench.timing import paired
 from latentreason.engine.batch import IGNORE
 from latentreason.engine.latent_pass import build_latent_batch, latent_forward
 from latentreason.engine.reference import reference_rollout
@@ -68,28 +68,6 @@ def bench_model(cfg: EngineBenchConfig, device: str) -> LatentLM:
 
 def identity(hidden, slot):
     return hidden, None
-
-
-def _once(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
-def paired(fn, floor, repeats: int) -> tuple[float, float, float]:
-    """(median ratio fn/floor, median fn time, median floor time), the two timed alternately after a
-    warm-up, so a slow spell of a shared machine hits both sides of a ratio alike."""
-    fn(), floor()
-    pairs = [(_once(fn), _once(floor)) for _ in range(repeats)]
-    return median([a / b for a, b in pairs]), median([a for a, _ in pairs]), median([b for _, b in pairs])
 
 
 def saved_bytes(fn) -> int:
