@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentreason.decoding import DecodeContext, decoder_from_args
+from latentreason.decoding import DecodeContext, Generation, decoder_from_args
 from latentreason.decoding.soft_thinking import SoftThinkingConfig, SoftThinkingPolicy
 from latentreason.engine.noise import row_dirichlet, row_gamma, row_normal
 from latentreason.engine.sampling import Sampling, filtered_logprobs
@@ -28,6 +28,23 @@ def context(lm, prompts, think_end, max_new_tokens=10, stop_ids=None, seeds=None
         think_start=[lm.bot_id],
         think_end=think_end,
     )
+
+
+def batched_equals_one_row_at_a_time(lm, decoder, think_end, max_new_tokens) -> Generation:
+    """Sampled rows (temperature 1, row seeds) decoded together and one by one: tokens, kinds and log-probs agree.
+    Returns the batched generation."""
+    prompts, seeds = prompts_for(lm), torch.tensor([3, 5, 8, 13])
+    ctx = context(lm, prompts, think_end, max_new_tokens=max_new_tokens, seeds=seeds)
+    ctx.sampling = Sampling(temperature=1.0).rows(4)
+    together = decoder.generate(lm, ctx)
+    for row, prompt in enumerate(prompts):
+        one = context(lm, [prompt], think_end, max_new_tokens=max_new_tokens, seeds=seeds[row : row + 1])
+        one.sampling = Sampling(temperature=1.0).rows(1)
+        alone = decoder.generate(lm, one)
+        assert alone.tokens(0) == together.tokens(row)
+        assert torch.equal(alone.trace.kind[0], together.trace.kind[row])
+        torch.testing.assert_close(alone.trace.logprobs[0], together.trace.logprobs[row], **EXACT)
+    return together
 
 
 def unused_token(lm, generation) -> int:
@@ -53,20 +70,9 @@ def test_degenerate_soft_thinking_is_greedy_decoding(model_type, args):
 @pytest.mark.parametrize("noise", ["none", "dirichlet", "gumbel"])
 def test_soft_thinking_batched_equals_one_row_at_a_time(model_type, noise):
     lm = lm64(model_type)
-    prompts = prompts_for(lm)
     decoder = decoder_from_args("soft-thinking", {"noise": noise, "temperature": 1.0, "max_thinking_steps": 4})
     end = lm.tokenizer("###", add_special_tokens=False)["input_ids"]
-    seeds = torch.tensor([3, 5, 8, 13])
-    ctx = context(lm, prompts, end, max_new_tokens=9, seeds=seeds)
-    ctx.sampling = Sampling(temperature=1.0).rows(4)
-    together = decoder.generate(lm, ctx)
-    for row, prompt in enumerate(prompts):
-        one = context(lm, [prompt], end, max_new_tokens=9, seeds=seeds[row : row + 1])
-        one.sampling = Sampling(temperature=1.0).rows(1)
-        alone = decoder.generate(lm, one)
-        assert alone.tokens(0) == together.tokens(row)
-        assert torch.equal(alone.trace.kind[0], together.trace.kind[row])
-        torch.testing.assert_close(alone.trace.logprobs[0], together.trace.logprobs[row], **EXACT)
+    together = batched_equals_one_row_at_a_time(lm, decoder, end, max_new_tokens=9)
     # Four soft steps, then the forced end of thinking, then text.
     assert (together.trace.kind[:, :4] == EMBED).all() and (together.trace.kind[:, 4 : 4 + len(end)] == FORCED).all()
     assert together.trace.tokens[:, 4 : 4 + len(end)].tolist() == [end] * 4
