@@ -29,6 +29,7 @@ import torch
 from latentreason.config import field
 from latentreason.data.answers import MODES
 from latentreason.decoding.base import DecodeContext, Decoder, Generation, register_decoder
+from latentreason.decoding.prompts import CHAT_TEMPLATE, user_turn
 from latentreason.decoding.steering import decoder_layers, steering, steering_vectors
 from latentreason.decoding.vote import best_scored, majority_vote
 from latentreason.engine.batch import left_pad
@@ -38,7 +39,6 @@ from latentreason.errors import ConfigError
 
 Scorer = Callable[[str, str], float]  # (question, reply) -> score; higher is better
 
-CHAT_TEMPLATE = ("auto", "always", "never")
 DEFAULT_QUESTIONS = [
     "A baker makes 24 rolls and sells 17 of them. How many rolls are left?",
     "Tom reads 12 pages a day. How many pages does he read in 5 days?",
@@ -121,22 +121,12 @@ class FractionalReasoning(Decoder):
             raise ConfigError(f"layers: the model has {count} decoder layers (0 to {count - 1}), got {outside}")
         return list(self.config.layers) or list(range(count))
 
-    def _encode(self, lm, text: str) -> list[int]:
-        tokenizer, mode = lm.tokenizer, self.config.chat_template
-        if mode == "always" and not tokenizer.chat_template:
-            raise ConfigError("chat_template: 'always', but the tokenizer has no chat template")
-        if mode == "never" or not tokenizer.chat_template:
-            return tokenizer(text)["input_ids"]
-        turn = [{"role": "user", "content": text}]
-        encoded = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return encoded["input_ids"]
-
     def vectors(self, lm) -> torch.Tensor:
         """[n_layers, d] the steering vectors of `lm`'s steered layers, computed on first use."""
         if lm not in self._vectors:
             cfg = self.config
             pairs = [
-                [self._encode(lm, template.replace("{question}", q)) for q in cfg.questions]
+                [user_turn(lm.tokenizer, template.replace("{question}", q), cfg.chat_template) for q in cfg.questions]
                 for template in (cfg.positive, cfg.negative)
             ]
             self._vectors[lm] = steering_vectors(lm, pairs[0], pairs[1], self.layers(lm), cfg.unit_vector)
