@@ -21,6 +21,7 @@ from latentreason.decoding.vote import answer_key, best_scored, majority_vote
 from latentreason.engine.batch import left_pad, positions_from_mask
 from latentreason.engine.sampling import Sampling
 from latentreason.errors import ConfigError
+from tests.decoding_helpers import chat_prompt, decode_context, smollm2, smollm2_stop_ids
 from tests.helpers import EXACT, MODEL_TYPES
 from tests.test_smollm import needs_smollm2
 from tests.test_steps import lm64, prompts_for
@@ -34,18 +35,8 @@ def fractional(**args) -> FractionalReasoning:
     return decoder_from_args("fractional", {**PAIRS, **args})
 
 
-def context(lm, prompts, max_new_tokens=8, seeds=None, sampling=None, samples=1) -> DecodeContext:
-    rows = len(prompts) * samples
-    return DecodeContext(
-        prompts=prompts,
-        stop_ids=[len(lm.tokenizer) + 10],
-        max_new_tokens=max_new_tokens,
-        sampling=(sampling or Sampling()).rows(rows),
-        seeds=torch.arange(rows) * 7 + 1 if seeds is None else seeds,
-        think_start=[lm.bot_id],
-        think_end=[lm.eot_id],
-        samples=samples,
-    )
+def context(lm, prompts, **kwargs) -> DecodeContext:
+    return decode_context(lm, prompts, **kwargs)
 
 
 def backbone_output(lm, prompts) -> torch.Tensor:
@@ -292,31 +283,12 @@ def test_arguments_that_depend_on_the_model_are_checked_against_it():
 # --- the real model ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from latentreason.model.latent_lm import LatentLM
-    from latentreason.model.smollm import load_smollm2
-
-    model, tokenizer = load_smollm2()
-    return LatentLM(model, tokenizer)
-
-
-def chat_prompts(lm, questions: list[str]) -> list[list[int]]:
-    turn = [[{"role": "user", "content": q}] for q in questions]
-    return [
-        lm.tokenizer.apply_chat_template(t, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-        for t in turn
-    ]
-
-
 @needs_smollm2
-def test_smollm2_sweep_keeps_plain_decoding_at_scale_zero_and_votes(smollm2):
-    lm = smollm2
-    prompts = chat_prompts(
-        lm, ["What is 12 + 30? Answer with a number.", "Tom has 3 bags of 4 apples. How many apples?"]
-    )
-    ctx = context(lm, prompts, max_new_tokens=24)
-    ctx.stop_ids = [lm.eos_id]
+def test_smollm2_sweep_keeps_plain_decoding_at_scale_zero_and_votes():
+    lm = smollm2()
+    questions = ["What is 12 + 30? Answer with a number.", "Tom has 3 bags of 4 apples. How many apples?"]
+    ctx = context(lm, [chat_prompt(lm, q) for q in questions], max_new_tokens=24)
+    ctx.stop_ids = smollm2_stop_ids(lm)
     greedy = decoder_from_args("text").generate(lm, ctx)
     decoder = decoder_from_args("fractional", {"scales": [0.0, 0.5, 1.0]})
     out = decoder.generate(lm, ctx)
