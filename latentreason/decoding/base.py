@@ -45,10 +45,18 @@ class DecodeContext:
     think_start: list[int]  # ids of the thinking delimiters (one id each when the vocabulary has them)
     think_end: list[int]
     samples: int = 1
+    questions: list[str] | None = None  # each prompt's problem text, for verifiers and scorers
+    references: list[str] | None = None  # each prompt's reference answer: oracle rewards only (labelled as such)
 
     @property
     def rows(self) -> int:
         return len(self.prompts) * self.samples
+
+    def question_texts(self, tokenizer) -> list[str]:
+        """The problem texts, or the decoded prompts when none were given."""
+        if self.questions is not None:
+            return self.questions
+        return [tokenizer.decode(prompt, skip_special_tokens=True) for prompt in self.prompts]
 
 
 @dataclass
