@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentreason.errors import UserError
@@ -180,16 +181,37 @@ def cmd_eval(argv: list[str]) -> int:
         problems = problems[: args.limit]
     result = _evaluate_launch(args, plan, name, problems)
     if result is not None:
-        write_report([result], args.output_dir, {"model": str(args.model), **plan["record"]})
+        write_report([result], args.output_dir, {"model": str(args.model), **plan.record()})
         print(markdown_table([result]))
         print(f"wrote {Path(args.output_dir) / 'results.json'}")
     return 0
 
 
-def eval_plan(args) -> dict:
-    """What to evaluate and how, checked before any model is loaded: the model's kind, the answer mode,
-    the decoding settings and, for a pretrained model, the few-shot examples; "record" goes to results.json."""
-    from latentreason.model.pretrained import PRETRAINED, TRAINED, model_kind
+@dataclass
+class EvalPlan:
+    """What to evaluate and how, settled from the flags before any model is loaded."""
+
+    kind: str  # TRAINED or PRETRAINED (latentreason.model.pretrained)
+    answer_mode: str
+    max_new_tokens: int
+    temperature: float = 0.0
+    template: str = "{question}"  # the user turn of a pretrained model's prompt
+    few_shot: list[tuple[str, str]] = field(default_factory=list)
+    few_shot_source: str | None = None
+    prompt: dict | None = None  # the PromptBuilder's settings, once the model's tokenizer is loaded
+
+    def record(self) -> dict:
+        """The settings results.json keeps beside the results."""
+        out = {"model_kind": self.kind, "answer_mode": self.answer_mode, "max_new_tokens": self.max_new_tokens}
+        if self.prompt is not None:
+            out.update(temperature=self.temperature, few_shot_source=self.few_shot_source, prompt=self.prompt)
+        return out
+
+
+def eval_plan(args) -> EvalPlan:
+    """The plan for `args`; flags that do not fit the model's kind are refused here, before it loads."""
+    from latentreason.evaluation.prompting import BOXED_TEMPLATE, PLACEHOLDER
+    from latentreason.model.pretrained import TRAINED, model_kind
 
     kind = model_kind(args.model)
     if kind == TRAINED:
@@ -205,21 +227,20 @@ def eval_plan(args) -> dict:
         raise UserError(f"--few-shot: expected a number of examples >= 0, got {args.few_shot}")
     if args.temperature is not None and args.temperature < 0:
         raise UserError(f"--temperature: expected a value >= 0, got {args.temperature}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens: expected at least 1, got {args.max_new_tokens}")
     answer_mode = args.answer_mode or ("strict" if kind == TRAINED else "auto")
     max_new_tokens = args.max_new_tokens or (128 if kind == TRAINED else 256)
-    record = {"model_kind": kind, "answer_mode": answer_mode, "max_new_tokens": max_new_tokens}
-    plan = {"kind": kind, "answer_mode": answer_mode, "max_new_tokens": max_new_tokens, "record": record}
-    if kind == PRETRAINED:
-        from latentreason.evaluation.prompting import BOXED_TEMPLATE, PLACEHOLDER
-
-        default_template = BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER
-        plan["few_shot"] = few_shot_examples(args, answer_mode)
-        plan["template"] = args.prompt_template or default_template
-        if PLACEHOLDER not in plan["template"]:
-            raise UserError(f"--prompt-template: {plan['template']!r} has no {PLACEHOLDER} for the question")
-        plan["temperature"] = args.temperature or 0.0
-        record["temperature"] = plan["temperature"]
-        record["few_shot_source"] = args.few_shot_file or (f"{args.benchmark}:train" if args.few_shot else None)
+    plan = EvalPlan(kind, answer_mode, max_new_tokens)
+    if kind == TRAINED:
+        return plan
+    plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
+    if PLACEHOLDER not in plan.template:
+        raise UserError(f"--prompt-template: {plan.template!r} has no {PLACEHOLDER} for the question")
+    plan.temperature = args.temperature or 0.0
+    plan.few_shot = few_shot_examples(args, answer_mode)
+    if plan.few_shot:
+        plan.few_shot_source = args.few_shot_file or f"{args.benchmark}:train"
     return plan
 
 
@@ -256,38 +277,38 @@ def few_shot_examples(args, answer_mode: str) -> list[tuple[str, str]]:
     return few_shot_pairs(problems[: args.few_shot], answer_mode)
 
 
-def _solver(args, plan: dict, device: str | None):
-    """The solver for the plan's model on `device`; for a pretrained model the plan's record gains its prompt."""
+def _solver(args, plan: EvalPlan, device: str | None):
+    """The solver for the plan's model on `device`; for a pretrained model the plan gains its prompt settings."""
     from latentreason.evaluation.chat_solver import ChatSolver
     from latentreason.evaluation.prompting import PLAIN_NOTE, PromptBuilder
     from latentreason.model.pretrained import TRAINED, generation_stop_ids, load_pretrained
     from latentreason.training.processes import say
 
-    if plan["kind"] == TRAINED:
-        lm, method = load_trained(args.model, args.method, plan["max_new_tokens"], device)
+    if plan.kind == TRAINED:
+        lm, method = load_trained(args.model, args.method, plan.max_new_tokens, device)
         return method.solver(lm)
     lm = load_pretrained(args.model).to(default_device(device))
     prompt = PromptBuilder(
         lm.tokenizer,
         system_prompt=args.system_prompt,
-        few_shot=plan["few_shot"],
-        template=plan["template"],
+        few_shot=plan.few_shot,
+        template=plan.template,
         extra_stop_ids=generation_stop_ids(lm),
     )
     if not prompt.uses_chat_template:
         say(f"note: {PLAIN_NOTE}")
-    plan["record"]["prompt"] = prompt.settings()
-    return ChatSolver(lm, prompt, plan["max_new_tokens"], plan["temperature"])
+    plan.prompt = prompt.settings()
+    return ChatSolver(lm, prompt, plan.max_new_tokens, plan.temperature)
 
 
-def _evaluate_launch(args, plan: dict, name: str, problems: list):
+def _evaluate_launch(args, plan: EvalPlan, name: str, problems: list):
     """The evaluation result, on the main process (None on the others when launched as several)."""
     from latentreason.evaluation.harness import evaluate, evaluate_sharded
     from latentreason.training.processes import launched_processes, multi_process_cpu
 
     if launched_processes() == 1:
         solver = _solver(args, plan, args.device)
-        return evaluate(solver, problems, name, args.batch_size, plan["answer_mode"])
+        return evaluate(solver, problems, name, args.batch_size, plan.answer_mode)
     if args.device is not None:
         raise UserError("--device: launched as several processes, each uses its own device; leave it out")
     from accelerate import PartialState
@@ -295,7 +316,7 @@ def _evaluate_launch(args, plan: dict, name: str, problems: list):
     state = PartialState(cpu=multi_process_cpu())
     solver = _solver(args, plan, str(state.device))
     result = evaluate_sharded(
-        solver, problems, state, name, args.batch_size, plan["answer_mode"], progress=state.is_main_process
+        solver, problems, state, name, args.batch_size, plan.answer_mode, progress=state.is_main_process
     )
     return result if state.is_main_process else None
 

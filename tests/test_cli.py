@@ -289,6 +289,8 @@ def test_eval_writes_results(capsys, tmp_path, trained, chain_file):
     stdout = capsys.readouterr().out
     payload = json.loads((out / "results.json").read_text())
     assert payload["model"] == str(output_dir / "final")
+    assert (payload["model_kind"], payload["answer_mode"], payload["max_new_tokens"]) == ("trained", "strict", 16)
+    assert "prompt" not in payload
     [result] = payload["results"]
     assert {"method", "benchmark", "accuracy", "latent_tokens", "text_tokens", "latency_s", "n"} <= set(result)
     assert result["method"] == "cot"  # read from the trained model
@@ -397,6 +399,7 @@ def test_eval_of_a_model_without_chat_template_says_the_prompt_is_plain(capsys, 
         (("--few-shot-file", "x.json"), "--few-shot-file: give --few-shot N"),
         (("--few-shot", "-1"), "--few-shot: expected a number of examples >= 0, got -1"),
         (("--temperature", "-0.5"), "--temperature: expected a value >= 0, got -0.5"),
+        (("--max-new-tokens", "0"), "--max-new-tokens: expected at least 1, got 0"),
         (("--prompt-template", "Solve it."), "--prompt-template: 'Solve it.' has no {question} for the question"),
     ],
 )

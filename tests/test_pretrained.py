@@ -39,11 +39,17 @@ def test_load_pretrained_of_a_plain_directory_adds_no_tokens(chat_dir):
     assert len(LatentLM.from_pretrained(chat_dir).tokenizer) == size + 3
 
 
-def test_a_directory_trained_here_keeps_its_latent_ids_even_as_is(tmp_path):
+def test_a_directory_saved_here_keeps_the_tokens_it_was_saved_with(tmp_path, chat_dir):
     trained = build_tiny_lm("llama")
     trained.save_pretrained(tmp_path / "ckpt")
     loaded = LatentLM.from_pretrained(tmp_path / "ckpt", latent_tokens=False)
     assert (loaded.bot_id, loaded.latent_id, loaded.eot_id) == (trained.bot_id, trained.latent_id, trained.eot_id)
+    # A pretrained model saved as it is loads as it is, without asking.
+    load_pretrained(str(chat_dir)).save_pretrained(tmp_path / "as-is")
+    again = LatentLM.from_pretrained(tmp_path / "as-is")
+    assert not again.latent_tokens
+    assert model_kind(str(tmp_path / "as-is")) == PRETRAINED
+    assert len(again.tokenizer) == len(tiny_chat_tokenizer())
 
 
 def test_a_missing_pad_token_reuses_eos(chat_dir):
@@ -64,15 +70,19 @@ def test_model_kinds(tmp_path, chat_dir):
 
 
 @pytest.mark.parametrize(
-    ("make", "expected"),
+    ("name", "expected"),
     [
-        (lambda d: d / "missing", "no such directory"),
-        (lambda d: d, "a directory without config.json or latentreason.json"),
-        (lambda d: (d / "f.txt").write_text("x") and d / "f.txt", "a file, not a model directory"),
+        ("missing", "no such directory"),
+        ("empty", "a directory without config.json or latentreason.json"),
+        ("notes.txt", "a file, not a model directory"),
     ],
 )
-def test_model_kind_errors_name_the_model_and_what_was_expected(tmp_path, make, expected):
-    path = make(tmp_path)
+def test_model_kind_errors_name_the_model_and_what_was_expected(tmp_path, name, expected):
+    path = tmp_path / name
+    if name == "empty":
+        path.mkdir()
+    elif name == "notes.txt":
+        path.write_text("x")
     with pytest.raises(UserError) as err:
         model_kind(str(path))
     message = str(err.value)

@@ -139,7 +139,8 @@ class LatentLM(nn.Module):
         model_weights = merged_state_dict(self.model, _under(weights, "model.")) or _under(weights, "model.")
         self.model.save_pretrained(directory, safe_serialization=True, state_dict=model_weights)
         self.tokenizer.save_pretrained(directory)
-        meta = {"format": 1, "special_tokens": list(SPECIAL_TOKENS), "heads": self.head_specs, **self.meta}
+        tokens = list(SPECIAL_TOKENS) if self.latent_tokens else []  # a model kept as it is stays so on load
+        meta = {"format": 1, "special_tokens": tokens, "heads": self.head_specs, **self.meta}
         if self.heads:
             heads, aliases = _one_name_per_tensor(_under(weights, "heads."))  # tied weights inside a decoder copy
             save_file(heads, str(directory / HEADS_FILE), metadata=aliases or None)
@@ -158,12 +159,17 @@ class LatentLM(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, dtype: torch.dtype | None = None, latent_tokens: bool = True, **model_kwargs
+        cls,
+        name_or_path: str | Path,
+        dtype: torch.dtype | None = None,
+        latent_tokens: bool | None = None,
+        **model_kwargs,
     ) -> LatentLM:
         """Load a directory written by `save_pretrained`, any local Hugging Face model directory, or a hub id.
 
-        `latent_tokens=False` loads the model as it is, without adding the latent special tokens (for
-        evaluating a pretrained model); a directory written here always has them, and keeps its ids.
+        `latent_tokens`: None keeps what a directory written here was saved with and adds the latent
+        special tokens to any other model (to train it); False loads a model as it is (to evaluate a
+        pretrained model), though tokens a directory was saved with keep their ids; True adds them.
         Weights come only from safetensors (`use_safetensors=True`); remote code is never run.
         """
         directory = Path(name_or_path)
@@ -177,9 +183,12 @@ class LatentLM(nn.Module):
         except OSError as err:  # not found locally and not reachable on the hub
             raise UserError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from err
         meta_path = directory / META_FILE
-        lm = cls(model, tokenizer, latent_tokens=latent_tokens or meta_path.is_file())
-        if meta_path.is_file():
-            saved = json.loads(meta_path.read_text())
+        saved = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        saved_tokens = bool(saved.get("special_tokens"))
+        if latent_tokens is None:  # as saved here; a model from elsewhere is being set up for training
+            latent_tokens = saved_tokens if saved else True
+        lm = cls(model, tokenizer, latent_tokens=latent_tokens or saved_tokens)
+        if saved:
             lm.meta = {k: v for k, v in saved.items() if k not in ("format", "special_tokens", "heads")}
             specs = saved.get("heads", {})
             for name, spec in specs.items():

@@ -7,6 +7,7 @@ Hugging Face model directory or hub id (a pretrained model, evaluated through it
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def model_kind(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / META_FILE).is_file():
-            return TRAINED
+            # A pretrained model saved here as it is records no latent tokens, and is still evaluated as one.
+            saved = json.loads((path / META_FILE).read_text())
+            return TRAINED if saved.get("special_tokens") else PRETRAINED
         if (path / "config.json").is_file():
             return PRETRAINED
         raise UserError(f"--model {name}: a directory without config.json or {META_FILE}; expected {EXPECTED}")
