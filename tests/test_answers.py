@@ -291,6 +291,8 @@ def test_without_math_verify(monkeypatch: pytest.MonkeyPatch) -> None:
         ("\\boxed{ {a}{b} }", "{a}{b}"),
         ("\\boxed{5} then \\boxed{6", "5"),  # a box left open (cut at the token limit) is skipped
         ("\\fbox{7}", "7"),
+        ("\\boxed{4} ... so the final answer is within \\boxed{}.", "4"),  # an echoed empty box is no answer
+        ("The final answer is within \\boxed{ }.", None),
         ("no box, 18", None),
         ("\\boxed{", None),
     ],
@@ -327,6 +329,7 @@ def test_boxed_and_auto_extraction(text: str, boxed: str | None, auto: str | Non
         ("\\boxed{17} and 18", "18", "auto", False),  # the box wins over a later number
         ("18", "18", "boxed", False),  # no box
         ("18", "18", "auto", True),
+        ("So, the answer is 48.\n\nThe final answer is within \\boxed{}.", "48", "auto", True),
         ("\\boxed{Tom is a lempus.}", "Tom is a lempus.", "auto", True),  # a sentence answer read as a sentence
         ("Tom is a lempus.", "Tom is a lempus.", "auto", True),
         ("### \\boxed{False}", "True", "sentence", False),

@@ -55,15 +55,19 @@ _NUMBER_THEN_WORDS_RE = re.compile(r"(" + _NUMBER + r")\s+[A-Za-z][A-Za-z .]*")
 def last_boxed(text: str) -> str | None:
     """The content of the last closed ``\\boxed{...}`` (or ``\\fbox{...}``) in `text`, braces balanced, or None.
 
-    ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``; a box left open (output cut at the token limit)
-    is skipped in favour of an earlier closed one.
+    ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``. A box left open (output cut at the token limit) and
+    an empty one (a small model echoing "put your final answer within \\boxed{}") are skipped in favour of
+    an earlier box.
     """
     for match in reversed(list(_BOXED_RE.finditer(text))):
         depth = 1
         for end in range(match.end(), len(text)):
             depth += {"{": 1, "}": -1}.get(text[end], 0)
             if depth == 0:
-                return text[match.end() : end].strip()
+                content = text[match.end() : end].strip()
+                if content:
+                    return content
+                break
     return None
 
 
