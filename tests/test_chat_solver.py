@@ -6,6 +6,7 @@ import pytest
 
 from latentreason.engine.batch import left_pad
 from latentreason.engine.decode import decode
+from latentreason.errors import ConfigError
 from latentreason.evaluation.chat_solver import ChatSolver
 from latentreason.evaluation.prompting import PromptBuilder
 from latentreason.model.pretrained import load_pretrained
@@ -52,3 +53,8 @@ def test_sampling_follows_the_temperature(lm):
     greedy = ChatSolver(lm, PromptBuilder(lm.tokenizer), max_new_tokens=8).solve(problems)
     sampled = ChatSolver(lm, PromptBuilder(lm.tokenizer), max_new_tokens=8, temperature=5.0).solve(problems)
     assert [s.text for s in greedy] != [s.text for s in sampled]
+
+
+def test_a_reply_of_no_tokens_is_refused(lm):
+    with pytest.raises(ConfigError, match="max_new_tokens: a reply needs at least 1 token, got 0"):
+        ChatSolver(lm, PromptBuilder(lm.tokenizer), max_new_tokens=0)

@@ -7,6 +7,7 @@ import torch
 from latentreason.data.problems import Problem
 from latentreason.engine.batch import left_pad
 from latentreason.engine.decode import decode
+from latentreason.errors import ConfigError
 from latentreason.evaluation.prompting import PromptBuilder
 from latentreason.evaluation.solvers import Solution
 
@@ -21,13 +22,10 @@ class ChatSolver:
     def __init__(
         self, lm, prompt: PromptBuilder, max_new_tokens: int = 256, temperature: float = 0.0, name: str = "chat"
     ):
-        self.lm, self.prompt, self.max_new_tokens, self.temperature, self.name = (
-            lm,
-            prompt,
-            max_new_tokens,
-            temperature,
-            name,
-        )
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens: a reply needs at least 1 token, got {max_new_tokens}")
+        self.lm, self.prompt, self.name = lm, prompt, name
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.stop_ids = prompt.stop_ids()  # read once: it renders the template
 
     @torch.no_grad()
@@ -43,7 +41,7 @@ class ChatSolver:
             temperature=self.temperature,
         )
         tokens, lengths = out.tokens.cpu(), out.lengths.cpu()  # [B, T], [B]
-        rows = range(tokens.shape[0])
+        rows = torch.arange(tokens.shape[0])  # [B]
         last = tokens[rows, (lengths - 1).clamp(min=0)]  # [B] each row's last generated token
         stopped = (lengths > 0) & torch.isin(last, torch.tensor(self.stop_ids))  # [B]
         reasoning = (lengths - stopped.long()).tolist()  # [B] without the stop token

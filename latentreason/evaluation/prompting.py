@@ -106,6 +106,7 @@ class PromptBuilder:
     def settings(self) -> dict[str, Any]:
         """What shaped the prompts, for results.json."""
         start_ids, end_ids = self.think_ids()
+        stop_ids = self.stop_ids()
         return {
             "chat_template": self.uses_chat_template,
             "system_prompt": self.system_prompt,
@@ -114,8 +115,8 @@ class PromptBuilder:
             "think_start": self.think_start,
             "think_end": self.think_end,
             "think_single_tokens": len(start_ids) == 1 and len(end_ids) == 1,
-            "stop_ids": self.stop_ids(),
-            "stop_tokens": self.tokenizer.convert_ids_to_tokens(self.stop_ids()),
+            "stop_ids": stop_ids,
+            "stop_tokens": self.tokenizer.convert_ids_to_tokens(stop_ids),
         }
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
