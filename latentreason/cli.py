@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentreason.errors import UserError
@@ -111,64 +112,211 @@ def load_source(args) -> tuple[str, list]:
 
 def load_trained(model_dir: str, method_name: str | None, max_new_tokens: int, device: str | None = None):
     """A saved model in eval mode and its method, rebuilt with the config it was trained with."""
-    import torch
-
     from latentreason.methods.saved import method_for
     from latentreason.model.latent_lm import LatentLM
 
     lm = LatentLM.from_pretrained(model_dir)
-    lm.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    lm.to(default_device(device)).eval()
     return lm, method_for(lm, model_dir, method_name, max_new_tokens=max_new_tokens)
+
+
+def default_device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# Flags that shape a pretrained model's prompt or sampling; a model trained here has its own prompt layout.
+CHAT_FLAGS = ("system_prompt", "few_shot", "few_shot_file", "prompt_template", "temperature")
 
 
 def cmd_eval(argv: list[str]) -> int:
     from latentreason.evaluation.report import markdown_table, write_report
+    from latentreason.model.pretrained import EXPECTED
 
     parser = argparse.ArgumentParser(
         prog="latentreason eval",
-        description="Evaluate a trained model. Launched as several processes (torchrun, accelerate launch), "
-        "each solves a contiguous shard of the problems on its own device and the main process writes the report.",
+        description="Evaluate a model trained here (with its method's solver) or a pretrained chat model as it is "
+        "(through its chat template, see docs/pretrained.md). Launched as several processes (torchrun, accelerate "
+        "launch), each solves a contiguous shard of the problems on its own device and the main process writes "
+        "the report.",
     )
-    parser.add_argument("--model", required=True, help="model directory (a run's final/ or a checkpoint)")
-    parser.add_argument("--method", help="solver to use (default: the method the model was trained with)")
+    parser.add_argument("--model", required=True, help=EXPECTED)
+    parser.add_argument("--method", help="solver for a model trained here (default: the method it was trained with)")
     add_source_args(parser)
     parser.add_argument("--output-dir", required=True, help="where results.json and results.md are written")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems")
     parser.add_argument("--batch-size", type=int, default=64, help="problems per batch (per process)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--answer-mode", choices=("strict", "flexible"), default="strict")
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="generated tokens per problem (default: 128 trained here, 256 pretrained)"
+    )
+    parser.add_argument(
+        "--answer-mode",
+        choices=("strict", "flexible", "boxed", "auto"),
+        help="how the answer is read: strict '#### 18', flexible the last number, boxed the last \\boxed{}, auto "
+        "the box when there is one else the last number (default: strict trained here, auto pretrained; "
+        "sentence answers are always read as sentences)",
+    )
+    chat = parser.add_argument_group("pretrained models")
+    chat.add_argument("--system-prompt", help="system message (default: the chat template's own, if any)")
+    chat.add_argument(
+        "--prompt-template",
+        help="the user turn, with {question} where the question goes (default for boxed/auto: the question then "
+        "'Please reason step by step, and put your final answer within \\boxed{}.'; else the question alone)",
+    )
+    chat.add_argument(
+        "--few-shot", type=int, default=0, help="show the first N solved problems of --few-shot-file as earlier turns"
+    )
+    chat.add_argument(
+        "--few-shot-file", help="where --few-shot examples come from (default with --benchmark: its train split)"
+    )
+    chat.add_argument("--temperature", type=float, help="0 is greedy (the default); above 0 samples")
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; one process only)"
     )
     args = parser.parse_args(argv)
+    plan = eval_plan(args)
     name, problems = load_source(args)
     if args.limit > 0:
         problems = problems[: args.limit]
-    result = _evaluate_launch(args, name, problems)
+    result = _evaluate_launch(args, plan, name, problems)
     if result is not None:
-        write_report([result], args.output_dir, {"model": str(args.model)})
+        write_report([result], args.output_dir, {"model": str(args.model), **plan.record()})
         print(markdown_table([result]))
         print(f"wrote {Path(args.output_dir) / 'results.json'}")
     return 0
 
 
-def _evaluate_launch(args, name: str, problems: list):
+@dataclass
+class EvalPlan:
+    """What to evaluate and how, settled from the flags before any model is loaded."""
+
+    kind: str  # TRAINED or PRETRAINED (latentreason.model.pretrained)
+    answer_mode: str
+    max_new_tokens: int
+    temperature: float = 0.0
+    template: str = "{question}"  # the user turn of a pretrained model's prompt
+    few_shot: list[tuple[str, str]] = field(default_factory=list)
+    few_shot_source: str | None = None
+    prompt: dict | None = None  # the PromptBuilder's settings, once the model's tokenizer is loaded
+
+    def record(self) -> dict:
+        """The settings results.json keeps beside the results."""
+        out = {"model_kind": self.kind, "answer_mode": self.answer_mode, "max_new_tokens": self.max_new_tokens}
+        if self.prompt is not None:
+            out.update(temperature=self.temperature, few_shot_source=self.few_shot_source, prompt=self.prompt)
+        return out
+
+
+def eval_plan(args) -> EvalPlan:
+    """The plan for `args`; flags that do not fit the model's kind are refused here, before it loads."""
+    from latentreason.evaluation.prompting import BOXED_TEMPLATE, PLACEHOLDER
+    from latentreason.model.pretrained import TRAINED, model_kind
+
+    kind = model_kind(args.model)
+    if kind == TRAINED:
+        given = [f"--{flag.replace('_', '-')}" for flag in CHAT_FLAGS if getattr(args, flag) not in (None, 0)]
+        if given:
+            raise UserError(
+                f"{', '.join(given)}: for pretrained models; {args.model} was trained here and is evaluated "
+                "with its method's own prompt and greedy decoding"
+            )
+    elif args.method:
+        raise UserError(f"--method: for models trained here; {args.model} is pretrained (no latentreason.json)")
+    if args.few_shot < 0:
+        raise UserError(f"--few-shot: expected a number of examples >= 0, got {args.few_shot}")
+    if args.temperature is not None and args.temperature < 0:
+        raise UserError(f"--temperature: expected a value >= 0, got {args.temperature}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens: expected at least 1, got {args.max_new_tokens}")
+    answer_mode = args.answer_mode or ("strict" if kind == TRAINED else "auto")
+    max_new_tokens = args.max_new_tokens or (128 if kind == TRAINED else 256)
+    plan = EvalPlan(kind, answer_mode, max_new_tokens)
+    if kind == TRAINED:
+        return plan
+    plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
+    if PLACEHOLDER not in plan.template:
+        raise UserError(f"--prompt-template: {plan.template!r} has no {PLACEHOLDER} for the question")
+    plan.temperature = args.temperature or 0.0
+    plan.few_shot = few_shot_examples(args, answer_mode)
+    if plan.few_shot:
+        plan.few_shot_source = args.few_shot_file or f"{args.benchmark}:train"
+    return plan
+
+
+def few_shot_examples(args, answer_mode: str) -> list[tuple[str, str]]:
+    """The first --few-shot solved problems of --few-shot-file (or the benchmark's train split) as
+    (question, reply) pairs whose replies end in the form `answer_mode` reads."""
+    from latentreason.data.formats import load_file
+    from latentreason.data.registry import get_benchmark, load_benchmark
+    from latentreason.evaluation.prompting import few_shot_pairs
+
+    if not args.few_shot:
+        if args.few_shot_file:
+            raise UserError("--few-shot-file: give --few-shot N, the number of examples to take from it")
+        return []
+    if args.few_shot_file:
+        problems = load_file(args.few_shot_file, None, args.on_invalid)
+        source = args.few_shot_file
+    elif args.benchmark:
+        spec = get_benchmark(args.benchmark)
+        evaluated = args.split or spec.default_split
+        if "train" not in spec.splits or evaluated == "train":
+            raise UserError(
+                f"--few-shot: {args.benchmark} has no train split apart from the evaluated one "
+                f"({evaluated}) to take examples from; give --few-shot-file"
+            )
+        problems = load_benchmark(
+            args.benchmark, "train", args.data_dir, limit=args.few_shot, on_invalid=args.on_invalid
+        )
+        source = f"{args.benchmark} train split"
+    else:
+        raise UserError("--few-shot with --file: give --few-shot-file, the file to take the examples from")
+    if len(problems) < args.few_shot:
+        raise UserError(f"--few-shot {args.few_shot}: {source} has only {len(problems)} problems")
+    return few_shot_pairs(problems[: args.few_shot], answer_mode)
+
+
+def _solver(args, plan: EvalPlan, device: str | None):
+    """The solver for the plan's model on `device`; for a pretrained model the plan gains its prompt settings."""
+    from latentreason.evaluation.chat_solver import ChatSolver
+    from latentreason.evaluation.prompting import PLAIN_NOTE, PromptBuilder
+    from latentreason.model.pretrained import TRAINED, generation_stop_ids, load_pretrained
+    from latentreason.training.processes import say
+
+    if plan.kind == TRAINED:
+        lm, method = load_trained(args.model, args.method, plan.max_new_tokens, device)
+        return method.solver(lm)
+    lm = load_pretrained(args.model).to(default_device(device))
+    prompt = PromptBuilder(
+        lm.tokenizer,
+        system_prompt=args.system_prompt,
+        few_shot=plan.few_shot,
+        template=plan.template,
+        extra_stop_ids=generation_stop_ids(lm),
+    )
+    if not prompt.uses_chat_template:
+        say(f"note: {PLAIN_NOTE}")
+    plan.prompt = prompt.settings()
+    return ChatSolver(lm, prompt, plan.max_new_tokens, plan.temperature)
+
+
+def _evaluate_launch(args, plan: EvalPlan, name: str, problems: list):
     """The evaluation result, on the main process (None on the others when launched as several)."""
     from latentreason.evaluation.harness import evaluate, evaluate_sharded
     from latentreason.training.processes import launched_processes, multi_process_cpu
 
     if launched_processes() == 1:
-        lm, method = load_trained(args.model, args.method, args.max_new_tokens, args.device)
-        return evaluate(method.solver(lm), problems, name, args.batch_size, args.answer_mode)
+        solver = _solver(args, plan, args.device)
+        return evaluate(solver, problems, name, args.batch_size, plan.answer_mode)
     if args.device is not None:
         raise UserError("--device: launched as several processes, each uses its own device; leave it out")
     from accelerate import PartialState
 
     state = PartialState(cpu=multi_process_cpu())
-    lm, method = load_trained(args.model, args.method, args.max_new_tokens, str(state.device))
-    solver = method.solver(lm)
+    solver = _solver(args, plan, str(state.device))
     result = evaluate_sharded(
-        solver, problems, state, name, args.batch_size, args.answer_mode, progress=state.is_main_process
+        solver, problems, state, name, args.batch_size, plan.answer_mode, progress=state.is_main_process
     )
     return result if state.is_main_process else None
 
@@ -266,7 +414,7 @@ USAGE = (
     "usage: latentreason {train,rl,eval,demo,data,inspect,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
     "  rl     GRPO over latent plans from an ATP-Latent or CoLaR SFT model (--config atp-rl-tiny, ...)\n"
-    "  eval   evaluate a trained model on a benchmark or file\n"
+    "  eval   evaluate a trained or pretrained model (smollm2, a directory, a hub id) on a benchmark or file\n"
     "  demo   the embedded default job: train and compare methods on a generated task\n"
     "  data   stats / list / generate\n"
     "  inspect  show what a latent model thought (decoded steps, stop decisions, nearest tokens)\n"

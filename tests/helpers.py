@@ -93,6 +93,31 @@ def eot_at_varied_steps(lm, gain: float = 3.0) -> None:
     lm.model.get_output_embeddings().weight[lm.eot_id] = gain * row.to(lm.embed.weight.dtype)
 
 
+# A ChatML template like SmolLM2's and Qwen's (without a default system message).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_chat_tokenizer(chat_template: str | None = CHATML):
+    """The tiny tokenizer plus ChatML's turn tokens as special tokens, with `chat_template` set."""
+    tokenizer = train_tokenizer(problem_texts(chain_problems()), vocab_size=TOKENIZER_VOCAB)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def save_tiny_chat_model(directory, chat_template: str | None = CHATML, seed: int = 0):
+    """A plain Hugging Face model directory (no latentreason.json): a tiny Llama and the chat tokenizer."""
+    tokenizer = tiny_chat_tokenizer(chat_template)
+    model = build_tiny_model(tiny_spec("llama"), tokenizer, seed=seed)
+    _diversify(model, seed)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 TINY_TRAIN_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 

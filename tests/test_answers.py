@@ -277,3 +277,72 @@ def test_without_math_verify(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not answers_equivalent("\\frac{1}{2}", "0.5")
     assert not answers._math_verify_equal("0.5", "0.5")
     assert is_correct("<<9*2=18>> ### 18", "18")
+
+
+# --- boxed answers (chat models) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "content"),
+    [
+        ("so \\boxed{18}.", "18"),
+        ("\\boxed{3} first, then \\boxed{18}", "18"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\boxed{ {a}{b} }", "{a}{b}"),
+        ("\\boxed{5} then \\boxed{6", "5"),  # a box left open (cut at the token limit) is skipped
+        ("\\fbox{7}", "7"),
+        ("\\boxed{4} ... so the final answer is within \\boxed{}.", "4"),  # an echoed empty box is no answer
+        ("The final answer is within \\boxed{ }.", None),
+        ("no box, 18", None),
+        ("\\boxed{", None),
+    ],
+)
+def test_last_boxed_balances_braces(text: str, content: str | None) -> None:
+    assert answers.last_boxed(text) == content
+
+
+@pytest.mark.parametrize(
+    ("text", "boxed", "auto"),
+    [
+        ("It is 9 eggs. \\boxed{18}", "18", "18"),
+        ("\\boxed{\\$18}", "$18", "$18"),
+        ("\\boxed{\\$1,200.00}", "$1,200.00", "$1,200.00"),
+        ("\\boxed{1{,}234}", "1,234", "1,234"),
+        ("\\boxed{50\\%}", "50%", "50%"),
+        ("\\boxed{18 \\text{ dollars}}", "18", "18"),
+        ("\\boxed{$18$}", "18", "18"),
+        ("\\boxed{\\text{True}}", "True", "True"),
+        ("The answer is 12. The answer is 12.", None, "12"),  # no box: boxed reads nothing, auto the last number
+        ("", None, None),
+    ],
+)
+def test_boxed_and_auto_extraction(text: str, boxed: str | None, auto: str | None) -> None:
+    assert extract_answer(text, "boxed") == boxed
+    assert extract_answer(text, "auto") == auto
+
+
+@pytest.mark.parametrize(
+    ("generated", "ref", "mode", "correct"),
+    [
+        ("9 * 2 = 18, so \\boxed{18}", "18", "boxed", True),
+        ("\\boxed{\\$18.00}", "18", "boxed", True),
+        ("\\boxed{17} and 18", "18", "auto", False),  # the box wins over a later number
+        ("18", "18", "boxed", False),  # no box
+        ("18", "18", "auto", True),
+        ("So, the answer is 48.\n\nThe final answer is within \\boxed{}.", "48", "auto", True),
+        ("\\boxed{Tom is a lempus.}", "Tom is a lempus.", "auto", True),  # a sentence answer read as a sentence
+        ("Tom is a lempus.", "Tom is a lempus.", "auto", True),
+        ("### \\boxed{False}", "True", "sentence", False),
+        ("### 18", "18", "strict", True),  # strict and flexible do not look at boxes
+        ("\\boxed{18} #### 17", "18", "strict", False),
+    ],
+)
+def test_is_correct_with_boxes(generated: str, ref: str, mode: str, correct: bool) -> None:
+    assert is_correct(generated, ref, mode=mode) is correct
+
+
+@pytest.mark.skipif(not HAS_MATH_VERIFY, reason="math-verify is not installed (pip install math-verify)")
+def test_boxed_latex_is_compared_by_math_verify() -> None:
+    assert is_correct("so \\boxed{\\frac{1}{2}}", "0.5", mode="boxed")
+    assert is_correct("\\boxed{\\dfrac{3}{4}}", "3/4", mode="auto")
+    assert not is_correct("\\boxed{\\frac{1}{3}}", "0.5", mode="boxed")

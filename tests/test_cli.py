@@ -18,7 +18,7 @@ import pytest
 from latentreason import cli
 from latentreason.errors import UserError
 from latentreason.evaluation.solvers import TextSolver
-from tests.helpers import chain_problems, tiny_lm
+from tests.helpers import chain_problems, save_tiny_chat_model, tiny_lm
 
 BENCHMARK_NAMES = {
     "gsm8k",
@@ -289,6 +289,8 @@ def test_eval_writes_results(capsys, tmp_path, trained, chain_file):
     stdout = capsys.readouterr().out
     payload = json.loads((out / "results.json").read_text())
     assert payload["model"] == str(output_dir / "final")
+    assert (payload["model_kind"], payload["answer_mode"], payload["max_new_tokens"]) == ("trained", "strict", 16)
+    assert "prompt" not in payload
     [result] = payload["results"]
     assert {"method", "benchmark", "accuracy", "latent_tokens", "text_tokens", "latency_s", "n"} <= set(result)
     assert result["method"] == "cot"  # read from the trained model
@@ -336,6 +338,106 @@ def test_eval_of_a_missing_model_is_a_user_error(capsys, tmp_path, chain_file):
     )
     assert str(missing) in line
     assert not (tmp_path / "eval").exists()
+
+
+# --- eval of a pretrained model -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    """A plain Hugging Face directory (no latentreason.json): a tiny Llama whose tokenizer has a chat template."""
+    return save_tiny_chat_model(tmp_path_factory.mktemp("cli_chat") / "model")
+
+
+def test_eval_of_a_plain_model_directory_prompts_through_its_chat_template(capsys, tmp_path, chat_model, chain_file):
+    from latentreason.data.formats import load_file
+    from latentreason.evaluation.chat_solver import ChatSolver
+    from latentreason.evaluation.prompting import BOXED_TEMPLATE, PromptBuilder, few_shot_pairs
+    from latentreason.model.pretrained import load_pretrained
+
+    shots = tmp_path / "shots.json"
+    shots.write_text(json.dumps([{"question": "1 + 2", "steps": ["<<1+2=3>>"], "answer": "3"}] * 2))
+    vocab = json.loads((chat_model / "config.json").read_text())["vocab_size"]
+    out = tmp_path / "eval"
+    extra = ("--system-prompt", "Be brief.", "--few-shot", "1", "--few-shot-file", str(shots), "--max-new-tokens", "5")
+    assert cli.main(eval_argv(chat_model, chain_file, out, *extra)) == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert (payload["model_kind"], payload["answer_mode"], payload["max_new_tokens"]) == ("pretrained", "auto", 5)
+    assert (payload["temperature"], payload["few_shot_source"]) == (0.0, str(shots))
+    prompt = payload["prompt"]
+    assert prompt["chat_template"] is True
+    assert (prompt["system_prompt"], prompt["few_shot"], prompt["template"]) == ("Be brief.", 1, BOXED_TEMPLATE)
+    assert prompt["stop_tokens"] == ["<|eos|>", "<|im_end|>"]
+    [result] = payload["results"]
+    assert (result["method"], result["n"], result["latent_tokens"]) == ("chat", 6, 0.0)
+    # The CLI's replies are those of the same prompt built in Python.
+    lm = load_pretrained(str(chat_model))
+    assert lm.embed.weight.shape[0] == vocab  # evaluated as it is: no latent tokens
+    few_shot = few_shot_pairs(load_file(str(shots))[:1], "auto")
+    builder = PromptBuilder(lm.tokenizer, system_prompt="Be brief.", few_shot=few_shot, template=BOXED_TEMPLATE)
+    expected = ChatSolver(lm, builder, max_new_tokens=5).solve(load_file(str(chain_file)))
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["generated"] for r in records] == [s.text for s in expected]
+    assert [r["text_tokens"] for r in records] == [s.text_tokens for s in expected]
+
+
+def test_eval_of_a_model_without_chat_template_says_the_prompt_is_plain(capsys, tmp_path, chain_file):
+    model = save_tiny_chat_model(tmp_path / "plain", chat_template=None)
+    out = tmp_path / "eval"
+    assert cli.main(eval_argv(model, chain_file, out, "--max-new-tokens", "2", "--answer-mode", "flexible")) == 0
+    assert "note: the tokenizer has no chat template" in capsys.readouterr().out
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["answer_mode"] == "flexible"
+    assert (payload["prompt"]["chat_template"], payload["prompt"]["template"]) == (False, "{question}")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (("--method", "cot"), "--method: for models trained here; {model} is pretrained"),
+        (("--few-shot", "2"), "--few-shot with --file: give --few-shot-file"),
+        (("--few-shot-file", "x.json"), "--few-shot-file: give --few-shot N"),
+        (("--few-shot", "-1"), "--few-shot: expected a number of examples >= 0, got -1"),
+        (("--temperature", "-0.5"), "--temperature: expected a value >= 0, got -0.5"),
+        (("--max-new-tokens", "0"), "--max-new-tokens: expected at least 1, got 0"),
+        (("--prompt-template", "Solve it."), "--prompt-template: 'Solve it.' has no {question} for the question"),
+    ],
+)
+def test_eval_of_a_pretrained_model_with_bad_flags_is_a_user_error(
+    capsys, tmp_path, chat_model, chain_file, extra, expected
+):
+    line = user_error(capsys, eval_argv(chat_model, chain_file, tmp_path / "eval", *extra))
+    assert expected.replace("{model}", str(chat_model)) in line
+    assert not (tmp_path / "eval").exists()
+
+
+def test_eval_few_shot_from_a_file_with_too_few_problems(capsys, tmp_path, chat_model, chain_file):
+    line = user_error(
+        capsys,
+        eval_argv(chat_model, chain_file, tmp_path / "eval", "--few-shot", "7", "--few-shot-file", str(chain_file)),
+    )
+    assert f"--few-shot 7: {chain_file} has only 6 problems" in line
+
+
+def test_eval_few_shot_needs_a_train_split_other_than_the_evaluated_one(capsys, tmp_path, chat_model):
+    argv = ["eval", "--model", str(chat_model), "--output-dir", str(tmp_path / "eval"), "--few-shot", "2"]
+    line = user_error(capsys, [*argv, "--benchmark", "svamp", "--data-dir", str(tmp_path)])
+    assert "--few-shot: svamp has no train split apart from the evaluated one (test)" in line
+    line = user_error(capsys, [*argv, "--benchmark", "gsm8k", "--split", "train", "--data-dir", str(tmp_path)])
+    assert "--few-shot: gsm8k has no train split apart from the evaluated one (train)" in line
+
+
+def test_eval_of_a_trained_model_rejects_prompt_flags(capsys, tmp_path, trained, chain_file):
+    output_dir, _, _ = trained
+    argv = eval_argv(output_dir / "final", chain_file, tmp_path / "eval", "--system-prompt", "Hi", "--temperature", "1")
+    line = user_error(capsys, argv)
+    assert "--system-prompt, --temperature: for pretrained models;" in line
+    assert "was trained here" in line
+
+
+def test_eval_of_an_unknown_model_name_says_what_was_expected(capsys, tmp_path, chain_file):
+    line = user_error(capsys, ["eval", "--model", "smolm2", "--file", str(chain_file), "--output-dir", str(tmp_path)])
+    assert "--model smolm2: no such directory; expected 'smollm2', a directory trained here" in line
 
 
 # --- main: dispatch and --debug -----------------------------------------------------------------

@@ -5,6 +5,9 @@ Numbers are compared as exact rationals (``fractions.Fraction``), never through 
 compared after case, whitespace and trailing-period normalisation. The optional ``math_verify``
 package, when installed, is a fallback for answers that are not plain numbers (LaTeX such as
 ``\\frac{1}{2}``).
+
+Chat models are asked to put their answer in ``\\boxed{}``: mode ``boxed`` reads only that, ``auto``
+reads the box when there is one and the last number otherwise (see `extract_answer`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal
 
-Mode = Literal["strict", "flexible", "sentence"]
+Mode = Literal["strict", "flexible", "sentence", "boxed", "auto"]
 Kind = Literal["number", "text"]
-MODES: tuple[str, ...] = ("strict", "flexible", "sentence")
+MODES: tuple[str, ...] = ("strict", "flexible", "sentence", "boxed", "auto")
 KINDS: tuple[str, ...] = ("number", "text")
 
 # One number as it appears in prose: optional sign and currency, digits with optional thousands
@@ -39,6 +42,48 @@ _VALUE_RE = re.compile(
 )
 
 
+# The start of a box; its content runs to the matching closing brace (found by counting, not by regex).
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# \text{...} and friends around words or units inside a box: their content is kept.
+_TEXT_COMMAND_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
+# LaTeX spellings of characters a plain number may carry: \$18, 50\%, 1{,}234, thin spaces.
+_LATEX_CHARS = (("\\$", "$"), ("\\%", "%"), ("{,}", ","), ("\\,", ""), ("\\!", ""), ("\\ ", " "), ("~", " "))
+# A number followed only by words ("18 dollars" once \text{} is unwrapped): the number is the answer.
+_NUMBER_THEN_WORDS_RE = re.compile(r"(" + _NUMBER + r")\s+[A-Za-z][A-Za-z .]*")
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last closed ``\\boxed{...}`` (or ``\\fbox{...}``) in `text`, braces balanced, or None.
+
+    ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``. A box left open (output cut at the token limit) and
+    an empty one (a small model echoing "put your final answer within \\boxed{}") are skipped in favour of
+    an earlier box.
+    """
+    for match in reversed(list(_BOXED_RE.finditer(text))):
+        depth = 1
+        for end in range(match.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                content = text[match.end() : end].strip()
+                if content:
+                    return content
+                break
+    return None
+
+
+def _box_answer(content: str) -> str:
+    """A box's content as an answer: \\text{} unwrapped, LaTeX-escaped characters plain, math `$` dropped,
+    a unit after a number dropped ("18 dollars" -> "18"); anything else kept for math_verify."""
+    plain = _TEXT_COMMAND_RE.sub(r"\1", content)
+    for latex, char in _LATEX_CHARS:
+        plain = plain.replace(latex, char)
+    plain = plain.strip()
+    if plain.startswith("$") and plain.endswith("$") and len(plain) > 1:  # $...$ math, not a price
+        plain = plain[1:-1].strip()
+    units = _NUMBER_THEN_WORDS_RE.fullmatch(plain)
+    return units.group(1) if units else plain
+
+
 def _tail_after_hashes(text: str) -> str | None:
     """The text after the last '#', or None when there is no '#'."""
     if "#" not in text:
@@ -51,20 +96,30 @@ def extract_answer(text: str, mode: str = "flexible") -> str | None:
 
     strict: the number right after the last '#' run ("... #### 18" or Coconut's "... ### 18").
     flexible: the last number anywhere in the text.
-    sentence: the first non-empty line after the last '#' (the whole text when there is no '#'),
-    stripped; for answers such as "Tom is a lempus." or "True".
+    sentence: the content of the last ``\\boxed{}`` when there is one, else the first non-empty line
+    after the last '#' (the whole text when there is no '#'), stripped; for answers such as
+    "Tom is a lempus." or "True".
+    boxed: the content of the last ``\\boxed{}`` only (None without a box: the format is part of the
+    score), with ``\\text{}`` unwrapped, ``\\$``/``\\%`` made plain and a trailing unit dropped.
+    auto: as boxed when the text has a box, else as flexible (a chat model that forgot the box still
+    gets its last number read; `is_correct` uses sentence instead for sentence answers).
     Returns None when nothing fits. Numbers come back as written ("$1,234"); pass them through
     `normalize_number` or `answers_equivalent` to compare.
     """
     if mode not in MODES:
         raise ValueError(f"unknown answer extraction mode {mode!r}; expected one of {', '.join(MODES)}")
+    boxed = last_boxed(text)
+    if boxed is not None and mode in ("boxed", "auto", "sentence"):
+        return _box_answer(boxed)
+    if mode == "boxed":
+        return None
     if mode == "strict":
         tail = _tail_after_hashes(text)
         if tail is None:
             return None
         match = _MARKED_RE.match(tail)
         return match.group(1) if match else None
-    if mode == "flexible":
+    if mode in ("flexible", "auto"):
         numbers = _NUMBER_RE.findall(text)
         return numbers[-1] if numbers else None
     tail = _tail_after_hashes(text)
@@ -193,8 +248,11 @@ def default_mode(kind: str) -> str:
 def is_correct(generated_text: str, problem_answer: str, kind: str | None = None, mode: str | None = None) -> bool:
     """Whether the model's generated text answers the problem whose reference answer is given.
 
-    `kind` defaults to `guess_kind(problem_answer)` and `mode` to `default_mode(kind)`.
+    `kind` defaults to `guess_kind(problem_answer)` and `mode` to `default_mode(kind)`; mode "auto"
+    reads a sentence answer in sentence mode.
     """
     kind = kind or guess_kind(problem_answer)
     mode = mode or default_mode(kind)
+    if mode == "auto" and kind == "text":
+        mode = "sentence"
     return answers_equivalent(extract_answer(generated_text, mode), problem_answer, kind)

@@ -2,7 +2,8 @@
 
 It is the single object every method trains and every solver runs. It owns the base model, the
 tokenizer and the ids of the special tokens, and it saves/loads as a directory of safetensors
-weights + tokenizer files + `latentreason.json`.
+weights + tokenizer files + `latentreason.json`. A pretrained model evaluated as it is
+(`latent_tokens=False`) keeps its vocabulary untouched and has no latent ids.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ class LatentLM(nn.Module):
 
     `init_from`: the existing token whose embedding (and untied LM-head row) initialises every new
     special token; the Coconut reference uses '<<'. Its first sub-token is used if it splits.
+    `latent_tokens=False` wraps a pretrained model as it is (no tokens added, no resize): reading
+    `bot_id`, `latent_id` or `eot_id` then raises a `UserError`.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer, init_from: str = "<<"):
+    def __init__(self, model: PreTrainedModel, tokenizer, init_from: str = "<<", latent_tokens: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -43,7 +46,10 @@ class LatentLM(nn.Module):
             # Pads are always masked, so reusing EOS is safe and avoids growing the vocabulary.
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
-        self._add_special_tokens(init_from)
+        self.latent_tokens = latent_tokens
+        self._latent_ids: tuple[int, int, int] | None = None
+        if latent_tokens:
+            self._add_special_tokens(init_from)
 
     def _add_special_tokens(self, init_from: str) -> None:
         missing = [t for t in SPECIAL_TOKENS if t not in self.tokenizer.get_vocab()]
@@ -62,7 +68,29 @@ class LatentLM(nn.Module):
             for matrix in {self.model.get_input_embeddings().weight, self.model.get_output_embeddings().weight}:
                 if matrix.shape[0] >= vocab_size:
                     matrix[new_ids] = matrix[src].clone()
-        self.bot_id, self.latent_id, self.eot_id = (self.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS)
+        self._latent_ids = tuple(self.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS)
+
+    # --- latent special tokens -----------------------------------------------------------------
+    def _latent(self, index: int) -> int:
+        if self._latent_ids is None:
+            raise UserError(
+                f"this model was loaded without the latent special tokens {', '.join(SPECIAL_TOKENS)} "
+                "(a pretrained model evaluated as it is); a latent method needs a model trained here "
+                "or a LatentLM built with latent_tokens=True"
+            )
+        return self._latent_ids[index]
+
+    @property
+    def bot_id(self) -> int:
+        return self._latent(0)
+
+    @property
+    def latent_id(self) -> int:
+        return self._latent(1)
+
+    @property
+    def eot_id(self) -> int:
+        return self._latent(2)
 
     # --- pieces every engine uses -------------------------------------------------------------
     @property
@@ -111,7 +139,8 @@ class LatentLM(nn.Module):
         model_weights = merged_state_dict(self.model, _under(weights, "model.")) or _under(weights, "model.")
         self.model.save_pretrained(directory, safe_serialization=True, state_dict=model_weights)
         self.tokenizer.save_pretrained(directory)
-        meta = {"format": 1, "special_tokens": list(SPECIAL_TOKENS), "heads": self.head_specs, **self.meta}
+        tokens = list(SPECIAL_TOKENS) if self.latent_tokens else []  # a model kept as it is stays so on load
+        meta = {"format": 1, "special_tokens": tokens, "heads": self.head_specs, **self.meta}
         if self.heads:
             heads, aliases = _one_name_per_tensor(_under(weights, "heads."))  # tied weights inside a decoder copy
             save_file(heads, str(directory / HEADS_FILE), metadata=aliases or None)
@@ -129,9 +158,18 @@ class LatentLM(nn.Module):
         return tied
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, dtype: torch.dtype | None = None, **model_kwargs) -> LatentLM:
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        dtype: torch.dtype | None = None,
+        latent_tokens: bool | None = None,
+        **model_kwargs,
+    ) -> LatentLM:
         """Load a directory written by `save_pretrained`, any local Hugging Face model directory, or a hub id.
 
+        `latent_tokens`: None keeps what a directory written here was saved with and adds the latent
+        special tokens to any other model (to train it); False loads a model as it is (to evaluate a
+        pretrained model), though tokens a directory was saved with keep their ids; True adds them.
         Weights come only from safetensors (`use_safetensors=True`); remote code is never run.
         """
         directory = Path(name_or_path)
@@ -144,10 +182,13 @@ class LatentLM(nn.Module):
             )
         except OSError as err:  # not found locally and not reachable on the hub
             raise UserError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from err
-        lm = cls(model, tokenizer)
         meta_path = directory / META_FILE
-        if meta_path.is_file():
-            saved = json.loads(meta_path.read_text())
+        saved = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        saved_tokens = bool(saved.get("special_tokens"))
+        if latent_tokens is None:  # as saved here; a model from elsewhere is being set up for training
+            latent_tokens = saved_tokens if saved else True
+        lm = cls(model, tokenizer, latent_tokens=latent_tokens or saved_tokens)
+        if saved:
             lm.meta = {k: v for k, v in saved.items() if k not in ("format", "special_tokens", "heads")}
             specs = saved.get("heads", {})
             for name, spec in specs.items():
