@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from latentreason.errors import UserError
@@ -127,10 +127,24 @@ def default_device(device: str | None) -> str:
 
 
 # Flags that shape a pretrained model's prompt or sampling; a model trained here has its own prompt layout.
-CHAT_FLAGS = ("system_prompt", "few_shot", "few_shot_file", "prompt_template", "temperature")
+CHAT_FLAGS = (
+    "system_prompt",
+    "few_shot",
+    "few_shot_file",
+    "prompt_template",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "num_samples",
+    "seed",
+    "decoder",
+    "decoder_args",
+)
 
 
 def cmd_eval(argv: list[str]) -> int:
+    from latentreason.decoding import DECODERS
     from latentreason.evaluation.report import markdown_table, write_report
     from latentreason.model.pretrained import EXPECTED
 
@@ -171,6 +185,19 @@ def cmd_eval(argv: list[str]) -> int:
         "--few-shot-file", help="where --few-shot examples come from (default with --benchmark: its train split)"
     )
     chat.add_argument("--temperature", type=float, help="0 is greedy (the default); above 0 samples")
+    chat.add_argument("--top-k", type=int, help="sample among the k most probable tokens (default: all)")
+    chat.add_argument(
+        "--top-p", type=float, help="sample within the smallest set reaching this probability (default 1)"
+    )
+    chat.add_argument("--min-p", type=float, help="drop tokens below min-p x the most probable one (default 0)")
+    chat.add_argument(
+        "--num-samples", type=int, help="replies per problem from one shared prefill; accuracy is their mean"
+    )
+    chat.add_argument("--seed", type=int, help="seed of the sampled replies, keyed per problem and sample (default 0)")
+    chat.add_argument("--decoder", help="a training-free decoder: " + ", ".join(sorted(DECODERS)) + " (default: text)")
+    chat.add_argument(
+        "--decoder-args", help="the decoder's arguments as a YAML mapping, e.g. '{top_k: 1}' (see docs/decoding.md)"
+    )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; one process only)"
     )
@@ -194,7 +221,11 @@ class EvalPlan:
     kind: str  # TRAINED or PRETRAINED (latentreason.model.pretrained)
     answer_mode: str
     max_new_tokens: int
-    temperature: float = 0.0
+    sampling: object = None  # the text Sampling (engine.sampling, imported with torch when the plan is made)
+    samples: int = 1
+    seed: int = 0
+    decoder: str = "text"
+    decoder_args: dict = field(default_factory=dict)
     template: str = "{question}"  # the user turn of a pretrained model's prompt
     few_shot: list[tuple[str, str]] = field(default_factory=list)
     few_shot_source: str | None = None
@@ -204,7 +235,15 @@ class EvalPlan:
         """The settings results.json keeps beside the results."""
         out = {"model_kind": self.kind, "answer_mode": self.answer_mode, "max_new_tokens": self.max_new_tokens}
         if self.prompt is not None:
-            out.update(temperature=self.temperature, few_shot_source=self.few_shot_source, prompt=self.prompt)
+            out.update(
+                sampling=asdict(self.sampling),
+                num_samples=self.samples,
+                seed=self.seed,
+                decoder=self.decoder,
+                decoder_args=self.decoder_args,
+                few_shot_source=self.few_shot_source,
+                prompt=self.prompt,
+            )
         return out
 
 
@@ -225,8 +264,6 @@ def eval_plan(args) -> EvalPlan:
         raise UserError(f"--method: for models trained here; {args.model} is pretrained (no latentreason.json)")
     if args.few_shot < 0:
         raise UserError(f"--few-shot: expected a number of examples >= 0, got {args.few_shot}")
-    if args.temperature is not None and args.temperature < 0:
-        raise UserError(f"--temperature: expected a value >= 0, got {args.temperature}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens: expected at least 1, got {args.max_new_tokens}")
     answer_mode = args.answer_mode or ("strict" if kind == TRAINED else "auto")
@@ -237,11 +274,37 @@ def eval_plan(args) -> EvalPlan:
     plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
     if PLACEHOLDER not in plan.template:
         raise UserError(f"--prompt-template: {plan.template!r} has no {PLACEHOLDER} for the question")
-    plan.temperature = args.temperature or 0.0
+    plan.sampling = sampling_from_flags(args)
+    if args.num_samples is not None and args.num_samples < 1:
+        raise UserError(f"--num-samples: expected at least 1, got {args.num_samples}")
+    plan.samples, plan.seed = args.num_samples or 1, args.seed or 0
+    plan.decoder, plan.decoder_args = args.decoder or "text", decoder_args(args.decoder_args)
+    from latentreason.decoding import decoder_from_args
+
+    decoder_from_args(plan.decoder, plan.decoder_args)  # unknown names and bad arguments fail before loading
     plan.few_shot = few_shot_examples(args, answer_mode)
     if plan.few_shot:
         plan.few_shot_source = args.few_shot_file or f"{args.benchmark}:train"
     return plan
+
+
+def sampling_from_flags(args):
+    """The text Sampling from --temperature/--top-k/--top-p/--min-p (unset: greedy, no filter)."""
+    from latentreason.engine.sampling import Sampling
+    from latentreason.errors import ConfigError
+
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p}
+    try:
+        return Sampling(**{k: v for k, v in given.items() if v is not None})
+    except ConfigError as err:
+        raise UserError(f"--{str(err).replace('_', '-')}") from None
+
+
+def decoder_args(text: str | None) -> dict:
+    """--decoder-args read as a YAML mapping."""
+    from latentreason.config import coerce
+
+    return coerce(text, dict, "--decoder-args") if text else {}
 
 
 def few_shot_examples(args, answer_mode: str) -> list[tuple[str, str]]:
@@ -298,7 +361,10 @@ def _solver(args, plan: EvalPlan, device: str | None):
     if not prompt.uses_chat_template:
         say(f"note: {PLAIN_NOTE}")
     plan.prompt = prompt.settings()
-    return ChatSolver(lm, prompt, plan.max_new_tokens, plan.temperature)
+    from latentreason.decoding import decoder_from_args
+
+    decoder = decoder_from_args(plan.decoder, plan.decoder_args)
+    return ChatSolver(lm, prompt, plan.max_new_tokens, plan.sampling, decoder, plan.samples, plan.seed)
 
 
 def _evaluate_launch(args, plan: EvalPlan, name: str, problems: list):
@@ -458,11 +524,20 @@ def cmd_inspect(argv: list[str]) -> int:
 def cmd_bench(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="latentreason bench", description="Speed and memory benchmarks.")
     parser.add_argument(
-        "suite", choices=("engine", "rl"), help="engine: the latent training pass and rollout; rl: one GRPO step"
+        "suite",
+        choices=("engine", "rl", "decode"),
+        help="engine: the latent training pass and rollout; rl: one GRPO step; decode: the step engine's "
+        "decoding against generate and each decoder against greedy decoding (SmolLM2)",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="a tiny model and batch: checks the benchmark runs")
     args = parser.parse_args(argv)
+    if args.suite == "decode":
+        from latentreason.bench.decode import DecodeBenchConfig, run_decode_bench
+
+        quick = DecodeBenchConfig(batch=4, new_tokens=8, repeats=1, tiny=True)
+        run_decode_bench(quick if args.quick else DecodeBenchConfig(), args.device)
+        return 0
     if args.suite == "rl":
         from latentreason.bench.rl import RLBenchConfig, run_rl_bench
 

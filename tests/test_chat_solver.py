@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from latentreason.decoding import decoder_from_args
 from latentreason.engine.batch import left_pad
 from latentreason.engine.decode import decode
+from latentreason.engine.sampling import Sampling
 from latentreason.errors import ConfigError
 from latentreason.evaluation.chat_solver import ChatSolver
 from latentreason.evaluation.prompting import PromptBuilder
@@ -51,8 +53,29 @@ def test_sampling_follows_the_temperature(lm):
     problems = chain_problems(4, seed=3)
     torch.manual_seed(0)
     greedy = ChatSolver(lm, PromptBuilder(lm.tokenizer), max_new_tokens=8).solve(problems)
-    sampled = ChatSolver(lm, PromptBuilder(lm.tokenizer), max_new_tokens=8, temperature=5.0).solve(problems)
+    sampled = ChatSolver(lm, PromptBuilder(lm.tokenizer), max_new_tokens=8, sampling=Sampling(5.0)).solve(problems)
     assert [s.text for s in greedy] != [s.text for s in sampled]
+
+
+def test_samples_share_a_prefill_and_each_equals_its_own_run(lm):
+    problems = chain_problems(3, seed=4)
+    sampling = Sampling(temperature=1.5, top_p=0.9)
+    many = ChatSolver(lm, PromptBuilder(lm.tokenizer), 8, sampling, samples=3, seed=7).solve(problems)
+    assert all(len(s.samples) == 3 and s.samples[0].text == s.text for s in many)
+    assert len({r.text for s in many for r in s.samples}) > 3  # the samples really differ
+    # A problem's samples do not depend on the other problems in the batch.
+    alone = ChatSolver(lm, PromptBuilder(lm.tokenizer), 8, sampling, samples=3, seed=7).solve(problems[1:2])
+    assert [r.text for r in alone[0].samples] == [r.text for r in many[1].samples]
+
+
+def test_a_decoder_s_soft_steps_count_as_latent_tokens(lm):
+    problems = chain_problems(3, seed=1)
+    text = ChatSolver(lm, PromptBuilder(lm.tokenizer), max_new_tokens=6).solve(problems)
+    greedy_soft = decoder_from_args("soft-thinking", {"top_k": 1, "cold_stop_steps": 0})
+    soft = ChatSolver(lm, PromptBuilder(lm.tokenizer), 6, decoder=greedy_soft).solve(problems)
+    assert [s.text for s in soft] == [s.text for s in text]  # Soft Thinking with top-k 1 is greedy decoding
+    assert [s.latent_tokens + s.text_tokens for s in soft] == [s.text_tokens for s in text]
+    assert all(s.latent_tokens > 0 for s in soft)
 
 
 def test_a_reply_of_no_tokens_is_refused(lm):

@@ -363,7 +363,8 @@ def test_eval_of_a_plain_model_directory_prompts_through_its_chat_template(capsy
     assert cli.main(eval_argv(chat_model, chain_file, out, *extra)) == 0
     payload = json.loads((out / "results.json").read_text())
     assert (payload["model_kind"], payload["answer_mode"], payload["max_new_tokens"]) == ("pretrained", "auto", 5)
-    assert (payload["temperature"], payload["few_shot_source"]) == (0.0, str(shots))
+    assert (payload["sampling"]["temperature"], payload["few_shot_source"]) == (0.0, str(shots))
+    assert (payload["decoder"], payload["num_samples"], payload["seed"]) == ("text", 1, 0)
     prompt = payload["prompt"]
     assert prompt["chat_template"] is True
     assert (prompt["system_prompt"], prompt["few_shot"], prompt["template"]) == ("Be brief.", 1, BOXED_TEMPLATE)
@@ -398,7 +399,12 @@ def test_eval_of_a_model_without_chat_template_says_the_prompt_is_plain(capsys, 
         (("--few-shot", "2"), "--few-shot with --file: give --few-shot-file"),
         (("--few-shot-file", "x.json"), "--few-shot-file: give --few-shot N"),
         (("--few-shot", "-1"), "--few-shot: expected a number of examples >= 0, got -1"),
-        (("--temperature", "-0.5"), "--temperature: expected a value >= 0, got -0.5"),
+        (("--temperature", "-0.5"), "--temperature: expected >= 0, got -0.5"),
+        (("--top-p", "0"), "--top-p: expected in (0, 1], got 0.0"),
+        (("--num-samples", "0"), "--num-samples: expected at least 1, got 0"),
+        (("--decoder", "soft"), "unknown decoder 'soft'; available: fractional, latentmas"),
+        (("--decoder", "soft-thinking", "--decoder-args", "{topk: 1}"), "did you mean 'top_k'?"),
+        (("--decoder-args", "[1, 2]"), "--decoder-args: expected a dict, got [1, 2]"),
         (("--max-new-tokens", "0"), "--max-new-tokens: expected at least 1, got 0"),
         (("--prompt-template", "Solve it."), "--prompt-template: 'Solve it.' has no {question} for the question"),
     ],

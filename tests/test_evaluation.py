@@ -91,6 +91,20 @@ def test_harness_scores_fake_solver_exactly(clock):
     assert "records" not in result.summary()
 
 
+def test_several_samples_score_their_mean_and_keep_their_own_records(clock):
+    class Sampled(FakeSolver):
+        def solve(self, problems):
+            right, wrong = Solution("### 5", 4, 0), Solution("### 6", 2, 2)
+            return [Solution(right.text, 4, 0, samples=[right, wrong, wrong, right]) for _ in problems]
+
+    problems = [Problem("2 + 3", [], "5")]
+    result = evaluate(Sampled(clock), problems, benchmark="toy", progress=False)
+    assert result.accuracy == 0.5 and result.text_tokens == 3.0 and result.latent_tokens == 1.0
+    [record] = result.records
+    assert [r["correct"] for r in record["samples"]] == [True, False, False, True]
+    assert record["prediction"] == "5" and record["generated"] == "### 5"
+
+
 def test_harness_records(clock):
     result, _ = run_fake(clock)
     assert [set(r) for r in result.records] == [RECORD_KEYS] * 4

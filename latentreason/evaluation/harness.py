@@ -90,22 +90,30 @@ def _solve(solver, problems: list[Problem], batch_size: int, answer_mode: str, p
         took = time.perf_counter() - began
         elapsed += took
         for problem, sol in zip(chunk, solutions):
-            mode = answer_mode_for(problem.answer, answer_mode)
             records.append(
-                {
-                    "question": problem.question,
-                    "reference": problem.answer,
-                    "generated": sol.text,
-                    "prediction": extract_answer(sol.text, mode),
-                    "correct": is_correct(sol.text, problem.answer, mode=mode),
-                    "text_tokens": sol.text_tokens,
-                    "latent_tokens": sol.latent_tokens,
-                    "latency_s": took / len(chunk),
-                }
+                {"question": problem.question, **_scored(sol, problem, answer_mode), "latency_s": took / len(chunk)}
             )
         bar.update(len(chunk))
     bar.close()
     return records, elapsed
+
+
+def _scored(sol, problem: Problem, answer_mode: str) -> dict:
+    """One solution's record; with several samples, `correct` and the token counts are their means (an
+    estimate of pass@1) and each sample keeps its own record."""
+    if sol.samples:
+        samples = [_scored(s, problem, answer_mode) for s in sol.samples]
+        mean = {key: sum(s[key] for s in samples) / len(samples) for key in ("correct", "text_tokens", "latent_tokens")}
+        return {**samples[0], **mean, "samples": samples}
+    mode = answer_mode_for(problem.answer, answer_mode)
+    return {
+        "reference": problem.answer,
+        "generated": sol.text,
+        "prediction": extract_answer(sol.text, mode),
+        "correct": is_correct(sol.text, problem.answer, mode=mode),
+        "text_tokens": sol.text_tokens,
+        "latent_tokens": sol.latent_tokens,
+    }
 
 
 def _summarize(method: str, benchmark: str, records: list[dict], solver_s: float, wall_s: float) -> EvalResult:

@@ -18,6 +18,7 @@ class Solution:
     text: str  # everything generated after the prompt (reasoning text and answer)
     text_tokens: int  # generated tokens before the answer marker (explicit reasoning)
     latent_tokens: int = 0  # continuous thoughts used
+    samples: list[Solution] | None = None  # every sampled reply to the problem (the first is the one above)
 
 
 def count_reasoning_tokens(tokenizer, text: str) -> int:
