@@ -202,6 +202,10 @@ def cmd_eval(argv: list[str]) -> int:
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; one process only)"
     )
     args = parser.parse_args(argv)
+    from latentreason.training.processes import launched_processes
+
+    if launched_processes() > 1 and args.device is not None:
+        raise UserError("--device: launched as several processes, each uses its own device; leave it out")
     plan = eval_plan(args)
     name, problems = load_source(args)
     if args.limit > 0:
@@ -375,8 +379,6 @@ def _evaluate_launch(args, plan: EvalPlan, name: str, problems: list):
     if launched_processes() == 1:
         solver = _solver(args, plan, args.device)
         return evaluate(solver, problems, name, args.batch_size, plan.answer_mode)
-    if args.device is not None:
-        raise UserError("--device: launched as several processes, each uses its own device; leave it out")
     from accelerate import PartialState
 
     state = PartialState(cpu=multi_process_cpu())
