@@ -93,9 +93,9 @@ def run_decode_bench(cfg: DecodeBenchConfig | None = None, device: str | None = 
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=cfg.new_tokens,
-            min_new_tokens=cfg.new_tokens,
             do_sample=False,
             pad_token_id=lm.pad_id,
+            eos_token_id=never,  # like ours: no row stops (min_new_tokens would instead forbid eos, changing tokens)
         )[:, ids.shape[1] :]
 
     with torch.no_grad():
