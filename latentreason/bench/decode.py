@@ -5,7 +5,7 @@ Figures, each measured side by side in one run:
   greedy_vs_generate   `generate`'s time / ours for the same greedy tokens (checked equal): >= 1 means ours
                        is at least as fast
   <decoder>_ratio      a decoder's time per generated position / greedy decoding's (every row runs all
-                       `new_tokens` steps: no stop token, thinking never ends)
+                       `new_tokens` steps: no stop token; Soft Thinking never stops thinking)
   leave_speedup        rows of mixed lengths (spread evenly over 1/8..1 of `new_tokens`): the time when every
                        row runs to the longest (what a row riding along masked costs) / the time when
                        finished rows leave the batch
@@ -28,8 +28,9 @@ from latentreason.engine.sampling import Sampling
 from latentreason.engine.steps import StepChoice, prefill, run_steps
 from latentreason.evaluation.prompting import PromptBuilder
 
-# decoder name -> arguments that keep every row in its soft/latent mode for the whole run
-DECODERS = {"soft-thinking": {"cold_stop_steps": 0}}
+# decoder name -> its arguments here: Soft Thinking never stops thinking (every step soft); SwiReasoning
+# switches as its entropy rule says (a mix of soft and text steps)
+DECODERS = {"soft-thinking": {"cold_stop_steps": 0}, "swireasoning": {}}
 
 
 @dataclass
@@ -103,14 +104,15 @@ def run_decode_bench(cfg: DecodeBenchConfig | None = None, device: str | None = 
         ratio, generate_s, ours_s = paired(theirs, ours, cfg.repeats)
     figures.update(greedy_vs_generate=ratio, generate_s=generate_s, greedy_s=ours_s, same_tokens=same)
 
+    think_start, think_end = PromptBuilder(lm.tokenizer).think_ids()  # `<think>`, `</think>` (as text pieces)
     context = DecodeContext(
         prompts=prompts,
         stop_ids=never,
         max_new_tokens=cfg.new_tokens,
         sampling=Sampling().rows(cfg.batch, device),
         seeds=torch.arange(cfg.batch),
-        think_start=[],
-        think_end=never,
+        think_start=think_start,
+        think_end=think_end,
     )
     greedy = decoder_from_args("text")
     for name, args in DECODERS.items():

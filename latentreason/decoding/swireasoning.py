@@ -27,6 +27,7 @@ sampling every input is the argmax's embedding: greedy decoding.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -68,13 +69,24 @@ class SwiReasoningConfig:
             raise ConfigError(f"max_switches: expected >= 0 (or none for no budget), got {self.max_switches}")
 
 
+_MATH_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {(chars, vocab): mask}
+
+
 def math_tokens(tokenizer, chars: str, vocab: int, device) -> torch.Tensor:
-    """[vocab] bool: tokens whose text, without surrounding spaces, is made only of `chars`."""
+    """[vocab] bool: tokens whose text, without surrounding spaces, is made only of `chars`. Decoding the
+    vocabulary takes about 0.5 s for 49k tokens, so each tokenizer's mask is kept while the tokenizer lives."""
+    masks = _MATH_TOKENS.setdefault(tokenizer, {})
+    if (chars, vocab) not in masks:
+        masks[(chars, vocab)] = _math_tokens(tokenizer, chars, vocab)
+    return masks[(chars, vocab)].to(device)
+
+
+def _math_tokens(tokenizer, chars: str, vocab: int) -> torch.Tensor:
     allowed = set(chars)
     texts = [text.strip() for text in tokenizer.batch_decode([[i] for i in range(min(len(tokenizer), vocab))])]
     flags = [bool(text) and set(text) <= allowed for text in texts]
     flags += [False] * (vocab - len(flags))  # rows past the tokenizer (padding of the embedding matrix)
-    return torch.tensor(flags, dtype=torch.bool, device=device)
+    return torch.tensor(flags, dtype=torch.bool)
 
 
 def anneal(start: float, t: int, steps: int) -> float:
