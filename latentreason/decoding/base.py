@@ -79,7 +79,7 @@ class Generation:
 
 
 class Decoder(abc.ABC):
-    """Subclasses set `config_cls` and implement `policy` (or override `generate` for several phases)."""
+    """Subclasses set `config_cls` and implement `generate` (several phases), or derive from `PolicyDecoder`."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
@@ -87,9 +87,17 @@ class Decoder(abc.ABC):
     def __init__(self, config):
         self.config = config
 
+    @abc.abstractmethod
+    def generate(self, lm, context: DecodeContext) -> Generation:
+        """Every row's reply to `context`."""
+
+
+class PolicyDecoder(Decoder):
+    """A decoder that is one step policy over the whole reply: subclasses implement `policy`."""
+
+    @abc.abstractmethod
     def policy(self, lm, context: DecodeContext):
         """The step policy for all `context.rows` rows."""
-        raise NotImplementedError(f"decoder {self.name} generates in several phases: call generate()")
 
     @torch.no_grad()
     def generate(self, lm, context: DecodeContext) -> Generation:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from latentreason.config import field
-from latentreason.decoding.base import DecodeContext, Decoder, register_decoder
+from latentreason.decoding.base import DecodeContext, PolicyDecoder, register_decoder
 from latentreason.engine.decode import TokenPolicy
 from latentreason.engine.noise import row_dirichlet, row_gumbel
 from latentreason.engine.sampling import Sampling, filtered_logprobs
@@ -134,7 +134,7 @@ class SoftThinkingPolicy:
 
 
 @register_decoder("soft-thinking")
-class SoftThinking(Decoder):
+class SoftThinking(PolicyDecoder):
     config_cls = SoftThinkingConfig
 
     def policy(self, lm, context: DecodeContext) -> SoftThinkingPolicy:

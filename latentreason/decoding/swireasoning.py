@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from latentreason.config import field
-from latentreason.decoding.base import DecodeContext, Decoder, register_decoder
+from latentreason.decoding.base import DecodeContext, PolicyDecoder, register_decoder
 from latentreason.engine.decode import TokenPolicy
 from latentreason.engine.steps import StepChoice, StepView
 from latentreason.errors import ConfigError
@@ -187,7 +187,7 @@ class SwiReasoningPolicy:
 
 
 @register_decoder("swireasoning")
-class SwiReasoning(Decoder):
+class SwiReasoning(PolicyDecoder):
     config_cls = SwiReasoningConfig
 
     def policy(self, lm, context: DecodeContext) -> SwiReasoningPolicy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from latentreason.decoding.base import DecodeContext, Decoder, register_decoder
+from latentreason.decoding.base import DecodeContext, PolicyDecoder, register_decoder
 from latentreason.engine.decode import TokenPolicy
 
 
@@ -15,7 +15,7 @@ class TextConfig:
 
 
 @register_decoder("text")
-class TextDecoder(Decoder):
+class TextDecoder(PolicyDecoder):
     config_cls = TextConfig
 
     def policy(self, lm, context: DecodeContext) -> TokenPolicy:
