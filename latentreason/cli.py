@@ -162,6 +162,12 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems")
     parser.add_argument("--batch-size", type=int, default=64, help="problems per batch (per process)")
     parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="solve every problem again; by default an interrupted evaluation into --output-dir resumes where it "
+        "stopped (its finished batches are kept in progress.jsonl until the report is written)",
+    )
+    parser.add_argument(
         "--max-new-tokens", type=int, help="generated tokens per problem (default: 128 trained here, 256 pretrained)"
     )
     parser.add_argument(
@@ -213,6 +219,8 @@ def cmd_eval(argv: list[str]) -> int:
     result = _evaluate_launch(args, plan, name, problems)
     if result is not None:
         write_report([result], args.output_dir, {"model": str(args.model), **plan.record()})
+        for finished in Path(args.output_dir).glob("progress*.jsonl"):  # predictions.jsonl now holds every record
+            finished.unlink()
         print(markdown_table([result]))
         print(f"wrote {Path(args.output_dir) / 'results.json'}")
     return 0
@@ -378,15 +386,42 @@ def _evaluate_launch(args, plan: EvalPlan, name: str, problems: list):
 
     if launched_processes() == 1:
         solver = _solver(args, plan, args.device)
-        return evaluate(solver, problems, name, args.batch_size, plan.answer_mode)
+        journal = _journal(args, plan, name, problems, solver.name)
+        return evaluate(solver, problems, name, args.batch_size, plan.answer_mode, journal=journal)
     from accelerate import PartialState
 
     state = PartialState(cpu=multi_process_cpu())
     solver = _solver(args, plan, str(state.device))
+    journal = _journal(args, plan, name, problems, solver.name)
     result = evaluate_sharded(
-        solver, problems, state, name, args.batch_size, plan.answer_mode, progress=state.is_main_process
+        solver, problems, state, name, args.batch_size, plan.answer_mode, state.is_main_process, journal
     )
     return result if state.is_main_process else None
+
+
+JOURNAL = "progress.jsonl"
+
+
+def _journal(args, plan: EvalPlan, name: str, problems: list, solver_name: str):
+    """The journal in --output-dir that lets an interrupted evaluation resume (evaluation/journal.py);
+    --restart discards it. Every setting that can change an answer is part of its key."""
+    from latentreason.evaluation.journal import Journal, journal_key, model_fingerprint
+    from latentreason.training.processes import launched_processes, say
+
+    path = Path(args.output_dir) / JOURNAL
+    if args.restart:
+        for old in path.parent.glob("progress*.jsonl"):
+            old.unlink()
+    settings = {**model_fingerprint(str(args.model)), "solver": solver_name, "benchmark": name, **plan.record()}
+    journal = Journal(path, journal_key(settings, problems))
+    if launched_processes() > 1:
+        return journal  # each process resumes from its own shard's file (the progress bar shows how far)
+    solved, _ = journal.solved()
+    if solved:
+        say(f"resuming: {len(solved)} of {len(problems)} problems solved earlier ({path}; --restart discards them)")
+    elif journal.stale:
+        say(f"note: {path} held an unfinished evaluation with other settings; starting afresh")
+    return journal
 
 
 # --- data --------------------------------------------------------------------------------------

@@ -331,6 +331,54 @@ def test_eval_with_limit_and_method_override(capsys, tmp_path, trained, chain_fi
     assert result["text_tokens"] == 0.0  # no-cot generates no reasoning
 
 
+def test_cli_eval_resumes_and_removes_its_journal_when_done(capsys, monkeypatch, tmp_path, trained, chain_file):
+    output_dir, _, _ = trained
+    whole, out = tmp_path / "whole", tmp_path / "eval"
+    argv = ["--max-new-tokens", "8", "--batch-size", "2"]
+    assert cli.main(eval_argv(output_dir / "final", chain_file, whole, *argv)) == 0
+    real_solver = cli._solver
+
+    def dies_after_one_batch(*args):
+        solver = real_solver(*args)
+        solve, calls = solver.solve, []
+
+        def once(problems):
+            if calls:
+                raise KeyboardInterrupt
+            calls.append(problems)
+            return solve(problems)
+
+        solver.solve = once
+        return solver
+
+    monkeypatch.setattr(cli, "_solver", dies_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(eval_argv(output_dir / "final", chain_file, out, *argv))
+    assert len((out / "progress.jsonl").read_text().splitlines()) == 2  # its key and the one finished batch
+    monkeypatch.setattr(cli, "_solver", real_solver)
+    capsys.readouterr()
+    assert cli.main(eval_argv(output_dir / "final", chain_file, out, *argv)) == 0
+    assert f"resuming: 2 of 6 problems solved earlier ({out / 'progress.jsonl'}" in capsys.readouterr().out
+    assert not list(out.glob("progress*.jsonl"))  # predictions.jsonl holds every record now
+    expected = [json.loads(line) for line in (whole / "predictions.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    drop = ("latency_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in drop} for r in expected
+    ]
+
+
+def test_cli_eval_restart_solves_everything_again(capsys, tmp_path, trained, chain_file):
+    output_dir, _, _ = trained
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "progress.jsonl").write_text("not a journal\n")
+    (out / "progress-1-of-2.jsonl").write_text("another process's\n")
+    assert cli.main(eval_argv(output_dir / "final", chain_file, out, "--max-new-tokens", "4", "--restart")) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert not list(out.glob("progress*.jsonl"))
+
+
 def test_eval_of_a_missing_model_is_a_user_error(capsys, tmp_path, chain_file):
     missing = tmp_path / "no_model"
     line = user_error(

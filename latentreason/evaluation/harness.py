@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from latentreason.data.answers import extract_answer, guess_kind, is_correct
 from latentreason.data.problems import Problem
+from latentreason.evaluation.journal import Journal
 
 
 @dataclass
@@ -42,11 +43,13 @@ def evaluate(
     batch_size: int = 64,
     answer_mode: str = "strict",
     progress: bool = True,
+    journal: Journal | None = None,
 ) -> EvalResult:
-    """Solve `problems` in batches of `batch_size` and score them against their answers."""
+    """Solve `problems` in batches of `batch_size` and score them against their answers; with a
+    `journal`, problems solved by an earlier, interrupted run with the same key are not solved again."""
     if not problems:
         raise ValueError("evaluate: no problems to evaluate")
-    records, elapsed = _solve(solver, problems, batch_size, answer_mode, progress)
+    records, elapsed = _solve(solver, problems, batch_size, answer_mode, progress, journal)
     return _summarize(solver.name, benchmark, records, elapsed, elapsed)
 
 
@@ -58,13 +61,15 @@ def evaluate_sharded(
     batch_size: int = 64,
     answer_mode: str = "strict",
     progress: bool = True,
+    journal: Journal | None = None,
 ) -> EvalResult:
     """`evaluate` split over the processes of `accelerator`; every process returns the same result.
 
     Process r solves the contiguous shard r of `problems` (shards differ in size by at most one, and
     may be empty); the records are gathered in rank order, so each problem appears exactly once and
     in its original place. Latency is the mean wall time per problem within a process; throughput
-    counts the slowest process's time.
+    counts the slowest process's time. Each process keeps its own journal (`journal`'s file name with
+    `-<rank>-of-<world>`), valid only for the same number of processes.
     """
     from accelerate.utils import gather_object
 
@@ -72,30 +77,41 @@ def evaluate_sharded(
         raise ValueError("evaluate: no problems to evaluate")
     rank, world, n = accelerator.process_index, accelerator.num_processes, len(problems)
     shard = problems[rank * n // world : (rank + 1) * n // world]
-    records, elapsed = _solve(solver, shard, batch_size, answer_mode, progress)
+    if journal is not None:
+        path = journal.path.with_name(f"{journal.path.stem}-{rank}-of-{world}{journal.path.suffix}")
+        journal = Journal(path, {**journal.key, "shard": [rank, world]})
+    records, elapsed = _solve(solver, shard, batch_size, answer_mode, progress, journal)
     shards = gather_object([(records, elapsed)])  # [(records, elapsed)] per process, rank order
     all_records = [record for part, _ in shards for record in part]
     return _summarize(solver.name, benchmark, all_records, sum(t for _, t in shards), max(t for _, t in shards))
 
 
-def _solve(solver, problems: list[Problem], batch_size: int, answer_mode: str, progress: bool):
-    """(one record per problem, seconds spent in the solver)."""
-    records = []
-    elapsed = 0.0
-    bar = tqdm(total=len(problems), desc=f"eval {solver.name}", disable=not progress, leave=False)
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start : start + batch_size]
+def _solve(solver, problems: list[Problem], batch_size: int, answer_mode: str, progress: bool, journal=None):
+    """(one record per problem, seconds spent in the solver); with a `Journal`, the problems it holds are
+    read back instead of solved and every solved batch is appended to it."""
+    done, elapsed = journal.solved() if journal is not None else ({}, 0.0)
+    done = {i: record for i, record in done.items() if 0 <= i < len(problems)}
+    if journal is not None:
+        journal.start(keep=bool(done))
+    todo = [i for i in range(len(problems)) if i not in done]
+    bar = tqdm(total=len(problems), initial=len(done), desc=f"eval {solver.name}", disable=not progress, leave=False)
+    for start in range(0, len(todo), batch_size):
+        positions = todo[start : start + batch_size]
+        chunk = [problems[i] for i in positions]
         began = time.perf_counter()
         solutions = solver.solve(chunk)
         took = time.perf_counter() - began
         elapsed += took
-        for problem, sol in zip(chunk, solutions):
-            records.append(
-                {"question": problem.question, **_scored(sol, problem, answer_mode), "latency_s": took / len(chunk)}
-            )
+        records = [
+            {"question": problem.question, **_scored(sol, problem, answer_mode), "latency_s": took / len(chunk)}
+            for problem, sol in zip(chunk, solutions)
+        ]
+        done.update(zip(positions, records))
+        if journal is not None:
+            journal.append(positions, records, took)
         bar.update(len(chunk))
     bar.close()
-    return records, elapsed
+    return [done[i] for i in range(len(problems))], elapsed
 
 
 def _scored(sol, problem: Problem, answer_mode: str) -> dict:
