@@ -502,23 +502,30 @@ def cmd_demo(argv: list[str]) -> int:
     return 0
 
 
-def seed_list(text: str) -> list[int]:
+def seed_list(text: str, flag: str = "--seed") -> list[int]:
     """'42,1,2' -> [42, 1, 2]; anything else is a user mistake named in one line."""
     try:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
-        raise UserError(f"--seed: expected whole numbers separated by commas, got {text!r}") from None
+        raise UserError(f"{flag}: expected whole numbers separated by commas, got {text!r}") from None
     if len(set(seeds)) < len(seeds):
-        raise UserError(f"--seed: {text!r} repeats a seed")
+        raise UserError(f"{flag}: {text!r} repeats a seed")
     return seeds
 
 
+def cmd_study(argv: list[str]) -> int:
+    from latentreason.study.command import cmd_study as run_study_command
+
+    return run_study_command(argv)
+
+
 USAGE = (
-    "usage: latentreason {train,rl,eval,demo,data,inspect,bench} [--debug] ...\n"
+    "usage: latentreason {train,rl,eval,demo,study,data,inspect,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
     "  rl     GRPO over latent plans from an ATP-Latent or CoLaR SFT model (--config atp-rl-tiny, ...)\n"
     "  eval   evaluate a trained or pretrained model (smollm2, a directory, a hub id) on a benchmark or file\n"
     "  demo   the embedded default job: train and compare methods on a generated task\n"
+    "  study  a grid of tasks x methods x seeds, resumable, with a report (--config coconut-tasks)\n"
     "  data   stats / list / generate\n"
     "  inspect  show what a latent model thought (decoded steps, stop decisions, nearest tokens)\n"
     "  bench  speed and memory benchmarks (bench engine, bench rl)"
@@ -611,6 +618,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "inspect": cmd_inspect,
     "bench": cmd_bench,
+    "study": cmd_study,
 }
 
 

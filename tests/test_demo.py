@@ -11,7 +11,7 @@ import pytest
 
 from latentreason import cli
 from latentreason.demo import plan
-from latentreason.demo.scheduler import Job, run_jobs, schedule_seconds
+from latentreason.scheduler import Job, run_jobs, schedule_seconds
 from latentreason.demo.summary import seed_summary, summary_table
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult
@@ -77,7 +77,7 @@ def test_rows_run_side_by_side_after_the_row_they_start_from(tmp_path):
 def test_a_failing_row_stops_the_others_and_names_its_output(tmp_path):
     jobs = [fake_job(tmp_path, "cot", seconds=0.1, code=3), fake_job(tmp_path, "no-cot", seconds=60)]
     began = time.perf_counter()
-    with pytest.raises(UserError, match=r"demo row cot failed \(exit status 3\): cot broke on purpose") as err:
+    with pytest.raises(UserError, match=r"cot failed \(exit status 3\): cot broke on purpose") as err:
         run_jobs(jobs, parallel=2, threads=1)
     assert str(jobs[0].output) in str(err.value)
     assert time.perf_counter() - began < 30  # no-cot was stopped, not waited for

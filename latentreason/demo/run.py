@@ -17,7 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from latentreason.data.sources import held_out_from, load_problems
 from latentreason.demo import plan
-from latentreason.demo.scheduler import Job, run_jobs, schedule_seconds
+from latentreason.scheduler import Job, run_jobs, schedule_seconds
 from latentreason.demo.summary import seed_summary, summary_table, write_summary
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import evaluate

@@ -1,11 +1,12 @@
-"""Run the demo's rows as processes, a few at a time, in an order their dependencies allow.
+"""Run training jobs (the demo's rows, a study's runs) as processes, a few at a time, in an order their
+dependencies allow.
 
-A row starts once the row it starts from has finished; among the rows that can start, the one heading
-the longest chain of work still to do goes first (ATP-Latent before SIM-CoT, since ATP-Latent's RL row
-waits for it). Every row gets the same thread count whatever runs beside it, so its numbers do not
-depend on the schedule. One progress bar follows all of them: each row's share of the expected work
-(its `seconds`) times the fraction of its optimizer steps done (read from its log.jsonl), so the bar's
-rate, and with it the time left, accounts for rows running side by side.
+A job starts once the job it starts from has finished; among the jobs that can start, the one heading
+the longest chain of work still to do goes first (the demo's ATP-Latent before SIM-CoT, since
+ATP-Latent's RL row waits for it). Every job gets the same thread count whatever runs beside it, so its
+numbers do not depend on the schedule. One progress bar follows all of them: each job's share of the
+expected work (its `seconds`) times the fraction of its optimizer steps done (read from its
+log.jsonl), so the bar's rate, and with it the time left, accounts for jobs running side by side.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int) -> dict[str, float]:
                     continue
                 if code != 0:
                     tail = job.output.read_text().strip().splitlines()[-1:] or ["(no output)"]
-                    raise UserError(f"demo row {job.name} failed (exit status {code}): {tail[0]} (see {job.output})")
+                    raise UserError(f"{job.name} failed (exit status {code}): {tail[0]} (see {job.output})")
                 job.done = True
                 timings[job.name] = round(time.perf_counter() - job.began, 1)
                 bar.write(f"  {job.name} trained in {timings[job.name]:.0f} s")

@@ -1,0 +1,103 @@
+"""`latentreason study`: run every (task, row, seed) of a study, a few at a time, then write its report.
+
+A run whose record.json exists is finished and reused; the others start (or resume: see study/plan.py)
+in an order their `start` rows allow, each in its own process with the same thread count. The report
+is written from every finished run, so a study stopped half way still reports what it has and says
+which seeds are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from latentreason.errors import UserError
+from latentreason.scheduler import Job, run_jobs
+from latentreason.study.config import StudyConfig
+from latentreason.study.execute import RECORD
+from latentreason.study.plan import Run, plan_runs
+from latentreason.study.records import RunRecord
+from latentreason.study.report import study_environment, write_study_report
+
+
+def select(runs: list[Run], tasks: list[str] | None, rows: list[str] | None) -> list[Run]:
+    """The runs of the chosen tasks and rows, plus the runs they start from."""
+    by_key = {run.key: run for run in runs}
+    for names, kind, known in ((tasks, "tasks", {r.task for r in runs}), (rows, "rows", {r.row for r in runs})):
+        unknown = sorted(set(names or []) - known)
+        if unknown:
+            raise UserError(
+                f"--{kind}: unknown {', '.join(unknown)}; the study's {kind} are {', '.join(sorted(known))}"
+            )
+    wanted = set()
+    for run in runs:
+        if (tasks and run.task not in tasks) or (rows and run.row not in rows):
+            continue
+        key = run.key
+        while key is not None and key not in wanted:
+            wanted.add(key)
+            key = by_key[key].start
+    return [run for run in runs if run.key in wanted]
+
+
+def run_study(
+    study: StudyConfig,
+    output_dir: Path,
+    report_name: str,
+    report_dir: Path,
+    data_dir: str | None = None,
+    jobs: int = 2,
+    tasks: list[str] | None = None,
+    rows: list[str] | None = None,
+    train: bool = True,
+) -> dict[str, Path]:
+    """Run what is unfinished (unless `train` is False), then write the report; returns its paths."""
+    if jobs < 1:
+        raise UserError(f"--jobs: must be at least 1, got {jobs}")
+    began = time.time()
+    runs = select(plan_runs(study, output_dir, data_dir), tasks, rows)
+    finished = {run.key for run in runs if (Path(run.dir) / RECORD).is_file()}
+    pending = [run for run in runs if run.key not in finished]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    print(
+        f"study {report_name}: {len(runs)} runs ({len(study.tasks)} tasks x {len(study.rows)} rows x "
+        f"{len(study.seeds)} seeds{', a selection' if tasks or rows else ''}); {len(finished)} finished earlier and "
+        f"reused, {len(pending)} to run, {jobs} at a time with {threads} thread(s) each; logs in {output_dir / 'logs'}"
+    )
+    if train and pending:
+        for run in pending:
+            run.save()
+        work = [
+            Job(
+                name=run.key,
+                command=run.argv(),
+                start=None if run.start in finished else run.start,
+                seconds=float(run.steps),
+                total_steps=run.steps,
+                log=Path(run.dir) / "log.jsonl",
+                output=output_dir / "logs" / f"{run.key.replace('/', '__')}.txt",
+            )
+            for run in pending
+        ]
+        run_jobs(work, jobs, threads)
+    records = [
+        RunRecord.from_json((Path(run.dir) / RECORD).read_text(encoding="utf-8"), str(Path(run.dir) / RECORD))
+        for run in runs
+        if (Path(run.dir) / RECORD).is_file()
+    ]
+    if not records:
+        raise UserError(f"study {report_name}: no finished runs in {output_dir} to report")
+    meta = {
+        "study": asdict(study),
+        "output_dir": str(output_dir),
+        "jobs": jobs,
+        "threads_per_run": threads,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(began)),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "eval_commands": {run.key: run.command("eval") for run in runs},
+        **study_environment(),
+    }
+    published = {task: {row: tuple(v) for row, v in rows_.items()} for task, rows_ in study.published.items()}
+    return write_study_report(report_name, records, report_dir, meta, published=published)
