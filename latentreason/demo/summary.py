@@ -6,7 +6,8 @@ import json
 import statistics
 from pathlib import Path
 
-from latentreason.evaluation.report import atomic_write_text
+from latentreason.evaluation.report import atomic_write_text, markdown_grid
+from latentreason.evaluation.spread import Spread
 
 
 def seed_summary(per_seed: dict[int, list]) -> list[dict]:
@@ -19,15 +20,15 @@ def seed_summary(per_seed: dict[int, list]) -> list[dict]:
             row["latent"].append(result.latent_tokens)
     summary = []
     for row in rows.values():
-        accuracies = list(row["accuracy_by_seed"].values())
+        accuracy = Spread.of(list(row["accuracy_by_seed"].values()))
         summary.append(
             {
                 "method": row["method"],
                 "accuracy_by_seed": row["accuracy_by_seed"],
-                "accuracy_mean": statistics.fmean(accuracies),
-                "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                "accuracy_min": min(accuracies),
-                "accuracy_max": max(accuracies),
+                "accuracy_mean": accuracy.mean,
+                "accuracy_std": accuracy.std,
+                "accuracy_min": accuracy.low,
+                "accuracy_max": accuracy.high,
                 "latent_tokens_mean": statistics.fmean(row["latent"]),
             }
         )
@@ -37,17 +38,18 @@ def seed_summary(per_seed: dict[int, list]) -> list[dict]:
 def summary_table(summary: list[dict]) -> str:
     seeds = list(summary[0]["accuracy_by_seed"]) if summary else []
     head = ["method", "accuracy: mean ± std", "min-max", *[f"seed {s}" for s in seeds], "latent tok"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for row in summary:
-        cells = [
-            row["method"],
-            f"{row['accuracy_mean']:.1%} ± {row['accuracy_std'] * 100:.1f}",
-            f"{row['accuracy_min']:.1%}-{row['accuracy_max']:.1%}",
-            *[f"{row['accuracy_by_seed'][s]:.1%}" for s in seeds],
-            f"{row['latent_tokens_mean']:.1f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        accuracy = Spread(row["accuracy_mean"], row["accuracy_std"], row["accuracy_min"], row["accuracy_max"])
+        rows.append(
+            [
+                row["method"],
+                *accuracy.cells(),
+                *[f"{row['accuracy_by_seed'][s]:.1%}" for s in seeds],
+                f"{row['latent_tokens_mean']:.1f}",
+            ]
+        )
+    return markdown_grid(head, rows)
 
 
 def write_summary(summary: list[dict], output_dir: Path, meta: dict) -> dict[str, Path]:

@@ -22,11 +22,17 @@ COLUMNS = (
 
 
 def markdown_table(results: list[EvalResult]) -> str:
-    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    rows = []
     for res in results:
         row = res.summary()
-        cells = [f"{row[key] * 1000:.2f}" if fmt == "ms" else fmt.format(row[key]) for key, _, fmt in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append([f"{row[key] * 1000:.2f}" if fmt == "ms" else fmt.format(row[key]) for key, _, fmt in COLUMNS])
+    return markdown_grid([title for _, title, _ in COLUMNS], rows)
+
+
+def markdown_grid(head: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: the header, its rule, then one line per row of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
@@ -48,12 +54,8 @@ def write_report(results: list[EvalResult], output_dir: str | Path, extra: dict 
 
 def plot_accuracy_vs_tokens(results: list[EvalResult], path: Path) -> Path | None:
     """Scatter of accuracy against mean reasoning tokens, one point per method; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = load_pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     benchmarks = sorted({r.benchmark for r in results})
@@ -62,13 +64,38 @@ def plot_accuracy_vs_tokens(results: list[EvalResult], path: Path) -> Path | Non
         ax.scatter(res.reasoning_tokens, 100 * res.accuracy, s=50, label=label)
     most = max(r.reasoning_tokens for r in results)
     ax.set_xlim(-0.05 * most - 0.5, 1.1 * most + 0.5)
+    title = benchmarks[0] if len(benchmarks) == 1 else None
+    finish_accuracy_axes(ax, "mean reasoning tokens per problem (text + latent)", "accuracy (%)", title)
+    return save_figure(fig, path)
+
+
+def load_pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def finish_accuracy_axes(ax, xlabel: str, ylabel: str, title: str | None) -> None:
+    """The house style of an accuracy plot: percent on y from 0 to 100, legend, light grid."""
     ax.legend(fontsize=8, loc="best")
-    if len(benchmarks) == 1:
-        ax.set_title(benchmarks[0], fontsize=10)
-    ax.set_xlabel("mean reasoning tokens per problem (text + latent)")
-    ax.set_ylabel("accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` as a PNG through a temporary file (a reader never sees half a plot) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)

@@ -1,0 +1,1 @@
+"""`latentreason study`: the records of finished runs, their statistics, the report and the model cards."""
