@@ -11,10 +11,10 @@ import pytest
 
 from latentreason import cli
 from latentreason.demo import plan
-from latentreason.scheduler import Job, run_jobs, schedule_seconds
 from latentreason.demo.summary import seed_summary, summary_table
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import EvalResult
+from latentreason.scheduler import Job, run_jobs, schedule_seconds
 from tests.test_cli import user_error
 
 # A stand-in for a training process: notes when it starts and ends, logs its steps as the trainer does.

@@ -17,13 +17,13 @@ from transformers.utils import logging as hf_logging
 
 from latentreason.data.sources import held_out_from, load_problems
 from latentreason.demo import plan
-from latentreason.scheduler import Job, run_jobs, schedule_seconds
 from latentreason.demo.summary import seed_summary, summary_table, write_summary
 from latentreason.errors import UserError
 from latentreason.evaluation.harness import evaluate
 from latentreason.evaluation.report import markdown_table, write_report
 from latentreason.methods.saved import method_for
 from latentreason.model.latent_lm import LatentLM
+from latentreason.scheduler import Job, run_jobs, schedule_seconds
 
 
 def run_demo(

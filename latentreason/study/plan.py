@@ -37,7 +37,7 @@ class Run:
     eval: list[str]  # `latentreason eval ...` arguments
     steps: int  # optimizer steps it trains
     start: str | None  # the key of the run it starts from
-    data: str  # what it trains and is evaluated on, in words (for its model card)
+    data: dict[str, str]  # split -> what it trains and is evaluated on, in words (for its model card)
 
     @property
     def key(self) -> str:
@@ -74,10 +74,11 @@ def plan_runs(study: StudyConfig, output_dir: Path, data_dir: str | None = None)
                 fields = merged(fields, task.rows.get(row_name) or {})
                 fields = merged(fields, study.force)
                 fields.update(RESUME, seed=seed, output_dir=str(run_dir))
-                if row.start is not None:
-                    fields["model_name_or_path"] = str(
-                        output_dir / "runs" / task_name / row.start / f"seed-{seed}" / "final"
-                    )
+                if row.start is not None:  # a trained model: its shape and tokenizer come with it
+                    fields.pop("tiny_model", None)
+                    fields.pop("tokenizer_vocab_size", None)
+                    start_dir = output_dir / "runs" / task_name / row.start / f"seed-{seed}"
+                    fields["model_name_or_path"] = str(start_dir / "final")
                 where = f"{study.source}, task {task_name}, row {row_name}"
                 config = _checked_config(row.recipe, fields, where)
                 runs.append(
@@ -103,20 +104,24 @@ def _checked_config(recipe: str, fields: dict, where: str):
     if method is None:
         raise ConfigError(f"{where}: recipe {path} names no method")
     config_cls = RLConfig if method in RL_METHODS else get_method(method).config_cls
-    config = load_config(config_cls, path, fields)
+    try:
+        config = load_config(config_cls, path, fields)
+    except ConfigError as err:  # it blames "command line": the fields came from the study
+        raise ConfigError(f"{where}: {str(err).replace('command line: ', '')}") from None
     if config.max_steps < 1:
         raise ConfigError(f"{where}: set max_steps (a study compares runs by their optimizer steps)")
     return config
 
 
-def _data_words(config, evaluate: dict) -> str:
+def _data_words(config, evaluate: dict) -> dict[str, str]:
     params = f" {json.dumps(config.dataset_params)}" if config.dataset_params else ""
-    trained = (
-        f"trained on {config.num_train_examples or 'all'} problems of {config.dataset}{params} (seed {config.seed})"
-    )
+    count = config.num_train_examples or "all"
     source = evaluate.get("file") or f"{evaluate['benchmark']} {evaluate.get('split') or 'default split'}"
     limit = f", first {evaluate['limit']} problems" if evaluate.get("limit") else ""
-    return f"{trained}; evaluated on {source}{limit}"
+    return {
+        "train": f"{count} problems of {config.dataset}{params} (seed {config.seed})",
+        "validation": f"{source}{limit}",
+    }
 
 
 def _train_argv(recipe: str, fields: dict) -> list[str]:

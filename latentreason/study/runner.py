@@ -16,10 +16,11 @@ from pathlib import Path
 from latentreason.errors import UserError
 from latentreason.scheduler import Job, run_jobs
 from latentreason.study.config import StudyConfig
+from latentreason.study.environment import study_environment
 from latentreason.study.execute import RECORD
 from latentreason.study.plan import Run, plan_runs
 from latentreason.study.records import RunRecord
-from latentreason.study.report import study_environment, write_study_report
+from latentreason.study.report import write_study_report
 
 
 def select(runs: list[Run], tasks: list[str] | None, rows: list[str] | None) -> list[Run]:
@@ -100,4 +101,5 @@ def run_study(
         **study_environment(),
     }
     published = {task: {row: tuple(v) for row, v in rows_.items()} for task, rows_ in study.published.items()}
-    return write_study_report(report_name, records, report_dir, meta, published=published)
+    expected = [(run.task, run.row, run.seed) for run in runs]
+    return write_study_report(report_name, records, report_dir, meta, published=published, expected=expected)
