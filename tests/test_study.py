@@ -81,6 +81,14 @@ def test_a_run_starts_from_its_start_rows_final_model_with_the_study_fields_on_t
     assert cot.startswith("latentreason train --config cot-tiny --") and " --tiny_model '{" in cot
 
 
+def test_a_launcher_trains_each_run_on_several_devices(tmp_path):
+    study = load_study(str(chain_study(tmp_path)))
+    launcher = ("accelerate", "launch", "--num_processes", "4")
+    run = plan_runs(study, tmp_path / "out", None, launcher)[0]
+    assert run.command("train").startswith("accelerate launch --num_processes 4 -m latentreason.cli train --config ")
+    assert run.command("eval").startswith("latentreason eval --model ")  # evaluation stays one process
+
+
 def test_selecting_rows_adds_the_rows_they_start_from(tmp_path):
     runs = plan_runs(load_study(str(chain_study(tmp_path))), tmp_path, None)
     assert sorted(run.row for run in select(runs, None, ["coconut"])) == ["coconut", "cot"]
@@ -123,6 +131,7 @@ def test_a_tiny_study_runs_resumes_and_reports(capsys, tmp_path):
     for row in ("cot", "no-cot", "coconut"):
         assert f"| {row} | 1 of 1 |" in page
     assert "coconut vs cot:" in page and "100.0% / 12.0" in page
+    assert "**The question.** Does anything learn in two steps?" in page
     record = json.loads((out / "runs/chain/coconut/seed-3/record.json").read_text())
     assert (record["n"], record["steps"], len(record["correct"])) == (8, 2, 8)
     assert [step for step, _ in record["curve"]] == [1, 2]

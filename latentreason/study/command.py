@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from latentreason.errors import UserError
@@ -30,6 +31,11 @@ def cmd_study(argv: list[str]) -> int:
         "--data-dir", help="the evaluation benchmarks' directory (default: $LATENTREASON_DATA_DIR, else the hub)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs at the same time, each with cores/jobs threads")
+    parser.add_argument(
+        "--launcher",
+        help="train each run on several devices with this command, e.g. 'accelerate launch --num_processes 4' or "
+        "'torchrun --nproc_per_node 4' (give --jobs 1 so runs do not share the devices)",
+    )
     parser.add_argument("--tasks", help="comma-separated tasks to run (default: all)")
     parser.add_argument("--rows", help="comma-separated rows to run; the rows they start from are added")
     parser.add_argument("--seeds", help="comma-separated seeds, replacing the study's")
@@ -55,6 +61,7 @@ def cmd_study(argv: list[str]) -> int:
         tasks=_names(args.tasks),
         rows=_names(args.rows),
         train=not args.report_only,
+        launcher=tuple(shlex.split(args.launcher)) if args.launcher else (),
     )
     print("report: " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -10,6 +10,7 @@ result goes to record.json (a RunRecord) last, written atomically: its presence 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,10 @@ def execute(run: Run) -> RunRecord:
         if done.exists():
             continue
         began = time.perf_counter()
-        code = cli.main(run.train if step == "train" else run.eval)
+        if step == "train" and run.launcher:  # several processes: the launcher starts them
+            code = subprocess.run([*run.launcher, "-m", "latentreason.cli", *run.train], check=False).returncode
+        else:
+            code = cli.main(run.train if step == "train" else run.eval)
         if code:
             raise SystemExit(f"{run.key}: `{run.command(step)}` failed with exit status {code}")
         seconds[step] = time.perf_counter() - began  # the sitting that finished it (a resumed one: its last)
@@ -86,7 +90,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m latentreason.study.execute <run dir>/run.json", file=sys.stderr)
         return 2
-    run = Run(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    fields = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    run = Run(**{**fields, "launcher": tuple(fields.get("launcher", ()))})
     record = execute(run)
     print(f"{run.key}: accuracy {record.accuracy:.1%} on {record.n} problems")
     return 0

@@ -38,6 +38,7 @@ class Run:
     steps: int  # optimizer steps it trains
     start: str | None  # the key of the run it starts from
     data: dict[str, str]  # split -> what it trains and is evaluated on, in words (for its model card)
+    launcher: tuple[str, ...] = ()  # e.g. ('accelerate', 'launch', '--num_processes', '4'): trains on several devices
 
     @property
     def key(self) -> str:
@@ -45,6 +46,8 @@ class Run:
 
     def command(self, which: str) -> str:
         """The run's train or eval step as a shell command a user can paste."""
+        if which == "train" and self.launcher:
+            return shlex.join([*self.launcher, "-m", "latentreason.cli", *self.train])
         return shlex.join(["latentreason", *(self.train if which == "train" else self.eval)])
 
     def argv(self) -> list[str]:
@@ -61,9 +64,13 @@ def run_key(task: str, row: str, seed: int) -> str:
     return f"{task}/{row}/seed-{seed}"
 
 
-def plan_runs(study: StudyConfig, output_dir: Path, data_dir: str | None = None) -> list[Run]:
+def plan_runs(
+    study: StudyConfig, output_dir: Path, data_dir: str | None = None, launcher: tuple[str, ...] = ()
+) -> list[Run]:
     """Every run of the study, rows in the study's order within each task and seed; each run's config is
-    checked here, as `latentreason train|rl` would check it, so a bad field fails before anything runs."""
+    checked here, as `latentreason train|rl` would check it, so a bad field fails before anything runs.
+    `launcher`: the command that starts training on several devices (`accelerate launch ...`, `torchrun ...`),
+    empty for one process."""
     runs = []
     for task_name, task in study.tasks.items():
         for seed in study.seeds:
@@ -93,6 +100,7 @@ def plan_runs(study: StudyConfig, output_dir: Path, data_dir: str | None = None)
                         steps=config.max_steps,
                         start=None if row.start is None else run_key(task_name, row.start, seed),
                         data=_data_words(config, task.evaluate),
+                        launcher=tuple(launcher),
                     )
                 )
     return runs

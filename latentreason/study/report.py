@@ -64,6 +64,7 @@ def write_study_report(
     baseline: str = "cot",
     *,
     expected: Iterable[tuple[str, str, int]] | None = None,
+    preface: str = "",
 ) -> dict[str, Path]:
     """Write `<out_dir>/<name>.md` and its plots; returns {'markdown': path, '<task>/<plot>': path, ...}.
 
@@ -71,13 +72,14 @@ def write_study_report(
     `expected`: the planned (task, method, seed) runs; by default every method seen in a task is expected with
     every seed seen in the study. Planned runs without a record show as missing, never silently averaged.
     `meta`: rendered under "How this was run" (see `study_environment()`, plus the runner's config and times).
+    `preface`: markdown placed under the overview (the study's question and what was found).
     """
     grid = build_grid(name, runs, expected)
     out = Path(out_dir)
     figures = out / name
     figures.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    sections = [overview(name, grid, baseline)]
+    sections = [overview(name, grid, baseline), *([preface.strip()] if preface.strip() else [])]
     for task in sorted(grid):
         order = method_order(grid[task], baseline)
         finished = {method: finished_runs(grid[task][method]) for method in order}

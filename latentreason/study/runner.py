@@ -53,12 +53,13 @@ def run_study(
     tasks: list[str] | None = None,
     rows: list[str] | None = None,
     train: bool = True,
+    launcher: tuple[str, ...] = (),
 ) -> dict[str, Path]:
     """Run what is unfinished (unless `train` is False), then write the report; returns its paths."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
     began = time.time()
-    runs = select(plan_runs(study, output_dir, data_dir), tasks, rows)
+    runs = select(plan_runs(study, output_dir, data_dir, launcher), tasks, rows)
     finished = {run.key for run in runs if (Path(run.dir) / RECORD).is_file()}
     pending = [run for run in runs if run.key not in finished]
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -102,4 +103,15 @@ def run_study(
     }
     published = {task: {row: tuple(v) for row, v in rows_.items()} for task, rows_ in study.published.items()}
     expected = [(run.task, run.row, run.seed) for run in runs]
-    return write_study_report(report_name, records, report_dir, meta, published=published, expected=expected)
+    preface = question_and_answer(study, report_dir / f"{report_name}.answer.md")
+    return write_study_report(
+        report_name, records, report_dir, meta, published=published, expected=expected, preface=preface
+    )
+
+
+def question_and_answer(study: StudyConfig, answer: Path) -> str:
+    """The study's question and, from `answer` (written by hand once the runs are read), what was found."""
+    if not study.question:
+        return ""
+    found = answer.read_text(encoding="utf-8").strip() if answer.is_file() else f"(not written yet: {answer})"
+    return f"**The question.** {study.question}\n\n**What we found.** {found}"
