@@ -50,8 +50,12 @@ NEGATED_QUERY = 0.5  # real 0.499, so about half the answers are True (real 0.49
 
 def _word_errors(words: Sequence[str], names: Sequence[str], max_hops: int) -> list[str]:
     errors = []
-    if len({plural(w) for w in words}) != len(words) or len(words) < 2 * max_hops + 4:
-        errors.append(f"concept_words: need {2 * max_hops + 4} words with distinct plurals, got {len(words)}")
+    distinct = len({plural(w) for w in words})
+    if distinct != len(words) or distinct < 2 * max_hops + 4:
+        errors.append(
+            f"concept_words: need {2 * max_hops + 4} words with distinct plurals for {max_hops} hops, got "
+            f"{len(words)} words with {distinct} distinct plurals"
+        )
     if any(not (w.isalpha() and w.islower()) or {w, plural(w)} & PROPERTIES for w in words):
         errors.append("concept_words: each must be lower-case letters and neither it nor its plural a property")
     if not names or any(not (n.isalpha() and n.istitle()) or n in (EVERY, EACH) for n in names):

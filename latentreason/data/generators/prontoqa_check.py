@@ -21,13 +21,12 @@ from latentreason.data.problems import Problem
 
 @dataclass
 class Reading:
-    """A checked record: its facts, the person's stated classes, the proof's concepts and its last rule."""
+    """A checked record: its facts, the query, the person's stated classes and the proof's concepts."""
 
     facts: list[Fact]
     query: Fact
     classes: list[str]
     proof: list[str]
-    conclusion: Fact
 
 
 def _superclasses(facts: Iterable[Fact]) -> dict[str, list[str]]:
@@ -98,7 +97,7 @@ def read_prontoqa(problem: Problem) -> Reading:
     expected = "True" if query.negated == conclusion.negated else "False"
     if problem.answer != expected:
         raise ValueError(f"answer {problem.answer!r}, but the proof makes {sentence(query)!r} {expected}")
-    return Reading(facts, query, classes, proof, conclusion)
+    return Reading(facts, query, classes, proof)
 
 
 def check_prontoqa(problem: Problem) -> None:
