@@ -433,7 +433,7 @@ def cmd_data(argv: list[str]) -> int:
     stats.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("list", help="the benchmark registry")
     gen = sub.add_parser("generate", help="write generated problems as Coconut JSON")
-    gen.add_argument("--task", required=True, help="chain, arithmetic, multiplication or prosqa")
+    gen.add_argument("--task", required=True, help="chain, arithmetic, multiplication, prosqa or prontoqa")
     gen.add_argument("-n", type=int, required=True)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--params", default="{}", help="generator parameters as YAML/JSON, e.g. '{num_steps: 4}'")

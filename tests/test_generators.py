@@ -31,7 +31,7 @@ SMALL = {"multiplication": {}, "prosqa": {}, "arithmetic": {}}
 
 
 def test_registry_names_and_errors():
-    assert set(GENERATORS) == {"multiplication", "prosqa", "arithmetic", "chain"}
+    assert set(GENERATORS) == {"multiplication", "prosqa", "prontoqa", "arithmetic", "chain"}
     with pytest.raises(ConfigError, match="unknown generator"):
         generate("sudoku", 3)
     with pytest.raises(ConfigError, match="unknown parameter"):

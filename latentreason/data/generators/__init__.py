@@ -2,6 +2,7 @@
 
     generate("multiplication", 1000, seed=0, num_digits=5)
     generate("prosqa", 1000, seed=0)
+    generate("prontoqa", 1000, seed=0)  # Coconut's 5-hop ProntoQA
     generate("arithmetic", 1000, seed=0, max_steps=5)
     generate("chain", 1000, seed=0, num_steps=3)  # the demo task
 
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from latentreason.data.generators.arithmetic import generate_arithmetic
 from latentreason.data.generators.chain import generate_chain
 from latentreason.data.generators.multiplication import generate_multiplication
+from latentreason.data.generators.prontoqa import generate_prontoqa
 from latentreason.data.generators.prosqa import generate_prosqa
 from latentreason.data.problems import Problem
 from latentreason.errors import ConfigError
@@ -23,6 +25,7 @@ from latentreason.errors import ConfigError
 GENERATORS: dict[str, Callable[..., list[Problem]]] = {
     "multiplication": generate_multiplication,
     "prosqa": generate_prosqa,
+    "prontoqa": generate_prontoqa,
     "arithmetic": generate_arithmetic,
     "chain": generate_chain,
 }
@@ -48,5 +51,6 @@ __all__ = [
     "generate_arithmetic",
     "generate_chain",
     "generate_multiplication",
+    "generate_prontoqa",
     "generate_prosqa",
 ]
