@@ -152,6 +152,13 @@ def test_a_tiny_study_runs_resumes_and_reports(capsys, tmp_path):
     assert (coconut / "final/model.safetensors").stat().st_mtime_ns == final_before
     assert json.loads((coconut / "record.json").read_text())["correct"] == record["correct"]
 
+    # Changed settings are refused rather than mixed with the old runs' results.
+    study = yaml.safe_load(config.read_text())
+    study["rows"]["coconut"]["fields"] = {"max_steps": 3}
+    config.write_text(yaml.safe_dump(study))
+    assert cli.main(argv) == 2
+    assert "settings changed since chain/coconut/seed-3 ran" in capsys.readouterr().err
+
     # Every model the study saved can be evaluated on other data later.
     assert cli.main(["eval", "--model", str(coconut / "final"), "--file", str(tmp_path / "valid.json"),
                      "--output-dir", str(tmp_path / "again")]) == 0  # fmt: skip

@@ -8,6 +8,7 @@ which seeds are missing.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict
@@ -43,6 +44,36 @@ def select(runs: list[Run], tasks: list[str] | None, rows: list[str] | None) -> 
     return [run for run in runs if run.key in wanted]
 
 
+def check_unchanged(runs: list[Run]) -> None:
+    """Refuse to reuse or resume a run whose commands the study no longer gives: its checkpoints and results
+    belong to other settings. (Where the benchmarks are read from, --data-dir, may change.)"""
+    changed = []
+    for run in runs:
+        saved = Path(run.dir) / "run.json"
+        if saved.is_file():
+            before = json.loads(saved.read_text(encoding="utf-8"))
+            if before.get("train") != run.train or _without_data_dir(before.get("eval", [])) != _without_data_dir(
+                run.eval
+            ):
+                changed.append(run)
+    if changed:
+        shown = ", ".join(run.key for run in changed[:3]) + (
+            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        )
+        raise UserError(
+            f"the study's settings changed since {shown} ran ({Path(changed[0].dir) / 'run.json'} holds the "
+            "commands it ran with): delete those run directories to run them again, or give another --output-dir"
+        )
+
+
+def _without_data_dir(argv: list[str]) -> list[str]:
+    out = list(argv)
+    if "--data-dir" in out:
+        at = out.index("--data-dir")
+        del out[at : at + 2]
+    return out
+
+
 def run_study(
     study: StudyConfig,
     output_dir: Path,
@@ -60,6 +91,7 @@ def run_study(
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
     began = time.time()
     runs = select(plan_runs(study, output_dir, data_dir, launcher), tasks, rows)
+    check_unchanged(runs)
     finished = {run.key for run in runs if (Path(run.dir) / RECORD).is_file()}
     pending = [run for run in runs if run.key not in finished]
     threads = max(1, (os.cpu_count() or 1) // jobs)
