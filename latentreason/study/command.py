@@ -31,6 +31,7 @@ def cmd_study(argv: list[str]) -> int:
         "--data-dir", help="the evaluation benchmarks' directory (default: $LATENTREASON_DATA_DIR, else the hub)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs at the same time, each with cores/jobs threads")
+    parser.add_argument("--threads", type=int, help="threads per run (default: cores / jobs)")
     parser.add_argument(
         "--launcher",
         help="train each run on several devices with this command, e.g. 'accelerate launch --num_processes 4' or "
@@ -62,6 +63,7 @@ def cmd_study(argv: list[str]) -> int:
         rows=_names(args.rows),
         train=not args.report_only,
         launcher=tuple(shlex.split(args.launcher)) if args.launcher else (),
+        threads=args.threads,
     )
     print("report: " + ", ".join(str(p) for p in paths.values()))
     return 0

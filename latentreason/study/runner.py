@@ -85,8 +85,10 @@ def run_study(
     rows: list[str] | None = None,
     train: bool = True,
     launcher: tuple[str, ...] = (),
+    threads: int | None = None,
 ) -> dict[str, Path]:
-    """Run what is unfinished (unless `train` is False), then write the report; returns its paths."""
+    """Run what is unfinished (unless `train` is False), then write the report; returns its paths.
+    `threads`: per run (default: the cores shared among the `jobs` runs)."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
     began = time.time()
@@ -94,7 +96,9 @@ def run_study(
     check_unchanged(runs)
     finished = {run.key for run in runs if (Path(run.dir) / RECORD).is_file()}
     pending = [run for run in runs if run.key not in finished]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads: must be at least 1, got {threads}")
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     print(
         f"study {report_name}: {len(runs)} runs ({len(study.tasks)} tasks x {len(study.rows)} rows x "
         f"{len(study.seeds)} seeds{', a selection' if tasks or rows else ''}); {len(finished)} finished earlier and "
