@@ -110,12 +110,12 @@ def load_source(args) -> tuple[str, list]:
     return args.benchmark, problems
 
 
-def load_trained(model_dir: str, method_name: str | None, max_new_tokens: int, device: str | None = None):
+def load_trained(model_dir: str, method_name: str | None, max_new_tokens: int, device: str | None = None, dtype=None):
     """A saved model in eval mode and its method, rebuilt with the config it was trained with."""
     from latentreason.methods.saved import method_for
     from latentreason.model.latent_lm import LatentLM
 
-    lm = LatentLM.from_pretrained(model_dir)
+    lm = LatentLM.from_pretrained(model_dir, dtype)
     lm.to(default_device(device)).eval()
     return lm, method_for(lm, model_dir, method_name, max_new_tokens=max_new_tokens)
 
@@ -207,6 +207,12 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; one process only)"
     )
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="the weights' dtype (default auto: bfloat16 on a GPU that supports it, else float32)",
+    )
     args = parser.parse_args(argv)
     from latentreason.training.processes import launched_processes
 
@@ -242,10 +248,13 @@ class EvalPlan:
     few_shot: list[tuple[str, str]] = field(default_factory=list)
     few_shot_source: str | None = None
     prompt: dict | None = None  # the PromptBuilder's settings, once the model's tokenizer is loaded
+    dtype: str | None = None  # the weights' dtype, once the device is known
 
     def record(self) -> dict:
         """The settings results.json keeps beside the results."""
         out = {"model_kind": self.kind, "answer_mode": self.answer_mode, "max_new_tokens": self.max_new_tokens}
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
         if self.prompt is not None:
             out.update(
                 sampling=asdict(self.sampling),
@@ -359,10 +368,13 @@ def _solver(args, plan: EvalPlan, device: str | None):
     from latentreason.model.pretrained import TRAINED, generation_stop_ids, load_pretrained
     from latentreason.training.processes import say
 
+    device = default_device(device)
+    dtype = eval_dtype(args.dtype, device)
+    plan.dtype = str(dtype).removeprefix("torch.")
     if plan.kind == TRAINED:
-        lm, method = load_trained(args.model, args.method, plan.max_new_tokens, device)
+        lm, method = load_trained(args.model, args.method, plan.max_new_tokens, device, dtype)
         return method.solver(lm)
-    lm = load_pretrained(args.model).to(default_device(device))
+    lm = load_pretrained(args.model, dtype).to(device)
     prompt = PromptBuilder(
         lm.tokenizer,
         system_prompt=args.system_prompt,
@@ -377,6 +389,16 @@ def _solver(args, plan: EvalPlan, device: str | None):
 
     decoder = decoder_from_args(plan.decoder, plan.decoder_args)
     return ChatSolver(lm, prompt, plan.max_new_tokens, plan.sampling, decoder, plan.samples, plan.seed)
+
+
+def eval_dtype(name: str, device: str):
+    """The weights' dtype for --dtype: 'auto' is bfloat16 on a GPU that supports it, else float32."""
+    import torch
+
+    if name == "auto":
+        cuda = device.startswith("cuda") and torch.cuda.is_available()
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
 
 
 def _evaluate_launch(args, plan: EvalPlan, name: str, problems: list):

@@ -397,6 +397,13 @@ def chat_model(tmp_path_factory) -> Path:
     return save_tiny_chat_model(tmp_path_factory.mktemp("cli_chat") / "model")
 
 
+@pytest.mark.parametrize("flag, expected", [(None, "float32"), ("bfloat16", "bfloat16")])
+def test_eval_dtype_is_float32_on_a_cpu_unless_asked(capsys, tmp_path, chat_model, chain_file, flag, expected):
+    extra = ["--max-new-tokens", "4", "--limit", "2", *(["--dtype", flag] if flag else [])]
+    assert cli.main(eval_argv(chat_model, chain_file, tmp_path / "eval", *extra)) == 0
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["dtype"] == expected
+
+
 def test_eval_of_a_plain_model_directory_prompts_through_its_chat_template(capsys, tmp_path, chat_model, chain_file):
     from latentreason.data.formats import load_file
     from latentreason.evaluation.chat_solver import ChatSolver
