@@ -572,6 +572,14 @@ def cmd_inspect(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
     args = parser.parse_args(argv)
+    from latentreason.model.pretrained import TRAINED, model_kind
+
+    if model_kind(args.model) != TRAINED:
+        raise UserError(
+            f"--model {args.model}: inspect shows what a latent model trained here thought; this is a pretrained "
+            "model (no latentreason.json). Its training-free latent decoders run through `latentreason eval "
+            "--decoder ...` (docs/decoding.md)"
+        )
     lm, method = load_trained(args.model, None, 32)
     if args.question:
         problems = [Problem(args.question, [], "")]

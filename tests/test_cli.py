@@ -397,6 +397,11 @@ def chat_model(tmp_path_factory) -> Path:
     return save_tiny_chat_model(tmp_path_factory.mktemp("cli_chat") / "model")
 
 
+def test_inspect_of_a_pretrained_model_points_to_the_decoders(capsys, chat_model):
+    line = user_error(capsys, ["inspect", "--model", str(chat_model), "--question", "1 + 2"])
+    assert "this is a pretrained model (no latentreason.json)" in line and "--decoder" in line
+
+
 @pytest.mark.parametrize("flag, expected", [(None, "float32"), ("bfloat16", "bfloat16")])
 def test_eval_dtype_is_float32_on_a_cpu_unless_asked(capsys, tmp_path, chat_model, chain_file, flag, expected):
     extra = ["--max-new-tokens", "4", "--limit", "2", *(["--dtype", flag] if flag else [])]
