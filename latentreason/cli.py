@@ -126,27 +126,17 @@ def default_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# Flags that shape a pretrained model's prompt or sampling; a model trained here has its own prompt layout.
-CHAT_FLAGS = (
-    "system_prompt",
-    "few_shot",
-    "few_shot_file",
-    "prompt_template",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "num_samples",
-    "seed",
-    "decoder",
-    "decoder_args",
-)
+# Flags that shape a pretrained model's prompt or decoding; a model trained here has its own prompt layout and solver.
+CHAT_FLAGS = ("system_prompt", "few_shot", "few_shot_file", "prompt_template", "decoder", "decoder_args")
+# Flags of a model trained here with latent thoughts.
+LATENT_FLAGS = ("latent_sampler", "latent_sampler_args")
 
 
 def cmd_eval(argv: list[str]) -> int:
     from latentreason.decoding import DECODERS
     from latentreason.evaluation.report import markdown_table, write_report
     from latentreason.model.pretrained import EXPECTED
+    from latentreason.tts import LATENT_SAMPLERS
 
     parser = argparse.ArgumentParser(
         prog="latentreason eval",
@@ -190,19 +180,31 @@ def cmd_eval(argv: list[str]) -> int:
     chat.add_argument(
         "--few-shot-file", help="where --few-shot examples come from (default with --benchmark: its train split)"
     )
-    chat.add_argument("--temperature", type=float, help="0 is greedy (the default); above 0 samples")
-    chat.add_argument("--top-k", type=int, help="sample among the k most probable tokens (default: all)")
-    chat.add_argument(
-        "--top-p", type=float, help="sample within the smallest set reaching this probability (default 1)"
-    )
-    chat.add_argument("--min-p", type=float, help="drop tokens below min-p x the most probable one (default 0)")
-    chat.add_argument(
-        "--num-samples", type=int, help="replies per problem from one shared prefill; accuracy is their mean"
-    )
-    chat.add_argument("--seed", type=int, help="seed of the sampled replies, keyed per problem and sample (default 0)")
     chat.add_argument("--decoder", help="a training-free decoder: " + ", ".join(sorted(DECODERS)) + " (default: text)")
     chat.add_argument(
         "--decoder-args", help="the decoder's arguments as a YAML mapping, e.g. '{top_k: 1}' (see docs/decoding.md)"
+    )
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--temperature", type=float, help="text tokens: 0 is greedy (the default); above 0 samples")
+    sampling.add_argument("--top-k", type=int, help="sample among the k most probable tokens (default: all)")
+    sampling.add_argument(
+        "--top-p", type=float, help="sample within the smallest set reaching this probability (default 1)"
+    )
+    sampling.add_argument("--min-p", type=float, help="drop tokens below min-p x the most probable one (default 0)")
+    sampling.add_argument(
+        "--num-samples", type=int, help="replies per problem from one shared prefill; accuracy is their mean"
+    )
+    sampling.add_argument("--seed", type=int, help="seed of the samples, keyed per problem and sample (default 0)")
+    sampling.add_argument(
+        "--latent-sampler",
+        help="a model trained here with latent thoughts: what makes its samples' thoughts differ, "
+        + " or ".join(sorted(LATENT_SAMPLERS))
+        + " (see docs/test-time-scaling.md)",
+    )
+    sampling.add_argument(
+        "--latent-sampler-args",
+        help="the latent sampler's arguments as a YAML mapping, e.g. '{sigma: 0.6}' or '{p: 0.2}' (default: the "
+        "method's values)",
     )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; one process only)"
@@ -242,6 +244,7 @@ class EvalPlan:
     sampling: object = None  # the text Sampling (engine.sampling, imported with torch when the plan is made)
     samples: int = 1
     seed: int = 0
+    latent_sampler: object = None  # a tts.LatentSampler; its unset values are the method's once the model loads
     decoder: str = "text"
     decoder_args: dict = field(default_factory=dict)
     template: str = "{question}"  # the user turn of a pretrained model's prompt
@@ -255,6 +258,12 @@ class EvalPlan:
         out = {"model_kind": self.kind, "answer_mode": self.answer_mode, "max_new_tokens": self.max_new_tokens}
         if self.dtype is not None:
             out["dtype"] = self.dtype
+        from latentreason.model.pretrained import TRAINED
+
+        if self.kind == TRAINED:
+            out.update(sampling=asdict(self.sampling), num_samples=self.samples, seed=self.seed)
+            sampler = self.latent_sampler
+            out.update(latent_sampler=sampler and sampler.name, latent_sampler_args=sampler and sampler.settings())
         if self.prompt is not None:
             out.update(
                 sampling=asdict(self.sampling),
@@ -274,14 +283,19 @@ def eval_plan(args) -> EvalPlan:
     from latentreason.model.pretrained import TRAINED, model_kind
 
     kind = model_kind(args.model)
-    if kind == TRAINED:
-        given = [f"--{flag.replace('_', '-')}" for flag in CHAT_FLAGS if getattr(args, flag) not in (None, 0)]
-        if given:
-            raise UserError(
-                f"{', '.join(given)}: for pretrained models; {args.model} was trained here and is evaluated "
-                "with its method's own prompt and greedy decoding"
-            )
-    elif args.method:
+    other = [f"--{flag.replace('_', '-')}" for flag in (CHAT_FLAGS if kind == TRAINED else LATENT_FLAGS)]
+    given = [flag for flag in other if getattr(args, flag[2:].replace("-", "_")) not in (None, 0)]
+    if kind == TRAINED and given:
+        raise UserError(
+            f"{', '.join(given)}: for pretrained models; {args.model} was trained here and is evaluated with its "
+            "method's own prompt and solver"
+        )
+    if kind != TRAINED and given:
+        raise UserError(
+            f"{', '.join(given)}: for models trained here with latent thoughts; {args.model} is pretrained (its "
+            "training-free latent decoders take --decoder, see docs/decoding.md)"
+        )
+    if kind != TRAINED and args.method:
         raise UserError(f"--method: for models trained here; {args.model} is pretrained (no latentreason.json)")
     if args.few_shot < 0:
         raise UserError(f"--few-shot: expected a number of examples >= 0, got {args.few_shot}")
@@ -290,16 +304,17 @@ def eval_plan(args) -> EvalPlan:
     answer_mode = args.answer_mode or ("strict" if kind == TRAINED else "auto")
     max_new_tokens = args.max_new_tokens or (128 if kind == TRAINED else 256)
     plan = EvalPlan(kind, answer_mode, max_new_tokens)
-    if kind == TRAINED:
-        return plan
-    plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
-    if PLACEHOLDER not in plan.template:
-        raise UserError(f"--prompt-template: {plan.template!r} has no {PLACEHOLDER} for the question")
     plan.sampling = sampling_from_flags(args)
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples: expected at least 1, got {args.num_samples}")
     plan.samples, plan.seed = args.num_samples or 1, args.seed or 0
-    plan.decoder, plan.decoder_args = args.decoder or "text", decoder_args(args.decoder_args)
+    if kind == TRAINED:
+        plan.latent_sampler = latent_sampler_from_flags(args, plan)
+        return plan
+    plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
+    if PLACEHOLDER not in plan.template:
+        raise UserError(f"--prompt-template: {plan.template!r} has no {PLACEHOLDER} for the question")
+    plan.decoder, plan.decoder_args = args.decoder or "text", yaml_mapping(args.decoder_args, "--decoder-args")
     from latentreason.decoding import decoder_from_args
 
     decoder_from_args(plan.decoder, plan.decoder_args)  # unknown names and bad arguments fail before loading
@@ -321,11 +336,32 @@ def sampling_from_flags(args):
         raise UserError(f"--{str(err).replace('_', '-')}") from None
 
 
-def decoder_args(text: str | None) -> dict:
-    """--decoder-args read as a YAML mapping."""
+def latent_sampler_from_flags(args, plan: EvalPlan):
+    """The tts.LatentSampler of --latent-sampler/--latent-sampler-args (None without one), its values checked;
+    N samples that could only be identical are refused."""
+    from latentreason.tts import LATENT_SAMPLERS, latent_sampler_from_args
+
+    if args.latent_sampler_args and not args.latent_sampler:
+        raise UserError("--latent-sampler-args: give --latent-sampler, the sampler they are for")
+    if plan.samples > 1 and not args.latent_sampler and plan.sampling.temperature == 0:
+        raise UserError(
+            f"--num-samples {plan.samples}: every sample would be the same (greedy answers, no --latent-sampler); "
+            "add --latent-sampler or --temperature"
+        )
+    if not args.latent_sampler:
+        return None
+    if args.latent_sampler not in LATENT_SAMPLERS:
+        known = ", ".join(sorted(LATENT_SAMPLERS))
+        raise UserError(f"--latent-sampler: unknown sampler {args.latent_sampler!r}; expected one of {known}")
+    settings = yaml_mapping(args.latent_sampler_args, "--latent-sampler-args")
+    return latent_sampler_from_args(args.latent_sampler, settings)
+
+
+def yaml_mapping(text: str | None, flag: str) -> dict:
+    """A flag's value read as a YAML mapping (--decoder-args, --latent-sampler-args)."""
     from latentreason.config import coerce
 
-    return coerce(text, dict, "--decoder-args") if text else {}
+    return coerce(text, dict, flag) if text else {}
 
 
 def few_shot_examples(args, answer_mode: str) -> list[tuple[str, str]]:
@@ -373,7 +409,7 @@ def _solver(args, plan: EvalPlan, device: str | None):
     plan.dtype = str(dtype).removeprefix("torch.")
     if plan.kind == TRAINED:
         lm, method = load_trained(args.model, args.method, plan.max_new_tokens, device, dtype)
-        return method.solver(lm)
+        return trained_solver(args.model, lm, method, plan)
     lm = load_pretrained(args.model, dtype).to(device)
     prompt = PromptBuilder(
         lm.tokenizer,
@@ -389,6 +425,26 @@ def _solver(args, plan: EvalPlan, device: str | None):
 
     decoder = decoder_from_args(plan.decoder, plan.decoder_args)
     return ChatSolver(lm, prompt, plan.max_new_tokens, plan.sampling, decoder, plan.samples, plan.seed)
+
+
+def trained_solver(model: str, lm, method, plan: EvalPlan):
+    """The method's solver with the plan's sampling; the plan's latent sampler gains the method's defaults."""
+    from latentreason.errors import ConfigError
+    from latentreason.evaluation.latent_solver import LatentSolver
+
+    solver = method.solver(lm)
+    if plan.latent_sampler is None:
+        solver.configure(plan.sampling, plan.seed, plan.samples)
+        return solver
+    if not isinstance(solver, LatentSolver):
+        raise UserError(f"--latent-sampler: {model} is evaluated with '{method.name}', which has no latent thoughts")
+    try:
+        plan.latent_sampler = plan.latent_sampler.for_method(method.name)
+        solver.configure(plan.sampling, plan.seed, plan.samples, plan.latent_sampler)
+    except ConfigError as err:
+        flag = "--latent-sampler" if str(err).startswith("latent sampler") else "--latent-sampler-args"
+        raise UserError(f"{flag}: {err}") from None
+    return solver
 
 
 def eval_dtype(name: str, device: str):

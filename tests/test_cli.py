@@ -495,9 +495,9 @@ def test_eval_few_shot_needs_a_train_split_other_than_the_evaluated_one(capsys, 
 
 def test_eval_of_a_trained_model_rejects_prompt_flags(capsys, tmp_path, trained, chain_file):
     output_dir, _, _ = trained
-    argv = eval_argv(output_dir / "final", chain_file, tmp_path / "eval", "--system-prompt", "Hi", "--temperature", "1")
+    argv = eval_argv(output_dir / "final", chain_file, tmp_path / "eval", "--system-prompt", "Hi", "--decoder", "text")
     line = user_error(capsys, argv)
-    assert "--system-prompt, --temperature: for pretrained models;" in line
+    assert "--system-prompt, --decoder: for pretrained models;" in line
     assert "was trained here" in line
 
 

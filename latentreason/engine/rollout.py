@@ -5,6 +5,9 @@
     <eot>    forced at the step a row stops; the row then decodes its answer on the same cache
 A row that stops early starts its answer while others still think; a row whose answer ends leaves the
 batch. Each row's own sequence is exactly the one it would have alone.
+
+A `LatentPerturbation` (a latent sampler, latentreason.tts) may change each thought before it is fed and act
+inside the forward calls that feed thoughts; the answer phase is never touched by it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from latentreason.engine.decode import TokenPolicy
+from latentreason.engine.perturbation import LatentPerturbation
 from latentreason.engine.sampling import Sampling
 from latentreason.engine.steps import TOKEN, StepChoice, StepView, Trace, prefill, run_steps
 
@@ -61,9 +65,11 @@ class LatentThenAnswer:
         answer: TokenPolicy,
         batch: int,
         on_thought: ThoughtHook | None = None,
+        perturbation: LatentPerturbation | None = None,
     ):
         self.lm, self.thought_map, self.controller, self.answer = lm, thought_map, controller, answer
         self.max_latents, self.on_thought = max_latents, on_thought
+        self.perturbation = perturbation or LatentPerturbation()
         device, d = lm.device, lm.embed.weight.shape[1]
         self.thinking = torch.ones(batch, dtype=torch.bool, device=device)  # [B] still in the latent phase
         self.used = torch.zeros(batch, dtype=torch.long, device=device)  # [B] latents fed
@@ -86,6 +92,7 @@ class LatentThenAnswer:
                 stop = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
             else:
                 z, extra = self.thought_map(hidden, view.t)  # [n, d]
+                z = self.perturbation.thought(z, rows, view.t)
                 stop = self.controller(view.t, hidden, z, extra, rows)
                 self.drawn[rows, view.t] = z.to(self.drawn.dtype)
                 if self.on_thought is not None:
@@ -107,6 +114,10 @@ class LatentThenAnswer:
             tokens[answer_at], logprobs[answer_at], finished[answer_at] = ids, lp, done
         return StepChoice(tokens, embeds, is_embed, logprobs, finished, forced)
 
+    def before_feed(self, rows: torch.Tensor, t: int) -> None:
+        """The engine's on_feed: a row still thinking after step t feeds thought t."""
+        self.perturbation.before_forward(rows, self.thinking[rows], t)
+
 
 @torch.no_grad()
 def latent_rollout(
@@ -121,14 +132,19 @@ def latent_rollout(
     stop_ids: list[int] | None = None,
     samples: int = 1,
     on_thought: ThoughtHook | None = None,
+    perturbation: LatentPerturbation | None = None,
 ) -> Rollout:
     """Roll out a batch of prompts (each already ending with <bot>); with `samples` > 1 each prompt's rows
-    (i x samples + s) share one prefill."""
-    prefix = prefill(lm, prompts, samples)
-    batch, device = prefix.hidden.shape[0], prefix.hidden.device
-    answer = TokenPolicy(batch, device, stop_ids or [lm.eos_id], max_new_tokens, sampling, seeds)
-    policy = LatentThenAnswer(lm, thought_map, controller, max_latents, answer, batch, on_thought)
-    trace = run_steps(lm, prefix, policy, max_latents + 1 + max_new_tokens, batch_size=batch)
+    (i x samples + s) share one prefill. `perturbation` acts on the latent steps only (its hooks, if any, are
+    attached for this call)."""
+    perturbation = perturbation or LatentPerturbation()
+    with perturbation.attached(lm):
+        prefix = prefill(lm, prompts, samples)
+        batch, device = prefix.hidden.shape[0], prefix.hidden.device
+        answer = TokenPolicy(batch, device, stop_ids or [lm.eos_id], max_new_tokens, sampling, seeds)
+        policy = LatentThenAnswer(lm, thought_map, controller, max_latents, answer, batch, on_thought, perturbation)
+        steps = max_latents + 1 + max_new_tokens
+        trace = run_steps(lm, prefix, policy, steps, batch_size=batch, on_feed=policy.before_feed)
     tokens, logprobs, lengths = trace.packed(TOKEN, lm.pad_id)
     n, r = int(policy.used.max()) if batch else 0, policy.slots
     inputs = policy.drawn[:, :n] * (torch.arange(n, device=device)[None] < policy.used[:, None])[..., None]

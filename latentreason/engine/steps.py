@@ -180,11 +180,14 @@ def run_steps(
     batch_size: int | None = None,
     stats: bool = False,
     keep_hidden: bool = False,
+    on_feed=None,
 ) -> Trace:
     """Run `policy` (an object with `step(view) -> StepChoice`) from `prefix` for at most `max_steps` steps.
 
     batch_size: the number of original rows B (default: the prefix's rows). stats: record the entropy and
-    top-1 token of every step (one LM-head call per step when the policy made none).
+    top-1 token of every step (one LM-head call per step when the policy made none). on_feed(rows [b], t):
+    called just before step t's inputs go through the model, with the original index of each row fed, in
+    batch order (for hooks inside the model that treat rows differently).
     """
     cache, mask, hidden, rows = prefix.cache, prefix.attention_mask, prefix.hidden, prefix.rows
     device = hidden.device
@@ -239,6 +242,8 @@ def run_steps(
         else:
             embeds = choice.embeds
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # [b, S+1]
+        if on_feed is not None:
+            on_feed(rows, t)
         hidden = _feed(lm, cache, mask, positions, step_tokens, embeds, is_embed)
         positions = positions + 1
     return Trace(kind, tokens, logprobs, entropy, top1, kept, state)

@@ -7,13 +7,13 @@ import torch
 
 from latentreason.data.problems import Problem
 from latentreason.decoding import DecodeContext, Decoder, decoder_from_args
-from latentreason.engine.sampling import Sampling, row_seeds
+from latentreason.engine.sampling import Sampling
 from latentreason.errors import ConfigError
 from latentreason.evaluation.prompting import PromptBuilder
-from latentreason.evaluation.solvers import Solution
+from latentreason.evaluation.solvers import SampledSolver, Solution, by_problem
 
 
-class ChatSolver:
+class ChatSolver(SampledSolver):
     """The model's reply to each question's chat prompt, `samples` replies per question.
 
     A reply's text is every step's token in order (a soft step shows its top-1 token), without the stop
@@ -34,10 +34,8 @@ class ChatSolver:
     ):
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens: a reply needs at least 1 token, got {max_new_tokens}")
-        if samples < 1:
-            raise ConfigError(f"num_samples: expected >= 1, got {samples}")
         self.lm, self.prompt, self.max_new_tokens = lm, prompt, max_new_tokens
-        self.sampling, self.samples, self.seed = sampling or Sampling(), samples, seed
+        self.configure(sampling, seed, samples)
         self.decoder = decoder or decoder_from_args("text")
         self.name = "chat" if self.decoder.name == "text" else self.decoder.name  # e.g. latentseek(oracle)
         self.stop_ids = prompt.stop_ids()  # read once: it renders the template
@@ -50,7 +48,7 @@ class ChatSolver:
             stop_ids=self.stop_ids,
             max_new_tokens=self.max_new_tokens,
             sampling=self.sampling.rows(rows, self.lm.device),
-            seeds=row_seeds(self.seed, [p.question for p in problems], self.samples),
+            seeds=self.row_seeds(problems),
             think_start=self.think_start,
             think_end=self.think_end,
             samples=self.samples,
@@ -70,7 +68,4 @@ class ChatSolver:
                 tokens = tokens[:-1]
             reply = self.lm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
             replies.append(Solution(reply, text[row] - int(ends), soft[row]))
-        per_problem = [replies[i * self.samples : (i + 1) * self.samples] for i in range(len(problems))]
-        if self.samples == 1:
-            return [s[0] for s in per_problem]
-        return [Solution(s[0].text, s[0].text_tokens, s[0].latent_tokens, samples=s) for s in per_problem]
+        return by_problem(replies, self.samples)

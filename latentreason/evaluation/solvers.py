@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from latentreason.data.problems import Problem
-from latentreason.engine.batch import left_pad
-from latentreason.engine.decode import decode
+from latentreason.engine.decode import decode_from
 from latentreason.engine.sampling import Sampling, row_seeds
+from latentreason.engine.steps import prefill
+from latentreason.errors import ConfigError
 from latentreason.layout import ANSWER_MARKER, encode_problem
 
 
@@ -27,28 +28,45 @@ def count_reasoning_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(reasoning.strip(), add_special_tokens=False)["input_ids"])
 
 
-class TextSolver:
-    """Greedy (or sampled) text generation from the question prompt, batched on one KV cache.
+def by_problem(solutions: list[Solution], samples: int) -> list[Solution]:
+    """One Solution per problem from rows i x samples + s: the first sample, holding all of them when several."""
+    if samples == 1:
+        return solutions
+    groups = [solutions[i : i + samples] for i in range(0, len(solutions), samples)]
+    return [Solution(g[0].text, g[0].text_tokens, g[0].latent_tokens, samples=g) for g in groups]
 
-    Sampled rows draw from seeds keyed by (seed, question): a problem's answer does not depend on its batch."""
+
+class SampledSolver:
+    """A solver whose answers may be sampled, `samples` per problem from one shared prefill, with row seeds keyed
+    by (seed, question, sample): a problem's samples do not depend on the batch they ran in."""
+
+    def configure(self, sampling: Sampling | None = None, seed: int = 0, samples: int = 1) -> None:
+        if samples < 1:
+            raise ConfigError(f"num_samples: expected >= 1, got {samples}")
+        self.sampling, self.seed, self.samples = sampling or Sampling(), seed, samples
+
+    def row_seeds(self, problems: list[Problem]):
+        return row_seeds(self.seed, [p.question for p in problems], self.samples)
+
+
+class TextSolver(SampledSolver):
+    """Greedy (or sampled) text generation from the question prompt, batched on one KV cache."""
 
     def __init__(self, lm, max_new_tokens: int = 64, name: str = "text", sampling: Sampling | None = None, seed=0):
         self.lm, self.max_new_tokens, self.name = lm, max_new_tokens, name
-        self.sampling, self.seed = sampling or Sampling(), seed
+        self.configure(sampling, seed)
 
     @torch.no_grad()
     def solve(self, problems: list[Problem]) -> list[Solution]:
         lm = self.lm
         prompts = [encode_problem(lm.tokenizer, p).prompt for p in problems]
-        batch = left_pad(prompts, lm.pad_id)
-        out = decode(
+        out = decode_from(
             lm,
-            batch["input_ids"].to(lm.device),
-            batch["attention_mask"].to(lm.device),
+            prefill(lm, prompts, self.samples),
             self.max_new_tokens,
             stop_ids=[lm.eos_id],
             sampling=self.sampling,
-            seeds=row_seeds(self.seed, [p.question for p in problems]),
+            seeds=self.row_seeds(problems),
         )
         texts = lm.tokenizer.batch_decode(out.tokens.cpu(), skip_special_tokens=True)
-        return [Solution(text, count_reasoning_tokens(lm.tokenizer, text)) for text in texts]
+        return by_problem([Solution(text, count_reasoning_tokens(lm.tokenizer, text)) for text in texts], self.samples)
