@@ -337,8 +337,11 @@ def sampling_from_flags(args):
 
 
 def latent_sampler_from_flags(args, plan: EvalPlan):
-    """The tts.LatentSampler of --latent-sampler/--latent-sampler-args (None without one), its values checked;
-    N samples that could only be identical are refused."""
+    """The tts.LatentSampler of --latent-sampler/--latent-sampler-args (None without one), completed with the
+    defaults of the method the model is evaluated with; N samples that could only be identical are refused."""
+    from latentreason.errors import ConfigError
+    from latentreason.methods.base import get_method
+    from latentreason.methods.sft import TextSFT
     from latentreason.tts import LATENT_SAMPLERS, latent_sampler_from_args
 
     if args.latent_sampler_args and not args.latent_sampler:
@@ -354,7 +357,22 @@ def latent_sampler_from_flags(args, plan: EvalPlan):
         known = ", ".join(sorted(LATENT_SAMPLERS))
         raise UserError(f"--latent-sampler: unknown sampler {args.latent_sampler!r}; expected one of {known}")
     settings = yaml_mapping(args.latent_sampler_args, "--latent-sampler-args")
-    return latent_sampler_from_args(args.latent_sampler, settings)
+    sampler = latent_sampler_from_args(args.latent_sampler, settings)
+    method = trained_method(args)
+    if issubclass(get_method(method), TextSFT):
+        raise UserError(f"--latent-sampler: {args.model} is evaluated with '{method}', which has no latent thoughts")
+    try:
+        return sampler.for_method(method)
+    except ConfigError as err:
+        raise UserError(f"--latent-sampler-args: {err}") from None
+
+
+def trained_method(args) -> str:
+    """The method a model trained here is evaluated with: --method, else the one it was trained with."""
+    from latentreason.model.latent_lm import META_FILE
+
+    saved = json.loads((Path(args.model) / META_FILE).read_text())
+    return args.method or saved.get("method") or "cot"
 
 
 def yaml_mapping(text: str | None, flag: str) -> dict:
@@ -428,7 +446,7 @@ def _solver(args, plan: EvalPlan, device: str | None):
 
 
 def trained_solver(model: str, lm, method, plan: EvalPlan):
-    """The method's solver with the plan's sampling; the plan's latent sampler gains the method's defaults."""
+    """The method's solver with the plan's sampling and latent sampler."""
     from latentreason.errors import ConfigError
     from latentreason.evaluation.latent_solver import LatentSolver
 
@@ -439,11 +457,9 @@ def trained_solver(model: str, lm, method, plan: EvalPlan):
     if not isinstance(solver, LatentSolver):
         raise UserError(f"--latent-sampler: {model} is evaluated with '{method.name}', which has no latent thoughts")
     try:
-        plan.latent_sampler = plan.latent_sampler.for_method(method.name)
         solver.configure(plan.sampling, plan.seed, plan.samples, plan.latent_sampler)
-    except ConfigError as err:
-        flag = "--latent-sampler" if str(err).startswith("latent sampler") else "--latent-sampler-args"
-        raise UserError(f"{flag}: {err}") from None
+    except ConfigError as err:  # a sampler this solver's rollout cannot apply
+        raise UserError(f"--latent-sampler: {err}") from None
     return solver
 
 
