@@ -671,13 +671,24 @@ def cmd_bench(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="latentreason bench", description="Speed and memory benchmarks.")
     parser.add_argument(
         "suite",
-        choices=("engine", "rl", "decode"),
+        choices=("engine", "rl", "decode", "tts"),
         help="engine: the latent training pass and rollout; rl: one GRPO step; decode: the step engine's "
-        "decoding against generate and each decoder against greedy decoding (SmolLM2)",
+        "decoding against generate and each decoder against greedy decoding (SmolLM2); tts: 16 latent "
+        "trajectories of one problem from one shared prefill against 16 separate solves",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="a tiny model and batch: checks the benchmark runs")
     args = parser.parse_args(argv)
+    if args.suite == "tts":
+        from latentreason.bench.tts import TTSBenchConfig, run_tts_bench
+        from latentreason.model.tiny import TinyModelSpec
+
+        tiny = TinyModelSpec(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+        run_tts_bench(
+            TTSBenchConfig(samples=4, model=tiny, latents=2, answer_tokens=3, repeats=1) if args.quick else None,
+            args.device,
+        )
+        return 0
     if args.suite == "decode":
         from latentreason.bench.decode import DecodeBenchConfig, run_decode_bench
 
