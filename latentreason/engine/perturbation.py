@@ -20,7 +20,7 @@ class LatentPerturbation:
         """The input fed as thought `slot` of the rows [n] in place of the thought map's z [n, d]."""
         return z
 
-    def before_forward(self, rows: torch.Tensor, latent: torch.Tensor, slot: int) -> None:  # noqa: B027
+    def before_forward(self, rows: torch.Tensor, latent: torch.Tensor, slot: int) -> None:
         """Called before each forward call of the rollout's steps: the rows [b] fed, in batch order, and which
         of them [b] bool feed thought `slot` (the others feed <eot> or an answer token)."""
 
