@@ -16,7 +16,6 @@ from latentreason.methods.codi import CODI, CODIConfig
 from latentreason.methods.pccot import PCCoT, PCCoTConfig
 from latentreason.tts import latent_sampler_from_args
 from latentreason.tts.dropout import LatentDropout
-from latentreason.tts.noise import ThoughtNoise
 from tests.helpers import EXACT, build_tiny_lm, chain_problems
 
 SAMPLERS = {"noise": {"sigma": 0.6}, "dropout": {"p": 0.2}}
@@ -277,7 +276,7 @@ def test_pccots_jacobi_noise_is_the_sequential_noise():
 # --- settings ----------------------------------------------------------------------------------------
 
 
-def test_method_defaults_are_latentttss_and_a_method_without_one_needs_sigma():
+def test_method_defaults_are_latenttts_values_and_a_method_without_one_needs_sigma():
     assert latent_sampler_from_args("noise").for_method("coconut").config.sigma == 0.6
     assert latent_sampler_from_args("noise").for_method("codi").config.sigma == 1.4
     assert latent_sampler_from_args("noise", {"sigma": 0.1}).for_method("codi").config.sigma == 0.1
@@ -304,7 +303,3 @@ def test_bad_sampler_settings_are_config_errors_naming_the_field(name, args, mes
     with pytest.raises(ConfigError) as err:
         latent_sampler_from_args(name, args)
     assert message in str(err.value)
-
-
-def test_the_noise_sampler_is_registered_under_its_name():
-    assert isinstance(sampler("noise").bind(torch.arange(2)), ThoughtNoise)

@@ -27,8 +27,8 @@ LATENT_SAMPLERS = Registry("latent sampler")
 register_latent_sampler = LATENT_SAMPLERS.register
 
 # LatentTTS's sigma: 0.6 for Coconut, 1.4 for CODI. SIM-CoT feeds Coconut's kind of thought (the last hidden
-# state as it is) and PCCoT CODI's (the projector's output), so they take those values. CoLaR, ATP-Latent and
-# Pause feed thoughts at the scale of the input embeddings, where no value has been published: give sigma.
+# state as it is) and PCCoT CODI's (the projector's output), so they take those values. CoLaR and Pause feed
+# embedding-sized thoughts, ATP-Latent a VAE latent pulled toward N(0, I): no value is published, give sigma.
 NOISE_SIGMA = {"coconut": 0.6, "simcot": 0.6, "codi": 1.4, "pccot": 1.4}
 DROPOUT_P = 0.2  # LatentTTS's value for Coconut; used for every method
 SCALES = ("absolute", "rms")
