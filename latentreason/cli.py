@@ -145,7 +145,7 @@ CHAT_FLAGS = (
 
 def cmd_eval(argv: list[str]) -> int:
     from latentreason.decoding import DECODERS
-    from latentreason.evaluation.report import markdown_table, write_report
+    from latentreason.evaluation.report import markdown_report, write_report
     from latentreason.model.pretrained import EXPECTED
 
     parser = argparse.ArgumentParser(
@@ -197,7 +197,10 @@ def cmd_eval(argv: list[str]) -> int:
     )
     chat.add_argument("--min-p", type=float, help="drop tokens below min-p x the most probable one (default 0)")
     chat.add_argument(
-        "--num-samples", type=int, help="replies per problem from one shared prefill; accuracy is their mean"
+        "--num-samples",
+        type=int,
+        help="replies per problem from one shared prefill; accuracy is their mean, and results.json adds pass@k, "
+        "coverage and majority-vote accuracy (docs/decoding.md)",
     )
     chat.add_argument("--seed", type=int, help="seed of the sampled replies, keyed per problem and sample (default 0)")
     chat.add_argument("--decoder", help="a training-free decoder: " + ", ".join(sorted(DECODERS)) + " (default: text)")
@@ -221,7 +224,7 @@ def cmd_eval(argv: list[str]) -> int:
         write_report([result], args.output_dir, {"model": str(args.model), **plan.record()})
         for finished in Path(args.output_dir).glob("progress*.jsonl"):  # predictions.jsonl now holds every record
             finished.unlink()
-        print(markdown_table([result]))
+        print(markdown_report([result]))
         print(f"wrote {Path(args.output_dir) / 'results.json'}")
     return 0
 
