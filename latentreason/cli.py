@@ -134,7 +134,7 @@ LATENT_FLAGS = ("latent_sampler", "latent_sampler_args")
 
 def cmd_eval(argv: list[str]) -> int:
     from latentreason.decoding import DECODERS
-    from latentreason.evaluation.report import markdown_table, write_report
+    from latentreason.evaluation.report import markdown_report, write_report
     from latentreason.model.pretrained import EXPECTED
     from latentreason.tts import LATENT_SAMPLERS
 
@@ -192,7 +192,10 @@ def cmd_eval(argv: list[str]) -> int:
     )
     sampling.add_argument("--min-p", type=float, help="drop tokens below min-p x the most probable one (default 0)")
     sampling.add_argument(
-        "--num-samples", type=int, help="replies per problem from one shared prefill; accuracy is their mean"
+        "--num-samples",
+        type=int,
+        help="replies per problem from one shared prefill; accuracy is their mean, and results.json adds pass@k, "
+        "coverage and majority-vote accuracy (docs/decoding.md)",
     )
     sampling.add_argument("--seed", type=int, help="seed of the samples, keyed per problem and sample (default 0)")
     sampling.add_argument(
@@ -229,7 +232,7 @@ def cmd_eval(argv: list[str]) -> int:
         write_report([result], args.output_dir, {"model": str(args.model), **plan.record()})
         for finished in Path(args.output_dir).glob("progress*.jsonl"):  # predictions.jsonl now holds every record
             finished.unlink()
-        print(markdown_table([result]))
+        print(markdown_report([result]))
         print(f"wrote {Path(args.output_dir) / 'results.json'}")
     return 0
 

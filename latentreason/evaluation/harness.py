@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from latentreason.data.answers import extract_answer, guess_kind, is_correct
 from latentreason.data.problems import Problem
 from latentreason.evaluation.journal import Journal
+from latentreason.evaluation.tts_metrics import Samples, ScalingCurve, scaling_curve, vote_key
 
 
 @dataclass
@@ -24,11 +25,14 @@ class EvalResult:
     latency_s: float  # mean wall time per problem (batch time / batch size)
     problems_per_s: float
     records: list[dict] = field(default_factory=list, repr=False)
+    scaling: ScalingCurve | None = field(default=None, repr=False)  # with several samples per problem
 
     def summary(self) -> dict:
+        """The results.json entry: every field but the records, and the scaling metrics when there are any."""
         out = asdict(self)
         out.pop("records")
-        return out
+        out.pop("scaling")
+        return out if self.scaling is None else {**out, **self.scaling.fields()}
 
 
 def answer_mode_for(reference: str, numeric_mode: str) -> str:
@@ -115,14 +119,14 @@ def _solve(solver, problems: list[Problem], batch_size: int, answer_mode: str, p
 
 
 def _scored(sol, problem: Problem, answer_mode: str) -> dict:
-    """One solution's record; with several samples, `correct` and the token counts are their means (an
-    estimate of pass@1) and each sample keeps its own record."""
+    """One solution's record (with its `score` when a scorer rated it); with several samples, `correct` and the
+    token counts are their means (an estimate of pass@1) and each sample keeps its own record."""
     if sol.samples:
         samples = [_scored(s, problem, answer_mode) for s in sol.samples]
         mean = {key: sum(s[key] for s in samples) / len(samples) for key in ("correct", "text_tokens", "latent_tokens")}
         return {**samples[0], **mean, "samples": samples}
     mode = answer_mode_for(problem.answer, answer_mode)
-    return {
+    record = {
         "reference": problem.answer,
         "generated": sol.text,
         "prediction": extract_answer(sol.text, mode),
@@ -130,6 +134,7 @@ def _scored(sol, problem: Problem, answer_mode: str) -> dict:
         "text_tokens": sol.text_tokens,
         "latent_tokens": sol.latent_tokens,
     }
+    return record if sol.score is None else {**record, "score": sol.score}
 
 
 def _summarize(method: str, benchmark: str, records: list[dict], solver_s: float, wall_s: float) -> EvalResult:
@@ -148,4 +153,23 @@ def _summarize(method: str, benchmark: str, records: list[dict], solver_s: float
         latency_s=solver_s / n,
         problems_per_s=n / wall_s if wall_s > 0 else float("inf"),
         records=records,
+        scaling=_scaling(records),
+    )
+
+
+def _scaling(records: list[dict]) -> ScalingCurve | None:
+    """The test-time scaling metrics when every problem has several samples (else None); best-of-N only when
+    every sample has a score."""
+    if not all(len(record.get("samples", ())) > 1 for record in records):
+        return None
+    return scaling_curve([_samples(record) for record in records])
+
+
+def _samples(record: dict) -> Samples:
+    kind = guess_kind(record["reference"])  # as `is_correct` reads the reference
+    scores = [sample.get("score") for sample in record["samples"]]
+    return Samples(
+        correct=[sample["correct"] for sample in record["samples"]],
+        votes=[vote_key(sample["prediction"], kind) for sample in record["samples"]],
+        scores=None if None in scores else scores,
     )

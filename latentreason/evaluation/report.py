@@ -1,4 +1,5 @@
-"""results.json, a markdown table and (with matplotlib) an accuracy-vs-reasoning-tokens plot."""
+"""results.json, markdown tables and (with matplotlib) an accuracy-vs-reasoning-tokens plot; with several
+samples per problem, also the test-time scaling table and an accuracy-vs-samples plot."""
 
 from __future__ import annotations
 
@@ -29,6 +30,29 @@ def markdown_table(results: list[EvalResult]) -> str:
     return markdown_grid([title for _, title, _ in COLUMNS], rows)
 
 
+def scaling_table(results: list[EvalResult]) -> str:
+    """Accuracy of each aggregator as the samples per problem grow, one row per result and N."""
+    rows = []
+    for res in results:
+        curve = res.scaling
+        if curve is None:
+            continue
+        best = curve.best_of_n or [None] * len(curve.sizes)
+        for n, passed, voted, chosen in zip(curve.sizes, curve.pass_at_n, curve.majority_vote, best):
+            cells = [res.method, res.benchmark, str(n), f"{passed:.1%}", f"{voted:.1%}"]
+            rows.append(cells + ["-" if chosen is None else f"{chosen:.1%}"])
+    head = ["method", "benchmark", "samples N", "pass@N", "majority vote", "best-of-N"]
+    return markdown_grid(head, rows)
+
+
+def markdown_report(results: list[EvalResult]) -> str:
+    """results.md: the main table and, when any result has several samples per problem, the scaling table."""
+    if all(res.scaling is None for res in results):
+        return markdown_table(results)
+    note = "Accuracy with N samples per problem (the mean over N-subsets; pass@N at the largest N is the coverage)."
+    return f"{markdown_table(results)}\n\n{note}\n\n{scaling_table(results)}"
+
+
 def markdown_grid(head: list[str], rows: list[list[str]]) -> str:
     """A markdown table: the header, its rule, then one line per row of cells."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -37,18 +61,23 @@ def markdown_grid(head: list[str], rows: list[list[str]]) -> str:
 
 
 def write_report(results: list[EvalResult], output_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:
-    """Write results.json, results.md, predictions.jsonl and, when possible, accuracy_vs_tokens.png."""
+    """Write results.json, results.md, predictions.jsonl and, when possible, accuracy_vs_tokens.png (and
+    accuracy_vs_samples.png when problems have several samples)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"results": [r.summary() for r in results], **(extra or {})}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "predictions": out / "predictions.jsonl"}
     atomic_write_text(paths["json"], json.dumps(payload, indent=2))
-    atomic_write_text(paths["markdown"], markdown_table(results) + "\n")
+    atomic_write_text(paths["markdown"], markdown_report(results) + "\n")
     lines = [json.dumps({"method": r.method, "benchmark": r.benchmark, **rec}) for r in results for rec in r.records]
     atomic_write_text(paths["predictions"], "\n".join(lines) + "\n")
     plot = plot_accuracy_vs_tokens(results, out / "accuracy_vs_tokens.png")
     if plot:
         paths["plot"] = plot
+    if any(res.scaling is not None for res in results):
+        samples_plot = plot_accuracy_vs_samples(results, out / "accuracy_vs_samples.png")
+        if samples_plot:
+            paths["samples_plot"] = samples_plot
     return paths
 
 
@@ -66,6 +95,30 @@ def plot_accuracy_vs_tokens(results: list[EvalResult], path: Path) -> Path | Non
     ax.set_xlim(-0.05 * most - 0.5, 1.1 * most + 0.5)
     title = benchmarks[0] if len(benchmarks) == 1 else None
     finish_accuracy_axes(ax, "mean reasoning tokens per problem (text + latent)", "accuracy (%)", title)
+    return save_figure(fig, path)
+
+
+def plot_accuracy_vs_samples(results: list[EvalResult], path: Path) -> Path | None:
+    """Accuracy against samples per problem (log2 axis), one line per aggregator and result; None without
+    matplotlib."""
+    plt = load_pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    scaled = [res for res in results if res.scaling is not None]
+    benchmarks = sorted({r.benchmark for r in scaled})
+    for res in scaled:
+        curve = res.scaling
+        lines = {"pass@N": curve.pass_at_n, "majority vote": curve.majority_vote, "best-of-N": curve.best_of_n}
+        name = res.method if len(benchmarks) == 1 else f"{res.method} ({res.benchmark})"
+        for aggregator, values in lines.items():
+            if values is not None:
+                ax.plot(curve.sizes, [100 * v for v in values], marker="o", label=f"{name}: {aggregator}")
+    ax.set_xscale("log", base=2)
+    sizes = sorted({n for res in scaled for n in res.scaling.sizes})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    title = benchmarks[0] if len(benchmarks) == 1 else None
+    finish_accuracy_axes(ax, "samples per problem N", "accuracy (%)", title)
     return save_figure(fig, path)
 
 

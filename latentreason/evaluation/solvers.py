@@ -20,6 +20,7 @@ class Solution:
     text_tokens: int  # generated tokens before the answer marker (explicit reasoning)
     latent_tokens: int = 0  # continuous thoughts used
     samples: list[Solution] | None = None  # every sampled reply to the problem (the first is the one above)
+    score: float | None = None  # a scorer's rating of this reply, for best-of-N
 
 
 def count_reasoning_tokens(tokenizer, text: str) -> int:
