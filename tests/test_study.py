@@ -170,3 +170,19 @@ def test_report_only_writes_what_is_finished_and_refuses_when_nothing_is(tmp_pat
     study = load_study(str(chain_study(tmp_path)))
     with pytest.raises(UserError, match="no finished runs"):
         run_study(study, tmp_path / "out", "chains", tmp_path / "reports", train=False)
+
+
+def test_a_second_invocation_on_a_running_study_is_refused(tmp_path):
+    import fcntl
+    import os
+
+    study = load_study(str(chain_study(tmp_path)))
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / "study.lock").open("a+") as held:  # as the first invocation holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(str(os.getpid()))
+        held.flush()
+        with pytest.raises(UserError, match=f"another `latentreason study` is running on it \\(pid {os.getpid()}\\)"):
+            run_study(study, out, "chains", tmp_path / "reports")
+    assert not (out / "runs").exists()  # nothing started

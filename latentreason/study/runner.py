@@ -8,9 +8,11 @@ which seeds are missing.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -91,42 +93,23 @@ def run_study(
     `threads`: per run (default: the cores shared among the `jobs` runs)."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
-    began = time.time()
-    runs = select(plan_runs(study, output_dir, data_dir, launcher), tasks, rows)
-    check_unchanged(runs)
-    finished = {run.key for run in runs if (Path(run.dir) / RECORD).is_file()}
-    pending = [run for run in runs if run.key not in finished]
     if threads is not None and threads < 1:
         raise UserError(f"--threads: must be at least 1, got {threads}")
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    print(
-        f"study {report_name}: {len(runs)} runs ({len(study.tasks)} tasks x {len(study.rows)} rows x "
-        f"{len(study.seeds)} seeds{', a selection' if tasks or rows else ''}); {len(finished)} finished earlier and "
-        f"reused, {len(pending)} to run, {jobs} at a time with {threads} thread(s) each; logs in {output_dir / 'logs'}"
-    )
-    if train and pending:
-        for run in pending:
-            run.save()
-        work = [
-            Job(
-                name=run.key,
-                command=run.argv(),
-                start=None if run.start in finished else run.start,
-                seconds=float(run.steps),
-                total_steps=run.steps,
-                log=Path(run.dir) / "log.jsonl",
-                output=output_dir / "logs" / f"{run.key.replace('/', '__')}.txt",
+    began = time.time()
+    runs = select(plan_runs(study, output_dir, data_dir, launcher), tasks, rows)
+    check_unchanged(runs)
+    if train:
+        with exclusive(output_dir):
+            finished = {run.key for run in runs if (Path(run.dir) / RECORD).is_file()}
+            pending = [run for run in runs if run.key not in finished]
+            print(
+                f"study {report_name}: {len(runs)} runs ({len(study.tasks)} tasks x {len(study.rows)} rows x "
+                f"{len(study.seeds)} seeds{', a selection' if tasks or rows else ''}); {len(finished)} finished "
+                f"earlier and reused, {len(pending)} to run, {jobs} at a time with {threads} thread(s) each; logs in "
+                f"{output_dir / 'logs'}"
             )
-            for run in pending
-        ]
-        run_jobs(work, jobs, threads)
-    records = [
-        RunRecord.from_json((Path(run.dir) / RECORD).read_text(encoding="utf-8"), str(Path(run.dir) / RECORD))
-        for run in runs
-        if (Path(run.dir) / RECORD).is_file()
-    ]
-    if not records:
-        raise UserError(f"study {report_name}: no finished runs in {output_dir} to report")
+            run_pending(pending, finished, output_dir, jobs, threads)
     meta = {
         "study": asdict(study),
         "output_dir": str(output_dir),
@@ -137,6 +120,57 @@ def run_study(
         "eval_commands": {run.key: run.command("eval") for run in runs},
         **study_environment(),
     }
+    return report(study, runs, output_dir, report_name, report_dir, meta)
+
+
+@contextmanager
+def exclusive(output_dir: Path):
+    """Hold output_dir/study.lock while runs start: two invocations would start the same runs twice."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with (output_dir / "study.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "unknown"
+            raise UserError(f"{output_dir}: another `latentreason study` is running on it (pid {owner})") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+def run_pending(pending: list[Run], finished: set[str], output_dir: Path, jobs: int, threads: int) -> None:
+    for run in pending:
+        run.save()
+    work = [
+        Job(
+            name=run.key,
+            command=run.argv(),
+            start=None if run.start in finished else run.start,
+            seconds=float(run.steps),
+            total_steps=run.steps,
+            log=Path(run.dir) / "log.jsonl",
+            output=output_dir / "logs" / f"{run.key.replace('/', '__')}.txt",
+        )
+        for run in pending
+    ]
+    if work:
+        run_jobs(work, jobs, threads)
+
+
+def report(
+    study: StudyConfig, runs: list[Run], output_dir: Path, report_name: str, report_dir: Path, meta: dict
+) -> dict[str, Path]:
+    """The report of every finished run among `runs`."""
+    records = [
+        RunRecord.from_json((Path(run.dir) / RECORD).read_text(encoding="utf-8"), str(Path(run.dir) / RECORD))
+        for run in runs
+        if (Path(run.dir) / RECORD).is_file()
+    ]
+    if not records:
+        raise UserError(f"study {report_name}: no finished runs in {output_dir} to report")
     published = {task: {row: tuple(v) for row, v in rows_.items()} for task, rows_ in study.published.items()}
     expected = [(run.task, run.row, run.seed) for run in runs]
     preface = question_and_answer(study, report_dir / f"{report_name}.answer.md")
