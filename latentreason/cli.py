@@ -593,21 +593,12 @@ def cmd_demo(argv: list[str]) -> int:
         "--jobs", type=int, default=2, help="rows trained at the same time, each with cores/jobs threads (default 2)"
     )
     args = parser.parse_args(argv)
+    from latentreason.config import seed_list
+
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
     seeds = seed_list(args.seed) if args.seed else None
     run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite, rows=rows, seeds=seeds, jobs=args.jobs)
     return 0
-
-
-def seed_list(text: str, flag: str = "--seed") -> list[int]:
-    """'42,1,2' -> [42, 1, 2]; anything else is a user mistake named in one line."""
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise UserError(f"{flag}: expected whole numbers separated by commas, got {text!r}") from None
-    if len(set(seeds)) < len(seeds):
-        raise UserError(f"{flag}: {text!r} repeats a seed")
-    return seeds
 
 
 def cmd_study(argv: list[str]) -> int:

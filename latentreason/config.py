@@ -145,3 +145,14 @@ def load_config(cls, config_path: str | Path | None, overrides: dict[str, Any]):
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+def seed_list(text: str, flag: str = "--seed") -> list[int]:
+    """'42,1,2' -> [42, 1, 2]; anything else is a user mistake named in one line."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected whole numbers separated by commas, got {text!r}") from None
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"{flag}: {text!r} repeats a seed")
+    return seeds

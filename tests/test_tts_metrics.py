@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from latentreason.data.problems import Problem
+from latentreason.data.votes import best_scored, vote_key, voted_index
 from latentreason.evaluation import harness
 from latentreason.evaluation.harness import evaluate, evaluate_sharded
 from latentreason.evaluation.report import write_report
@@ -20,14 +21,11 @@ from latentreason.evaluation.solvers import Solution
 from latentreason.evaluation.tts_metrics import (
     Samples,
     best_of_n_correct,
-    best_scored,
     coverage,
     majority_vote_correct,
     pass_at_k,
     sample_sizes,
     scaling_curve,
-    vote_key,
-    voted_index,
 )
 
 # --- pass@k ------------------------------------------------------------------------------------------------

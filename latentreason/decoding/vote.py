@@ -1,12 +1,12 @@
 """Choosing one reply among a problem's candidates: majority vote over their final answers, or the best score.
 
-The vote and tie rules are the evaluation's (`evaluation/tts_metrics.py`), so a decoder's choice and the
-harness's majority-vote accuracy agree."""
+The vote and tie rules are `data/votes.py`'s, the harness's too, so a decoder's choice and the harness's
+majority-vote accuracy agree."""
 
 from __future__ import annotations
 
 from latentreason.data.answers import extract_answer
-from latentreason.evaluation.tts_metrics import best_scored, vote_key, voted_index
+from latentreason.data.votes import best_scored, vote_key, voted_index
 
 __all__ = ["answer_key", "best_scored", "majority_vote"]
 

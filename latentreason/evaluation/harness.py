@@ -9,8 +9,9 @@ from tqdm.auto import tqdm
 
 from latentreason.data.answers import extract_answer, guess_kind, is_correct
 from latentreason.data.problems import Problem
+from latentreason.data.votes import vote_key
 from latentreason.evaluation.journal import Journal
-from latentreason.evaluation.tts_metrics import Samples, ScalingCurve, scaling_curve, vote_key
+from latentreason.evaluation.tts_metrics import Samples, ScalingCurve, scaling_curve
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Test-time scaling metrics over the N sampled replies to each problem: pass@k, coverage, majority vote and
 best-of-N, each also as N grows (`scaling_curve`).
 
-The rules, shared with `decoding/vote.py` (which picks one reply by the same vote):
+The rules (`data/votes.py`, shared with `decoding/vote.py`, which picks one reply by the same vote):
 
 - A sample votes with its extracted prediction in canonical form (`vote_key`). For a numeric reference, a
   prediction that is a plain number votes with every prediction of the same value ("18" = "18.0" = "$18",
@@ -20,11 +20,10 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from latentreason.data.answers import KINDS, normalize_number, normalize_text
+from latentreason.data.votes import best_scored, voted_index
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -49,30 +48,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def coverage(correct: Sequence[bool]) -> bool:
     """Whether any sample is correct (pass@N with all N samples)."""
     return any(correct)
-
-
-def vote_key(prediction: str | None, kind: str) -> str | None:
-    """What `prediction` votes for, for a reference of `kind` ("number" or "text"); None: it does not vote."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown answer kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if prediction is None or not prediction.strip():
-        return None
-    number = normalize_number(prediction) if kind == "number" else None
-    return number if number is not None else normalize_text(prediction)
-
-
-def voted_index(votes: Sequence[str | None]) -> int | None:
-    """The index of the first sample holding the most common vote; None when no sample votes."""
-    counts = Counter(vote for vote in votes if vote is not None)
-    if not counts:
-        return None
-    top = max(counts.values())
-    return next(i for i, vote in enumerate(votes) if vote is not None and counts[vote] == top)
-
-
-def best_scored(scores: Sequence[float]) -> int:
-    """The index of the highest score (the first one on ties)."""
-    return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
 def majority_vote_correct(votes: Sequence[str | None], correct: Sequence[bool]) -> bool:

@@ -47,7 +47,7 @@ def cmd_study(argv: list[str]) -> int:
     profile = "quick" if args.quick else "full" if args.full else None
     study = load_study(args.config, profile)
     if args.seeds:
-        from latentreason.cli import seed_list
+        from latentreason.config import seed_list
 
         study.seeds = seed_list(args.seeds, "--seeds")
     name = study.name + (f"-{profile}" if profile else "")

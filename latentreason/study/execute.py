@@ -2,9 +2,10 @@
 
     python -m latentreason.study.execute <run dir>/run.json
 
-Each step runs the exact `latentreason` command the plan wrote (through the CLI's own entry point)
-and is skipped when its output is already complete, so re-running a killed run finishes it. The
-result goes to record.json (a RunRecord) last, written atomically: its presence marks a finished run.
+Each step runs the exact `latentreason` command the plan wrote, as its own process (through the
+run's launcher for training on several devices), and is skipped when its output is already complete,
+so re-running a killed run finishes it. The result goes to record.json (a RunRecord) last, written
+atomically: its presence marks a finished run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-from latentreason import cli
 from latentreason.evaluation.report import atomic_write_text
 from latentreason.study.card import write_model_card
 from latentreason.study.plan import Run
@@ -33,10 +33,9 @@ def execute(run: Run) -> RunRecord:
         if done.exists():
             continue
         began = time.perf_counter()
-        if step == "train" and run.launcher:  # several processes: the launcher starts them
-            code = subprocess.run([*run.launcher, "-m", "latentreason.cli", *run.train], check=False).returncode
-        else:
-            code = cli.main(run.train if step == "train" else run.eval)
+        launcher = run.launcher if step == "train" and run.launcher else (sys.executable,)
+        argv = run.train if step == "train" else run.eval
+        code = subprocess.run([*launcher, "-m", "latentreason.cli", *argv], check=False).returncode
         if code:
             raise SystemExit(f"{run.key}: `{run.command(step)}` failed with exit status {code}")
         seconds[step] = time.perf_counter() - began  # the sitting that finished it (a resumed one: its last)
