@@ -63,9 +63,11 @@ class LatentSolver(SampledSolver):
             return None
         return self.latent_sampler.bind(seeds if seeds is not None else torch.arange(rows))
 
-    def rollout(self, prompts: list[list[int]], seeds=None):
-        """The rollout of `prompts`, `samples` rows each (i x samples + s); seeds: [rows] row seeds for the
-        sampled thoughts and answers (default: the row index)."""
+    def rollout(self, prompts: list[list[int]], seeds=None, samples: int | None = None, perturbation=None):
+        """The rollout of `prompts`, `samples` rows each (i x samples + s; default the configured number); seeds:
+        [rows] row seeds for the sampled thoughts and answers (default: the row index); `perturbation` in place
+        of the configured sampler's."""
+        samples = samples or self.samples
         return latent_rollout(
             self.lm,
             prompts,
@@ -75,8 +77,8 @@ class LatentSolver(SampledSolver):
             self.max_new_tokens,
             sampling=self.sampling,
             seeds=seeds,
-            samples=self.samples,
-            perturbation=self.perturbation(len(prompts) * self.samples, seeds),
+            samples=samples,
+            perturbation=perturbation or self.perturbation(len(prompts) * samples, seeds),
         )
 
 
