@@ -179,3 +179,19 @@ def test_a_model_without_the_score_head_is_not_a_reward_model(tmp_path):
     build_tiny_lm().save_pretrained(tmp_path / "plain")
     with pytest.raises(UserError, match="not a latent reward model"):
         LatentRM.from_pretrained(tmp_path / "plain")
+
+
+def test_a_solver_with_a_reward_model_scores_each_sample_by_its_final_step():
+    lm, problems = lm64(), chain_problems(2, seed=5)
+    rm = LatentRM(build_tiny_lm(dtype=torch.float64))
+    run = solver(lm)
+    run.configure(samples=3, latent_sampler=noise())
+    run.reward_model = rm
+    solutions = run.solve(problems)
+    out = run.rollout(run.prompts(problems), run.row_seeds(problems))
+    rows = [prompt for prompt in run.prompts(problems) for _ in range(3)]
+    with torch.no_grad():
+        expected = rm.final_scores(rows, out.latent_inputs, out.num_latents).view(2, 3)
+    got = torch.tensor([[s.score for s in solution.samples] for solution in solutions], dtype=expected.dtype)
+    torch.testing.assert_close(got, expected, **EXACT)
+    assert len(set(got.flatten().tolist())) == 6

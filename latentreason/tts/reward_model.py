@@ -55,6 +55,14 @@ class LatentRM:
         last = (num_latents.to(scores.device) - 1).clamp(min=0)
         return scores.gather(1, last[:, None]).squeeze(1) * (num_latents.to(scores.device) > 0)
 
+    def check_fits(self, policy: LatentLM, directory: str | Path) -> None:
+        """The RM at `directory` reads `policy`'s prompts and thoughts: same vocabulary, same thought width."""
+        if self.lm.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
+            raise UserError(f"{directory}: the reward model's tokenizer differs from the evaluated model's")
+        width, thought = self.lm.embed.weight.shape[1], policy.embed.weight.shape[1]
+        if width != thought:
+            raise UserError(f"{directory}: the reward model reads thoughts of width {width}, the model feeds {thought}")
+
     def save_pretrained(self, directory: str | Path) -> None:
         self.lm.save_pretrained(directory)
 
