@@ -49,6 +49,29 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+# --- train-rm ----------------------------------------------------------------------------------
+def cmd_train_rm(argv: list[str]) -> int:
+    from latentreason.config import add_config_flags, load_config
+    from latentreason.training.processes import say
+    from latentreason.tts.rm_config import RMConfig
+    from latentreason.tts.rm_run import run_train_rm
+
+    parser = argparse.ArgumentParser(
+        prog="latentreason train-rm",
+        description="Train LatentRM, a step-level reward model over a latent model's sampled trajectories.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="YAML recipe (a path or a shipped recipe name)")
+    add_config_flags(parser, RMConfig)
+    args = vars(parser.parse_args(argv))
+    config = load_config(RMConfig, resolve_config_path(args.pop("config", None)), args)
+    result = run_train_rm(config)
+    say(f"final reward model: {result.final_dir}; best by held-out recall@1: {result.final_dir.parent / 'best'}")
+    if result.eval is not None:
+        say(f"held-out recall@1: {result.eval.recall_at_1:.1%} on {result.eval.n} questions")
+    return 0
+
+
 # --- rl ----------------------------------------------------------------------------------------
 def cmd_rl(argv: list[str]) -> int:
     from latentreason.config import add_config_flags, load_config
@@ -635,9 +658,10 @@ def cmd_study(argv: list[str]) -> int:
 
 
 USAGE = (
-    "usage: latentreason {train,rl,eval,demo,study,data,inspect,bench} [--debug] ...\n"
+    "usage: latentreason {train,rl,train-rm,eval,demo,study,data,inspect,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
     "  rl     GRPO over latent plans from an ATP-Latent or CoLaR SFT model (--config atp-rl-tiny, ...)\n"
+    "  train-rm  train LatentRM, a step-level reward model over a latent model's trajectories (best-of-N)\n"
     "  eval   evaluate a trained or pretrained model (smollm2, a directory, a hub id) on a benchmark or file\n"
     "  demo   the embedded default job: train and compare methods on a generated task\n"
     "  study  a grid of tasks x methods x seeds, resumable, with a report (--config coconut-tasks)\n"
@@ -747,6 +771,7 @@ def cmd_bench(argv: list[str]) -> int:
 COMMANDS = {
     "train": cmd_train,
     "rl": cmd_rl,
+    "train-rm": cmd_train_rm,
     "eval": cmd_eval,
     "data": cmd_data,
     "demo": cmd_demo,

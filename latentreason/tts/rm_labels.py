@@ -20,6 +20,7 @@ from latentreason.data.answers import is_correct
 from latentreason.data.problems import Problem
 from latentreason.engine.sampling import row_seeds
 from latentreason.errors import ConfigError
+from latentreason.evaluation.harness import answer_mode_for
 from latentreason.evaluation.latent_solver import JacobiSolver
 from latentreason.tts.prefix_replay import PrefixReplay
 from latentreason.tts.samplers import LatentSampler
@@ -27,8 +28,13 @@ from latentreason.tts.samplers import LatentSampler
 Judge = Callable[[Problem, str], bool]  # (problem, generated text) -> is the answer right
 
 
-def answer_is_correct(problem: Problem, text: str) -> bool:
-    return is_correct(text, problem.answer)
+def answer_judge(answer_mode: str = "strict") -> Judge:
+    """Judges an answer as `latentreason eval` does with this --answer-mode."""
+
+    def judge(problem: Problem, text: str) -> bool:
+        return is_correct(text, problem.answer, mode=answer_mode_for(problem.answer, answer_mode))
+
+    return judge
 
 
 @dataclass
@@ -61,13 +67,13 @@ class QuestionLabels:
 
 
 def label_questions(
-    solver, problems: list[Problem], sampler: LatentSampler, config: RMLabelConfig, judge: Judge = answer_is_correct
+    solver, problems: list[Problem], sampler: LatentSampler, config: RMLabelConfig, judge: Judge | None = None
 ) -> tuple[list[QuestionLabels], int]:
     """(labels of the kept questions, number dropped). `solver`: a LatentSolver whose thoughts are fed one by
     one (its model, thought map, controller, limits and answer sampling; not a JacobiSolver)."""
     if isinstance(solver, JacobiSolver):
         raise ConfigError(f"{solver.name}: LatentRM labels need thoughts fed one by one, not Jacobi iterations")
-    k = config.trajectories
+    k, judge = config.trajectories, judge or answer_judge()
     prompts = solver.prompts(problems)
     seeds = row_seeds(config.seed, [p.question for p in problems], k)  # [Q x K]
     out = solver.rollout(prompts, seeds, k, sampler.bind(seeds))
