@@ -123,6 +123,23 @@ def test_labels_keep_mixed_questions_and_value_full_prefixes_by_the_trajectory_i
         assert torch.equal(labels.values * 3, (labels.values * 3).round())  # shares of 3 continuations
 
 
+def test_labels_do_not_depend_on_the_batch_their_questions_ran_in():
+    run, problems, config = solver(lm64()), chain_problems(4, seed=5), RMLabelConfig(trajectories=3, continuations=2)
+
+    def judge(problem, text):
+        return sum(map(ord, text)) % 3 == 0
+
+    together, _ = label_questions(run, problems, noise(), config, judge, batch_size=4)
+    one_by_one, _ = label_questions(run, problems, noise(), config, judge, batch_size=1)
+    assert together and [q.correct for q in together] == [q.correct for q in one_by_one]
+    for a, b in zip(together, one_by_one):
+        torch.testing.assert_close(a.values, b.values)
+        torch.testing.assert_close(a.latents, b.latents, **EXACT)
+    verdicts, _ = label_questions(run, problems, noise(), config, judge, with_values=False)
+    assert [q.correct for q in verdicts] == [q.correct for q in together]
+    assert all(q.values.abs().sum() == 0 for q in verdicts)
+
+
 def test_questions_all_right_or_all_wrong_are_dropped():
     run, problems, config = solver(lm64()), chain_problems(3, seed=5), RMLabelConfig(trajectories=2, continuations=1)
     for verdict in (True, False):

@@ -67,27 +67,42 @@ class QuestionLabels:
 
 
 def label_questions(
-    solver, problems: list[Problem], sampler: LatentSampler, config: RMLabelConfig, judge: Judge | None = None
+    solver,
+    problems: list[Problem],
+    sampler: LatentSampler,
+    config: RMLabelConfig,
+    judge: Judge | None = None,
+    batch_size: int = 64,
+    with_values: bool = True,
 ) -> tuple[list[QuestionLabels], int]:
     """(labels of the kept questions, number dropped). `solver`: a LatentSolver whose thoughts are fed one by
-    one (its model, thought map, controller, limits and answer sampling; not a JacobiSolver)."""
+    one (its model, thought map, controller, limits and answer sampling; not a JacobiSolver). Trajectories are
+    sampled for `batch_size` questions at a time. `with_values` False leaves the values at zero (recall@1 on
+    held-out questions needs only each trajectory's verdict)."""
     if isinstance(solver, JacobiSolver):
         raise ConfigError(f"{solver.name}: LatentRM labels need thoughts fed one by one, not Jacobi iterations")
+    if batch_size < 1:
+        raise ValueError(f"label_questions: batch_size must be at least 1, got {batch_size}")
     k, judge = config.trajectories, judge or answer_judge()
-    prompts = solver.prompts(problems)
-    seeds = row_seeds(config.seed, [p.question for p in problems], k)  # [Q x K]
-    out = solver.rollout(prompts, seeds, k, sampler.bind(seeds))
-    texts = solver.lm.tokenizer.batch_decode(out.tokens.cpu(), skip_special_tokens=True)
     kept, dropped = [], 0
-    for q, problem in enumerate(problems):
-        rows = slice(q * k, (q + 1) * k)
-        correct = [judge(problem, text) for text in texts[rows]]
-        if all(correct) or not any(correct):
-            dropped += 1
-            continue
-        latents, counts = out.latent_inputs[rows].cpu(), out.num_latents[rows].cpu()
-        values = _prefix_values(solver, problem, prompts[q], seeds[rows], counts, sampler, config, judge)
-        kept.append(QuestionLabels(prompts[q], latents, counts, values, correct))
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        prompts = solver.prompts(chunk)
+        seeds = row_seeds(config.seed, [p.question for p in chunk], k)  # [Q x K]
+        out = solver.rollout(prompts, seeds, k, sampler.bind(seeds))
+        texts = solver.lm.tokenizer.batch_decode(out.tokens.cpu(), skip_special_tokens=True)
+        for q, problem in enumerate(chunk):
+            rows = slice(q * k, (q + 1) * k)
+            correct = [judge(problem, text) for text in texts[rows]]
+            if all(correct) or not any(correct):
+                dropped += 1
+                continue
+            latents, counts = out.latent_inputs[rows].cpu(), out.num_latents[rows].cpu()
+            values = torch.zeros(k, int(counts.max()))
+            if with_values:
+                values = _prefix_values(solver, problem, prompts[q], seeds[rows], counts, sampler, config, judge)
+            # The batch's widest trajectory may be another question's: keep this question's own width.
+            kept.append(QuestionLabels(prompts[q], latents[:, : values.shape[1]], counts, values, correct))
     return kept, dropped
 
 

@@ -36,8 +36,9 @@ def run_train_rm(config: RMConfig, progress: bool = True) -> TrainResult:
     train, held_out = load_train_and_held_out(config)
     labels, judge = config.label_config(), answer_judge(config.answer_mode)
     with torch.no_grad():
-        train_labels, dropped = label_questions(solver, train, sampler, labels, judge)
-        held_out_labels, held_out_dropped = label_questions(solver, held_out, sampler, labels, judge)
+        batch = config.eval_batch_size
+        train_labels, dropped = label_questions(solver, train, sampler, labels, judge, batch)
+        held_out_labels, held_out_dropped = label_questions(solver, held_out, sampler, labels, judge, batch, False)
     say(
         f"labelled {len(train_labels)} training and {len(held_out_labels)} held-out questions; dropped {dropped} and "
         f"{held_out_dropped} whose {labels.trajectories} trajectories were all right or all wrong"
