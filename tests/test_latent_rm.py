@@ -12,6 +12,7 @@ from latentreason.errors import ConfigError, UserError
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.model.latent_lm import LatentLM
 from latentreason.tts import latent_sampler_from_args
+from latentreason.tts.beam import rm_beam_search
 from latentreason.tts.prefix_replay import PrefixReplay
 from latentreason.tts.reward_model import LatentRM
 from latentreason.tts.rm_labels import RMLabelConfig, label_questions
@@ -212,3 +213,53 @@ def test_a_solver_with_a_reward_model_scores_each_sample_by_its_final_step():
     got = torch.tensor([[s.score for s in solution.samples] for solution in solutions], dtype=expected.dtype)
     torch.testing.assert_close(got, expected, **EXACT)
     assert len(set(got.flatten().tolist())) == 6
+
+
+# --- beam search -----------------------------------------------------------------------------------
+
+
+def greedy_by_rm(lm, rm, prompt, sampler, seeds, steps):
+    """Without a cache: at each step, each of the seeds' candidates adds one thought to the chosen prefix, read
+    by a full forward of prompt + prefix; the RM's top candidate is kept. -> the chosen thoughts [steps, d]."""
+    chosen = torch.zeros(0, lm.embed.weight.shape[1], dtype=torch.float64)
+    perturbation = sampler.bind(seeds)
+    rows = torch.arange(len(seeds))
+    for slot in range(steps):
+        embeds = torch.cat([lm.embed(torch.tensor(prompt)), chosen])[None]
+        hidden = lm.backbone(inputs_embeds=embeds).last_hidden_state[0, -1]
+        z = perturbation.thought(hidden.expand(len(seeds), -1).clone(), rows, slot)  # identity thought map
+        candidates = torch.cat([chosen.expand(len(seeds), -1, -1), z[:, None]], 1)
+        counts = torch.full((len(seeds),), slot + 1)
+        scores = rm.final_scores([prompt] * len(seeds), candidates, counts).tolist()
+        chosen = candidates[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+    return chosen
+
+
+def test_a_beam_of_width_1_is_greedy_by_the_reward_model():
+    lm, problems = lm64(), chain_problems(2, seed=5)
+    rm = LatentRM(build_tiny_lm(dtype=torch.float64, seed=3))
+    run, sampler = solver(lm), noise()
+    with torch.no_grad():
+        solutions = rm_beam_search(run, rm, problems, sampler, width=1, expansions=4, seed=1)
+        seeds = row_seeds(1, [p.question for p in problems], 4).view(2, 4)
+        for q, prompt in enumerate(run.prompts(problems)):
+            chosen = greedy_by_rm(lm, rm, prompt, sampler, seeds[q], LATENTS)
+
+            def replay(hidden, slot, chosen=chosen):
+                return chosen[slot].expand(hidden.shape[0], -1), None
+
+            expected = latent_rollout(lm, [prompt], replay, fixed_latents(LATENTS), LATENTS, 6)
+            text = lm.tokenizer.decode(expected.tokens[0], skip_special_tokens=True)
+            assert solutions[q].text == text
+            final = rm.final_scores([prompt], chosen[None], torch.tensor([LATENTS]))
+            assert solutions[q].score == pytest.approx(final.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("name, zero", [("noise", {"sigma": 0.0}), ("dropout", {"p": 0.0})])
+def test_a_beam_over_identical_candidates_is_the_greedy_solver(name, zero):
+    lm, problems = lm64(), chain_problems(3, seed=5)
+    rm = LatentRM(build_tiny_lm(dtype=torch.float64, seed=3))
+    with torch.no_grad():
+        beam = rm_beam_search(solver(lm), rm, problems, latent_sampler_from_args(name, zero), width=2, expansions=3)
+    assert [s.text for s in beam] == [s.text for s in solver(lm).solve(problems)]
+    assert all(not module._forward_hooks for module in lm.modules())  # the sampler's hooks are gone
