@@ -49,6 +49,29 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+# --- train-rm ----------------------------------------------------------------------------------
+def cmd_train_rm(argv: list[str]) -> int:
+    from latentreason.config import add_config_flags, load_config
+    from latentreason.training.processes import say
+    from latentreason.tts.rm_config import RMConfig
+    from latentreason.tts.rm_run import run_train_rm
+
+    parser = argparse.ArgumentParser(
+        prog="latentreason train-rm",
+        description="Train LatentRM, a step-level reward model over a latent model's sampled trajectories.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="YAML recipe (a path or a shipped recipe name)")
+    add_config_flags(parser, RMConfig)
+    args = vars(parser.parse_args(argv))
+    config = load_config(RMConfig, resolve_config_path(args.pop("config", None)), args)
+    result = run_train_rm(config)
+    say(f"final reward model: {result.final_dir}; best by held-out recall@1: {result.final_dir.parent / 'best'}")
+    if result.eval is not None:
+        say(f"held-out recall@1: {result.eval.recall_at_1:.1%} on {result.eval.n} questions")
+    return 0
+
+
 # --- rl ----------------------------------------------------------------------------------------
 def cmd_rl(argv: list[str]) -> int:
     from latentreason.config import add_config_flags, load_config
@@ -129,7 +152,7 @@ def default_device(device: str | None) -> str:
 # Flags that shape a pretrained model's prompt or decoding; a model trained here has its own prompt layout and solver.
 CHAT_FLAGS = ("system_prompt", "few_shot", "few_shot_file", "prompt_template", "decoder", "decoder_args")
 # Flags of a model trained here with latent thoughts.
-LATENT_FLAGS = ("latent_sampler", "latent_sampler_args")
+LATENT_FLAGS = ("latent_sampler", "latent_sampler_args", "reward_model")
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -209,6 +232,11 @@ def cmd_eval(argv: list[str]) -> int:
         help="the latent sampler's arguments as a YAML mapping, e.g. '{sigma: 0.6}' or '{p: 0.2}' (default: the "
         "method's values)",
     )
+    sampling.add_argument(
+        "--reward-model",
+        help="a LatentRM directory (latentreason train-rm): it scores every sample, and results.json adds best-of-N "
+        "accuracy (docs/test-time-scaling.md)",
+    )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; one process only)"
     )
@@ -248,6 +276,7 @@ class EvalPlan:
     samples: int = 1
     seed: int = 0
     latent_sampler: object = None  # a tts.LatentSampler; its unset values are the method's once the model loads
+    reward_model: str | None = None  # a LatentRM directory that scores the samples
     decoder: str = "text"
     decoder_args: dict = field(default_factory=dict)
     template: str = "{question}"  # the user turn of a pretrained model's prompt
@@ -267,6 +296,7 @@ class EvalPlan:
             out.update(sampling=asdict(self.sampling), num_samples=self.samples, seed=self.seed)
             sampler = self.latent_sampler
             out.update(latent_sampler=sampler and sampler.name, latent_sampler_args=sampler and sampler.settings())
+            out.update(reward_model=self.reward_model)
         if self.prompt is not None:
             out.update(
                 sampling=asdict(self.sampling),
@@ -313,6 +343,9 @@ def eval_plan(args) -> EvalPlan:
     plan.samples, plan.seed = args.num_samples or 1, args.seed or 0
     if kind == TRAINED:
         plan.latent_sampler = latent_sampler_from_flags(args, plan)
+        if args.reward_model and not (Path(args.reward_model) / "config.json").is_file():
+            raise UserError(f"--reward-model: {args.reward_model} is not a model directory (no config.json)")
+        plan.reward_model = args.reward_model
         return plan
     plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
     if PLACEHOLDER not in plan.template:
@@ -454,15 +487,23 @@ def trained_solver(model: str, lm, method, plan: EvalPlan):
     from latentreason.evaluation.latent_solver import LatentSolver
 
     solver = method.solver(lm)
+    flag = "--latent-sampler" if plan.latent_sampler is not None else "--reward-model" if plan.reward_model else None
+    if flag and not isinstance(solver, LatentSolver):
+        raise UserError(f"{flag}: {model} is evaluated with '{method.name}', which has no latent thoughts")
     if plan.latent_sampler is None:
         solver.configure(plan.sampling, plan.seed, plan.samples)
-        return solver
-    if not isinstance(solver, LatentSolver):
-        raise UserError(f"--latent-sampler: {model} is evaluated with '{method.name}', which has no latent thoughts")
-    try:
-        solver.configure(plan.sampling, plan.seed, plan.samples, plan.latent_sampler)
-    except ConfigError as err:  # a sampler this solver's rollout cannot apply
-        raise UserError(f"--latent-sampler: {err}") from None
+    else:
+        try:
+            solver.configure(plan.sampling, plan.seed, plan.samples, plan.latent_sampler)
+        except ConfigError as err:  # a sampler this solver's rollout cannot apply
+            raise UserError(f"--latent-sampler: {err}") from None
+    if plan.reward_model:
+        from latentreason.tts.reward_model import LatentRM
+
+        rm = LatentRM.from_pretrained(plan.reward_model, dtype=next(lm.parameters()).dtype)
+        rm.check_fits(lm, plan.reward_model)
+        rm.lm.to(lm.device).eval()
+        solver.reward_model = rm
     return solver
 
 
@@ -608,9 +649,10 @@ def cmd_study(argv: list[str]) -> int:
 
 
 USAGE = (
-    "usage: latentreason {train,rl,eval,demo,study,data,inspect,bench} [--debug] ...\n"
+    "usage: latentreason {train,rl,train-rm,eval,demo,study,data,inspect,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
     "  rl     GRPO over latent plans from an ATP-Latent or CoLaR SFT model (--config atp-rl-tiny, ...)\n"
+    "  train-rm  train LatentRM, a step-level reward model over a latent model's trajectories (best-of-N)\n"
     "  eval   evaluate a trained or pretrained model (smollm2, a directory, a hub id) on a benchmark or file\n"
     "  demo   the embedded default job: train and compare methods on a generated task\n"
     "  study  a grid of tasks x methods x seeds, resumable, with a report (--config coconut-tasks)\n"
@@ -720,6 +762,7 @@ def cmd_bench(argv: list[str]) -> int:
 COMMANDS = {
     "train": cmd_train,
     "rl": cmd_rl,
+    "train-rm": cmd_train_rm,
     "eval": cmd_eval,
     "data": cmd_data,
     "demo": cmd_demo,

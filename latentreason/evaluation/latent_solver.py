@@ -32,6 +32,7 @@ class LatentSolver(SampledSolver):
     ):
         self.lm, self.thought_map, self.controller = lm, thought_map, controller
         self.max_latents, self.max_new_tokens, self.name = max_latents, max_new_tokens, name
+        self.reward_model = None  # a tts.LatentRM: when set, it rates every sample (Solution.score) for best-of-N
         self.configure(sampling, seed)
 
     def configure(self, sampling: Sampling | None = None, seed: int = 0, samples: int = 1, latent_sampler=None):
@@ -47,12 +48,21 @@ class LatentSolver(SampledSolver):
 
     @torch.no_grad()
     def solve(self, problems: list[Problem]) -> list[Solution]:
-        lm = self.lm
-        out = self.rollout(self.prompts(problems), self.row_seeds(problems))
+        lm, prompts = self.lm, self.prompts(problems)
+        out = self.rollout(prompts, self.row_seeds(problems))
         texts = lm.tokenizer.batch_decode(out.tokens.cpu(), skip_special_tokens=True)
-        latents = out.num_latents.tolist()
-        solutions = [Solution(t, count_reasoning_tokens(lm.tokenizer, t), k) for t, k in zip(texts, latents)]
+        latents, scores = out.num_latents.tolist(), self.scores(prompts, out)
+        solutions = [
+            Solution(t, count_reasoning_tokens(lm.tokenizer, t), k, score=s) for t, k, s in zip(texts, latents, scores)
+        ]
         return by_problem(solutions, self.samples)
+
+    def scores(self, prompts: list[list[int]], out) -> list[float | None]:
+        """Each row's final-step score by the reward model (None for every row without one)."""
+        if self.reward_model is None:
+            return [None] * out.tokens.shape[0]
+        rows = [prompt for prompt in prompts for _ in range(self.samples)]
+        return self.reward_model.final_scores(rows, out.latent_inputs, out.num_latents).tolist()
 
     def prompts(self, problems: list[Problem]) -> list[list[int]]:
         return [encode_problem(self.lm.tokenizer, p).prompt + [self.lm.bot_id] for p in problems]
@@ -63,9 +73,11 @@ class LatentSolver(SampledSolver):
             return None
         return self.latent_sampler.bind(seeds if seeds is not None else torch.arange(rows))
 
-    def rollout(self, prompts: list[list[int]], seeds=None):
-        """The rollout of `prompts`, `samples` rows each (i x samples + s); seeds: [rows] row seeds for the
-        sampled thoughts and answers (default: the row index)."""
+    def rollout(self, prompts: list[list[int]], seeds=None, samples: int | None = None, perturbation=None):
+        """The rollout of `prompts`, `samples` rows each (i x samples + s; default the configured number); seeds:
+        [rows] row seeds for the sampled thoughts and answers (default: the row index); `perturbation` in place
+        of the configured sampler's."""
+        samples = samples or self.samples
         return latent_rollout(
             self.lm,
             prompts,
@@ -75,8 +87,8 @@ class LatentSolver(SampledSolver):
             self.max_new_tokens,
             sampling=self.sampling,
             seeds=seeds,
-            samples=self.samples,
-            perturbation=self.perturbation(len(prompts) * self.samples, seeds),
+            samples=samples,
+            perturbation=perturbation or self.perturbation(len(prompts) * samples, seeds),
         )
 
 

@@ -64,6 +64,17 @@ class StopHead(nn.Module):
         return self.net(latent)  # [B, 2]
 
 
+class StepScoreHead(nn.Module):
+    """LatentRM's per-step score: Linear, GELU, Linear -> one logit per hidden state."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, 1))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden).squeeze(-1)  # [...]
+
+
 def step_decoder_model(base, num_hidden_layers: int | None = None, copy_weights: bool = True):
     """A separate causal LM that decodes latents back into text.
 
@@ -100,8 +111,10 @@ def build_head(kind: str, base, **kwargs) -> nn.Module:
         return GaussianLatentHead(hidden)
     if kind == "stop":
         return StopHead(hidden)
+    if kind == "step_score":
+        return StepScoreHead(hidden)
     if kind == "projector":
         return ProjectorHead(hidden, **kwargs)
     if kind == "step_decoder":
         return step_decoder_model(base, **kwargs)
-    raise UserError(f"unknown head kind {kind!r}; expected gaussian, stop, projector or step_decoder")
+    raise UserError(f"unknown head kind {kind!r}; expected gaussian, stop, step_score, projector or step_decoder")
