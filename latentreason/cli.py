@@ -152,7 +152,7 @@ def default_device(device: str | None) -> str:
 # Flags that shape a pretrained model's prompt or decoding; a model trained here has its own prompt layout and solver.
 CHAT_FLAGS = ("system_prompt", "few_shot", "few_shot_file", "prompt_template", "decoder", "decoder_args")
 # Flags of a model trained here with latent thoughts.
-LATENT_FLAGS = ("latent_sampler", "latent_sampler_args", "reward_model")
+LATENT_FLAGS = ("latent_sampler", "latent_sampler_args", "reward_model", "beam_width", "beam_expansions")
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -237,6 +237,13 @@ def cmd_eval(argv: list[str]) -> int:
         help="a LatentRM directory (latentreason train-rm): it scores every sample, and results.json adds best-of-N "
         "accuracy (docs/test-time-scaling.md)",
     )
+    sampling.add_argument(
+        "--beam-width",
+        type=int,
+        help="beam search over latent steps guided by --reward-model, keeping this many beams per problem "
+        "(needs --latent-sampler, which draws the candidates)",
+    )
+    sampling.add_argument("--beam-expansions", type=int, help="candidates drawn from each beam per step (default 4)")
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; one process only)"
     )
@@ -277,6 +284,7 @@ class EvalPlan:
     seed: int = 0
     latent_sampler: object = None  # a tts.LatentSampler; its unset values are the method's once the model loads
     reward_model: str | None = None  # a LatentRM directory that scores the samples
+    beam: tuple[int, int] | None = None  # (width, expansions) of RM-guided beam search
     decoder: str = "text"
     decoder_args: dict = field(default_factory=dict)
     template: str = "{question}"  # the user turn of a pretrained model's prompt
@@ -297,6 +305,8 @@ class EvalPlan:
             sampler = self.latent_sampler
             out.update(latent_sampler=sampler and sampler.name, latent_sampler_args=sampler and sampler.settings())
             out.update(reward_model=self.reward_model)
+            if self.beam is not None:
+                out.update(beam_width=self.beam[0], beam_expansions=self.beam[1])
         if self.prompt is not None:
             out.update(
                 sampling=asdict(self.sampling),
@@ -346,6 +356,7 @@ def eval_plan(args) -> EvalPlan:
         if args.reward_model and not (Path(args.reward_model) / "config.json").is_file():
             raise UserError(f"--reward-model: {args.reward_model} is not a model directory (no config.json)")
         plan.reward_model = args.reward_model
+        plan.beam = beam_from_flags(args, plan)
         return plan
     plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
     if PLACEHOLDER not in plan.template:
@@ -370,6 +381,27 @@ def sampling_from_flags(args):
         return Sampling(**{k: v for k, v in given.items() if v is not None})
     except ConfigError as err:
         raise UserError(f"--{str(err).replace('_', '-')}") from None
+
+
+def beam_from_flags(args, plan: EvalPlan) -> tuple[int, int] | None:
+    """(width, expansions) of --beam-width/--beam-expansions, checked against the flags beam search needs."""
+    if args.beam_width is None:
+        if args.beam_expansions is not None:
+            raise UserError("--beam-expansions: give --beam-width, the search it is for")
+        return None
+    expansions = 4 if args.beam_expansions is None else args.beam_expansions
+    if args.beam_width < 1 or expansions < 1:
+        raise UserError(f"--beam-width/--beam-expansions: expected at least 1, got {args.beam_width} and {expansions}")
+    missing = [
+        flag
+        for flag, given in (("--reward-model", plan.reward_model), ("--latent-sampler", plan.latent_sampler))
+        if not given
+    ]
+    if missing:
+        raise UserError(f"--beam-width: needs {' and '.join(missing)} (the RM ranks the candidates the sampler draws)")
+    if plan.samples > 1:
+        raise UserError("--beam-width: returns one answer per problem; leave out --num-samples")
+    return args.beam_width, expansions
 
 
 def latent_sampler_from_flags(args, plan: EvalPlan):
@@ -504,6 +536,10 @@ def trained_solver(model: str, lm, method, plan: EvalPlan):
         rm.check_fits(lm, plan.reward_model)
         rm.lm.to(lm.device).eval()
         solver.reward_model = rm
+        if plan.beam is not None:
+            from latentreason.tts.beam import BeamSolver
+
+            return BeamSolver(solver, rm, solver.latent_sampler, *plan.beam, plan.seed)
     return solver
 
 

@@ -67,3 +67,45 @@ def test_a_reward_model_path_that_is_not_a_model_is_refused_before_loading(capsy
     model, data = model_and_data
     line = user_error(capsys, eval_argv(model, data, tmp_path / "eval", *SAMPLED, "--reward-model", str(tmp_path)))
     assert f"--reward-model: {tmp_path} is not a model directory" in line
+
+
+def test_eval_with_beam_search_answers_each_problem_with_its_best_beam(
+    capsys,
+    tmp_path,
+    model_and_data,  # noqa: F811
+    reward_model,
+):
+    from latentreason.data.formats import load_file
+    from latentreason.evaluation.latent_solver import LatentSolver
+    from latentreason.methods.saved import method_for
+    from latentreason.tts import latent_sampler_from_args
+    from latentreason.tts.beam import rm_beam_search
+
+    model, data = model_and_data
+    out = tmp_path / "eval"
+    beam = ["--method", "coconut", "--latent-sampler", "noise", "--max-new-tokens", "6", "--beam-width", "2"]
+    assert cli.main(eval_argv(model, data, out, *beam, "--reward-model", str(reward_model))) == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert (payload["beam_width"], payload["beam_expansions"]) == (2, 4)
+    # The CLI's answers are rm_beam_search's, called directly with the same model, RM, sampler and seed.
+    lm = LatentLM.from_pretrained(model).eval()
+    solver = method_for(lm, str(model), "coconut", max_new_tokens=6).solver(lm)
+    assert isinstance(solver, LatentSolver)
+    solver.configure(samples=1, latent_sampler=latent_sampler_from_args("noise", {}).for_method("coconut"))
+    rm = LatentRM.from_pretrained(reward_model)
+    direct = rm_beam_search(solver, rm, load_file(str(data), None, "error"), solver.latent_sampler, 2, 4, seed=0)
+    assert [r["generated"] for r in records(out)] == [s.text for s in direct]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--beam-width", "2", "--latent-sampler", "noise"], "--beam-width: needs --reward-model"),
+        (["--beam-expansions", "3"], "--beam-expansions: give --beam-width"),
+        (["--beam-width", "0"], "expected at least 1"),
+    ],
+)
+def test_bad_beam_flags_are_refused_before_loading(capsys, tmp_path, model_and_data, extra, message):  # noqa: F811
+    model, data = model_and_data
+    line = user_error(capsys, eval_argv(model, data, tmp_path / "eval", "--method", "coconut", *extra))
+    assert message in line

@@ -75,3 +75,15 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     """[Q, k] indices of each row's k highest scores, best first; ties go to the lower index (as best-of-N)."""
     ranked = [sorted(range(len(row)), key=lambda i, row=row: (-row[i], i))[:k] for row in scores.tolist()]
     return torch.tensor(ranked, device=scores.device)
+
+
+class BeamSolver:
+    """`rm_beam_search` as a solver the harness runs: one beam-searched answer per problem, carrying its score."""
+
+    def __init__(self, solver, rm: LatentRM, sampler: LatentSampler, width: int, expansions: int, seed: int = 0):
+        self.solver, self.rm, self.sampler = solver, rm, sampler
+        self.width, self.expansions, self.seed = width, expansions, seed
+        self.name = solver.name
+
+    def solve(self, problems) -> list[Solution]:
+        return rm_beam_search(self.solver, self.rm, problems, self.sampler, self.width, self.expansions, self.seed)
