@@ -694,7 +694,7 @@ USAGE = (
     "  study  a grid of tasks x methods x seeds, resumable, with a report (--config coconut-tasks)\n"
     "  data   stats / list / generate\n"
     "  inspect  show what a latent model thought (decoded steps, stop decisions, nearest tokens)\n"
-    "  bench  speed and memory benchmarks (bench engine, bench rl)"
+    "  bench  speed and memory benchmarks (bench engine, bench rl, bench decode, bench tts)"
 )
 
 
