@@ -38,6 +38,7 @@ class Job:
     process: subprocess.Popen | None = None
     began: float = 0.0
     done: bool = False
+    failure: str | None = None  # why it failed or was not run (with keep_going)
 
     def steps_done(self) -> int:
         if self.done:
@@ -66,8 +67,11 @@ def chain_seconds(jobs: dict[str, Job]) -> dict[str, float]:
     return {name: length(name) for name in jobs}
 
 
-def run_jobs(jobs: list[Job], parallel: int, threads: int) -> dict[str, float]:
-    """Run every job, `parallel` at a time with `threads` threads each; returns their wall times (s)."""
+def run_jobs(jobs: list[Job], parallel: int, threads: int, keep_going: bool = False) -> dict[str, float]:
+    """Run every job, `parallel` at a time with `threads` threads each; returns their wall times (s).
+
+    A job that fails stops everything (UserError) unless `keep_going`: then it and the jobs that start from
+    it are marked (`Job.failure`) and the others carry on."""
     by_name = {job.name: job for job in jobs}
     priority = chain_seconds(by_name)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -80,8 +84,12 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int) -> dict[str, float]:
     )
     try:
         while not all(job.done for job in jobs):
+            for job in jobs:  # (keep_going) what starts from a failed job cannot run
+                if job.process is None and not job.done and job.start and by_name[job.start].failure:
+                    job.done, job.failure = True, f"{job.name} not run: {job.start} failed"
+                    bar.write(f"  {job.failure}")
             running = [job for job in jobs if job.process is not None and not job.done]
-            ready = [j for j in jobs if j.process is None and (j.start is None or by_name[j.start].done)]
+            ready = [j for j in jobs if j.process is None and not j.done and (j.start is None or by_name[j.start].done)]
             for job in sorted(ready, key=lambda j: -priority[j.name])[: parallel - len(running)]:
                 job.output.parent.mkdir(parents=True, exist_ok=True)
                 with job.output.open("w") as sink:
@@ -92,10 +100,14 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int) -> dict[str, float]:
                 code = job.process.poll()
                 if code is None:
                     continue
+                job.done = True
                 if code != 0:
                     tail = job.output.read_text().strip().splitlines()[-1:] or ["(no output)"]
-                    raise UserError(f"{job.name} failed (exit status {code}): {tail[0]} (see {job.output})")
-                job.done = True
+                    job.failure = f"{job.name} failed (exit status {code}): {tail[0]} (see {job.output})"
+                    if not keep_going:
+                        raise UserError(job.failure)
+                    bar.write(f"  {job.failure}")
+                    continue
                 timings[job.name] = round(time.perf_counter() - job.began, 1)
                 bar.write(f"  {job.name} trained in {timings[job.name]:.0f} s")
             done = sum(job.seconds * job.steps_done() / max(job.total_steps, 1) for job in jobs)

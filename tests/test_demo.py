@@ -84,6 +84,21 @@ def test_a_failing_row_stops_the_others_and_names_its_output(tmp_path):
     assert jobs[1].process.poll() is not None
 
 
+def test_keep_going_runs_what_does_not_depend_on_a_failed_job(tmp_path):
+    jobs = [
+        fake_job(tmp_path, "cot", seconds=0.1, code=3),
+        fake_job(tmp_path, "coconut", "cot"),
+        fake_job(tmp_path, "coconut-rl", "coconut"),
+        fake_job(tmp_path, "no-cot", seconds=0.5),
+    ]
+    timings = run_jobs(jobs, parallel=2, threads=1, keep_going=True)
+    assert list(timings) == ["no-cot"]
+    assert jobs[0].failure.startswith("cot failed (exit status 3): cot broke on purpose")
+    assert jobs[1].failure == "coconut not run: cot failed" and jobs[1].process is None
+    assert jobs[2].failure == "coconut-rl not run: coconut failed" and jobs[2].process is None
+    assert jobs[3].failure is None and ("end", "no-cot") in [(kind, name) for kind, name, _ in events(tmp_path)]
+
+
 def test_the_expected_time_follows_the_schedule(tmp_path):
     jobs = default_rows(tmp_path)
     # cot || no-cot; at 150 atp || simcot; at 370 atp-rl: done at 440. One at a time: the sum.

@@ -43,6 +43,11 @@ def cmd_study(argv: list[str]) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: write the report from the runs finished so far"
     )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="a failed run stops only the runs that start from it, not the study (exit status 1 at the end)",
+    )
     args = parser.parse_args(argv)
     profile = "quick" if args.quick else "full" if args.full else None
     study = load_study(args.config, profile)
@@ -52,7 +57,7 @@ def cmd_study(argv: list[str]) -> int:
         study.seeds = seed_list(args.seeds, "--seeds")
     name = study.name + (f"-{profile}" if profile else "")
     output_dir = Path(args.output_dir or Path("runs") / "study" / name)
-    paths = run_study(
+    paths, failures = run_study(
         study,
         output_dir,
         name,
@@ -64,8 +69,12 @@ def cmd_study(argv: list[str]) -> int:
         train=not args.report_only,
         launcher=tuple(shlex.split(args.launcher)) if args.launcher else (),
         threads=args.threads,
+        keep_going=args.keep_going,
     )
     print("report: " + ", ".join(str(p) for p in paths.values()))
+    if failures:
+        print(f"{len(failures)} run(s) did not finish:\n" + "\n".join(f"  {line}" for line in failures))
+        return 1
     return 0
 
 

@@ -88,8 +88,10 @@ def run_study(
     train: bool = True,
     launcher: tuple[str, ...] = (),
     threads: int | None = None,
-) -> dict[str, Path]:
-    """Run what is unfinished (unless `train` is False), then write the report; returns its paths.
+    keep_going: bool = False,
+) -> tuple[dict[str, Path], list[str]]:
+    """Run what is unfinished (unless `train` is False), then write the report; returns its paths and the
+    failures of runs that did not finish (`keep_going`: a failed run stops only the runs that start from it).
     `threads`: per run (default: the cores shared among the `jobs` runs)."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
@@ -99,6 +101,7 @@ def run_study(
     began = time.time()
     runs = select(plan_runs(study, output_dir, data_dir, launcher), tasks, rows)
     check_unchanged(runs)
+    failures: list[str] = []
     if train:
         with exclusive(output_dir):
             finished = {run.key for run in runs if (Path(run.dir) / RECORD).is_file()}
@@ -109,7 +112,7 @@ def run_study(
                 f"earlier and reused, {len(pending)} to run, {jobs} at a time with {threads} thread(s) each; logs in "
                 f"{output_dir / 'logs'}"
             )
-            run_pending(pending, finished, output_dir, jobs, threads)
+            failures = run_pending(pending, finished, output_dir, jobs, threads, keep_going)
     meta = {
         "study": asdict(study),
         "output_dir": str(output_dir),
@@ -120,7 +123,7 @@ def run_study(
         "eval_commands": {run.key: run.command("eval") for run in runs},
         **study_environment(),
     }
-    return report(study, runs, output_dir, report_name, report_dir, meta)
+    return report(study, runs, output_dir, report_name, report_dir, meta), failures
 
 
 @contextmanager
@@ -141,7 +144,10 @@ def exclusive(output_dir: Path):
         yield
 
 
-def run_pending(pending: list[Run], finished: set[str], output_dir: Path, jobs: int, threads: int) -> None:
+def run_pending(
+    pending: list[Run], finished: set[str], output_dir: Path, jobs: int, threads: int, keep_going: bool
+) -> list[str]:
+    """Start the pending runs; returns why each failed one failed (only with keep_going, else it raises)."""
     for run in pending:
         run.save()
     work = [
@@ -157,7 +163,8 @@ def run_pending(pending: list[Run], finished: set[str], output_dir: Path, jobs: 
         for run in pending
     ]
     if work:
-        run_jobs(work, jobs, threads)
+        run_jobs(work, jobs, threads, keep_going)
+    return [job.failure for job in work if job.failure]
 
 
 def report(
