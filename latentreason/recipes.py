@@ -18,16 +18,19 @@ RL_METHODS = {"atp-rl": "atp", "colar-rl": "colar"}
 
 def resolve_config_path(value: str | None) -> Path | None:
     """A file path, or the name of a shipped recipe (e.g. 'cot-tiny' -> latentreason/configs/cot-tiny.yaml)."""
-    if value is None:
-        return None
+    return None if value is None else resolve_shipped(value, SHIPPED_CONFIGS, "recipe")
+
+
+def resolve_shipped(value: str, directory: Path, kind: str) -> Path:
+    """`value` as a file path, else as the name of a YAML file shipped in `directory` (a `kind` of file)."""
     path = Path(value)
     if path.is_file():
         return path
-    shipped = SHIPPED_CONFIGS / f"{value}.yaml"
+    shipped = directory / f"{value}.yaml"
     if shipped.is_file():
         return shipped
-    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
-    shipped_hint = f"not a shipped recipe ({', '.join(names)})" if names else "no recipes are shipped"
+    names = sorted(p.stem for p in directory.glob("*.yaml"))
+    shipped_hint = f"not a shipped {kind} ({', '.join(names)})" if names else f"no {kind}s are shipped"
     raise UserError(f"--config {value}: no such file, and {shipped_hint}")
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from latentreason.config import from_dict, read_yaml
 from latentreason.errors import ConfigError, UserError
+from latentreason.recipes import resolve_shipped
 
 SHIPPED_STUDIES = Path(__file__).parent.parent / "configs" / "studies"
 PROFILES = ("quick", "full")
@@ -65,14 +66,7 @@ class StudyConfig:
 
 def study_path(value: str) -> Path:
     """A YAML path, or the name of a shipped study (latentreason/configs/studies/<name>.yaml)."""
-    path = Path(value)
-    if path.is_file():
-        return path
-    shipped = SHIPPED_STUDIES / f"{value}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in SHIPPED_STUDIES.glob("*.yaml")))
-    raise UserError(f"--config {value}: no such file, and not a shipped study ({names})")
+    return resolve_shipped(value, SHIPPED_STUDIES, "study")
 
 
 def merged(base: dict, over: dict) -> dict:
