@@ -563,3 +563,4 @@ def test_bench_rl_quick_prints_the_phases_and_speed_up_as_json_last(capsys):
     for key in ("step_rollout_s", "step_score_s", "step_update_s", "rollouts_per_s_batched", "rollout_speedup_loop"):
         assert figures[key] > 0, key
     assert figures["latents_per_rollout"] == 4  # the stop head never stops: max_latent_stage 2 x c_thought 2
+    assert figures["recompute_speedup"] > 0 and figures["recompute_max_diff"] < 1e-4  # one call == N + 1 calls

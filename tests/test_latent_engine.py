@@ -204,3 +204,22 @@ def test_append_cache_gives_the_concatenating_cache_gradients(model_type, capaci
             assert got is None
         else:
             torch.testing.assert_close(got, want, **EXACT)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_one_call_with_known_thoughts_equals_the_sequential_pass(model_type):
+    """RL recomputes thoughts it already drew: one call over prefix + thoughts + suffix gives the states of
+    the N + 1 sequential calls (rows with 3, 0 and 5 latents, different prompt and suffix lengths)."""
+    lm = tiny_lm(model_type)
+    prefixes, ks, suffixes = rows(lm)
+    batch = build_latent_batch(prefixes, ks, suffixes, [[IGNORE] + s[1:] for s in suffixes], lm.pad_id)
+    with torch.no_grad():
+        sequential = latent_forward(lm, batch, scaled)
+        known = latent_pass.known_latent_forward(lm, batch, sequential.latent_inputs)
+    torch.testing.assert_close(known.bot_hidden, sequential.bot_hidden, **EXACT)
+    used = sequential.slot_mask  # [B, N] the slots rows use (the rest are masked and differ freely)
+    torch.testing.assert_close(known.latent_hidden[used], sequential.latent_hidden[used], **EXACT)
+    for row, suffix in enumerate(suffixes):
+        torch.testing.assert_close(
+            known.suffix_hidden[row, : len(suffix)], sequential.suffix_hidden[row, : len(suffix)], **EXACT
+        )

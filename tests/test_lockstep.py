@@ -110,11 +110,19 @@ def test_a_process_without_steps_runs_the_step_decoder_with_weight_zero():
     assert_same_grads({n: g for n, g in padded_grads.items() if n not in decoder}, alone_grads)
 
 
-def test_rl_log_probs_of_a_padded_pass_equal_the_sampled_ones():
+def test_rl_log_probs_take_one_model_call_whatever_other_processes_think():
+    """The recompute feeds known thoughts in one call, so every process makes the same single call (one
+    gather of a sharded model) whether or not others think longer, and its log-probs equal the sampled ones."""
     lm, policy = atp_policy(temperature=0.7)
     batch = policy.sample(prompts_for(lm), torch.Generator().manual_seed(1))
-    with torch.no_grad(), lockstep(more_elsewhere):
-        padded = policy.logprobs(batch)
+    calls = []
+    handle = lm.backbone.register_forward_hook(lambda module, args, out: calls.append(1))
+    try:
+        with torch.no_grad(), lockstep(more_elsewhere):
+            padded = policy.logprobs(batch)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and int(batch.num_latents.max()) > 1
     torch.testing.assert_close(padded.flat(), batch.old.flat(), **EXACT)
 
 

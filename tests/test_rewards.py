@@ -104,3 +104,19 @@ def test_users_register_their_own_rewards_and_unknown_names_are_refused():
     assert fns["short_plan"]([None], [Completion("", torch.zeros(3, 4))]) == [0.25]
     with pytest.raises(ConfigError, match="unknown"):
         build_rewards(["acuracy"], RewardContext(None, None, 2))
+
+
+def test_empo_rewards_the_share_of_the_group_in_each_answer_cluster():
+    """Two groups of four, hand-computed: 18 and 18.0 are one cluster; a rollout without an answer
+    gets 0 and is in no cluster; the reference answer is never read (it is wrong here on purpose)."""
+    problems = [Problem("q1", [], "999")] * 4 + [Problem("q2", [], "999")] * 4
+    texts = ["### 18", "### 18.0", "### 7", "no answer", "### 3", "### 4", "### 5", "### 3"]
+    completions = [Completion(t, torch.zeros(0, 4), "strict") for t in texts]
+    empo = build_rewards(["empo"], RewardContext(lm=None, decoder=None, c_thought=1, group_size=4))["empo"]
+    assert empo(problems, completions) == [0.5, 0.5, 0.25, 0.0, 0.5, 0.25, 0.25, 0.5]
+
+
+def test_empo_refuses_rollouts_that_do_not_form_whole_groups():
+    empo = build_rewards(["empo"], RewardContext(lm=None, decoder=None, c_thought=1, group_size=4))["empo"]
+    with pytest.raises(ValueError, match="groups of 4"):
+        empo([Problem("q", [], "1")] * 3, [Completion("### 1", torch.zeros(0, 4))] * 3)

@@ -5,6 +5,9 @@ Figures, measured side by side in one run on the same model and questions:
       generations rollouts; rewards incl. coherence decoding; all minibatch updates)
   rollout_speedup_loop   rollouts/s of one batched `LatentPolicy.sample` over all rollouts divided by
       rollouts/s of sampling them one problem at a time (same policy, same work per rollout)
+  recompute_speedup   the RL recomputation of the drawn thoughts (forward + backward): N + 1 sequential
+      latent-pass calls divided by the one call `LatentPolicy.logprobs` makes; recompute_max_diff is the
+      largest difference of their answer-position states
 The stop head is biased to always continue so every rollout thinks max_latent_stage x c_thought
 latents (the reference's 20) and the work does not depend on random stops. The last line printed is
 one JSON object.
@@ -20,6 +23,7 @@ import torch
 
 from latentreason.bench.engine import EngineBenchConfig, bench_model
 from latentreason.data.generators.chain import generate_chain
+from latentreason.engine.latent_pass import known_latent_forward, latent_forward
 from latentreason.layout import encode_problem
 from latentreason.methods.atp import ATPConfig, ATPLatent
 from latentreason.methods.latent_actions import CONTINUE
@@ -47,6 +51,38 @@ def always_continue(method: ATPLatent) -> None:
         last.weight.zero_()
         last.bias.fill_(-10.0)
         last.bias[CONTINUE] = 10.0
+
+
+def recompute_figures(policy, rollouts, repeats: int = 3) -> dict:
+    """The teacher-forced recomputation of known thoughts (forward and backward): the one call that
+    `LatentPolicy.logprobs` makes against the N + 1 sequential calls of the latent pass, best of `repeats`,
+    and the largest difference between their answer-position states."""
+    lm, batch = policy.lm, policy.teacher_forced_batch(rollouts)
+    thoughts = rollouts.thoughts
+
+    def feed(hidden, j):  # the drawn thought at slot j, as the sequential pass asks for it
+        return thoughts[:, j].to(hidden.dtype), None
+
+    def timed(run):
+        best = float("inf")
+        for _ in range(repeats):
+            lm.model.zero_grad(set_to_none=True)
+            began = time.perf_counter()
+            out = run()
+            out.suffix_hidden.float().pow(2).mean().backward()
+            best = min(best, time.perf_counter() - began)
+        return best, out.suffix_hidden.detach()
+
+    sequential_s, sequential = timed(lambda: latent_forward(lm, batch, feed))
+    one_call_s, one_call = timed(lambda: known_latent_forward(lm, batch, thoughts))
+    lm.model.zero_grad(set_to_none=True)
+    answer = batch.suffix_mask.bool()  # [B, S]
+    return {
+        "recompute_sequential_s": sequential_s,
+        "recompute_one_call_s": one_call_s,
+        "recompute_speedup": sequential_s / one_call_s,
+        "recompute_max_diff": float((sequential - one_call)[answer].abs().max()),
+    }
 
 
 def run_rl_bench(cfg: RLBenchConfig | None = None, device: str | None = None, output_dir: str = "bench_rl") -> dict:
@@ -103,6 +139,7 @@ def run_rl_bench(cfg: RLBenchConfig | None = None, device: str | None = None, ou
         "rollouts_per_s_loop": len(loop) / loop_s,
     }
     figures["rollout_speedup_loop"] = figures["rollouts_per_s_batched"] / figures["rollouts_per_s_loop"]
+    figures.update(recompute_figures(policy, batched))
     print(
         f"RL benchmark on {device} ({figures['threads']} threads), "
         f"Llama d={cfg.hidden_size} L={cfg.num_hidden_layers}; "
@@ -118,7 +155,11 @@ def run_rl_bench(cfg: RLBenchConfig | None = None, device: str | None = None, ou
         ("rollouts/s, batched", f"{figures['rollouts_per_s_batched']:.1f}"),
         ("rollouts/s, one problem at a time", f"{figures['rollouts_per_s_loop']:.1f}"),
         ("batched speed-up", f"{figures['rollout_speedup_loop']:.1f}x"),
+        ("recompute + backward, N + 1 calls", f"{figures['recompute_sequential_s']:.3f} s"),
+        ("recompute + backward, one call", f"{figures['recompute_one_call_s']:.3f} s"),
+        ("one-call speed-up", f"{figures['recompute_speedup']:.2f}x"),
+        ("largest state difference", f"{figures['recompute_max_diff']:.1e}"),
     ):
         print(f"| {name:38s} | {value:>14s} |")
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
+    print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in figures.items()}))
     return figures

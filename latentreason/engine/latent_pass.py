@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from latentreason.engine.batch import IGNORE
+from latentreason.engine.batch import IGNORE, positions_from_mask
 from latentreason.engine.cache import training_cache
 from latentreason.engine.forward import forward_step, new_cache
 from latentreason.engine.lockstep import agreed_max
@@ -144,6 +144,34 @@ def latent_forward(lm, batch: LatentBatch, thought_map: ThoughtMap, all_layers: 
         suffix_hidden=suffix_hidden,
         map_outputs=extras,
         suffix_layers=layers,
+    )
+
+
+def known_latent_forward(lm, batch: LatentBatch, thoughts: torch.Tensor) -> LatentPassOutput:
+    """The teacher-forced latent pass when every slot's input is known beforehand (RL recomputing the
+    thoughts a rollout drew): prefix, thoughts and suffix in one call instead of N + 1.
+
+    thoughts: [B, R, d] with R >= the batch's longest thought; slot j of a row gets thoughts[:, j] where the
+    row uses it (masked elsewhere). Equal to `latent_forward` with a map that feeds them, because a slot's
+    input no longer depends on the state before it; one call also gathers a sharded model's weights once.
+    """
+    n = batch.max_latents
+    slot_mask = batch.slot_mask(n)  # [B, N]
+    prefix_len = batch.prefix_ids.shape[1]
+    prefix_embeds, suffix_embeds = lm.embed(batch.prefix_ids), lm.embed(batch.suffix_ids)  # [B, P, d], [B, S, d]
+    fed = thoughts[:, :n].to(prefix_embeds.dtype)  # [B, N, d]
+    embeds = torch.cat([prefix_embeds, fed, suffix_embeds], dim=1)  # [B, P+N+S, d]
+    mask = torch.cat([batch.prefix_mask, slot_mask.long(), batch.suffix_mask], dim=1)  # [B, P+N+S]
+    hidden = lm.backbone(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+    ).last_hidden_state  # [B, P+N+S, d]
+    return LatentPassOutput(
+        bot_hidden=hidden[:, prefix_len - 1],
+        latent_inputs=fed,
+        latent_hidden=hidden[:, prefix_len : prefix_len + n],
+        slot_mask=slot_mask,
+        suffix_hidden=hidden[:, prefix_len + n :],
+        map_outputs=[],
     )
 
 

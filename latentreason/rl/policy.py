@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from latentreason.engine.batch import IGNORE
-from latentreason.engine.latent_pass import build_latent_batch, latent_forward
+from latentreason.engine.latent_pass import LatentBatch, build_latent_batch, known_latent_forward
+from latentreason.engine.loss import chosen_logprobs
 from latentreason.engine.rollout import latent_rollout
 from latentreason.engine.sampling import Sampling
 from latentreason.errors import ConfigError
@@ -180,29 +181,25 @@ class LatentPolicy:
         old = ActionLogprobs(*self.latent_and_decision(fed, mean, logvar, before, *masks), out.token_logprobs)
         return RolloutBatch(prompts, out.num_latents, fed, *masks, out.tokens, out.lengths, old)
 
-    def logprobs(self, batch: RolloutBatch) -> ActionLogprobs:
-        """The same actions' log-probs under the current weights, in one teacher-forced pass (with grad)."""
+    def teacher_forced_batch(self, batch: RolloutBatch) -> LatentBatch:
+        """The rollouts as a latent batch: prompt, each row's latent slots, then <eot> and its answer tokens."""
         lm = self.lm
         lengths = batch.lengths.tolist()
         suffixes = [[lm.eot_id] + row[:n] for row, n in zip(batch.tokens.tolist(), lengths)]
         labels = [[IGNORE] + s[1:] for s in suffixes]
-        latent_batch = build_latent_batch(batch.prompts, batch.num_latents.tolist(), suffixes, labels, lm.pad_id).to(
-            lm.device
-        )
-        thoughts = batch.thoughts
+        return build_latent_batch(batch.prompts, batch.num_latents.tolist(), suffixes, labels, lm.pad_id).to(lm.device)
 
-        def feed(hidden, j):  # the drawn thought, not a new sample (none at slots padded for lockstep)
-            return (thoughts[:, j].to(hidden.dtype) if j < thoughts.shape[1] else torch.zeros_like(hidden)), None
-
-        # Each row's latents end where it stopped (masked beyond); <eot> and its answer follow on the cache.
-        out = latent_forward(lm, latent_batch, feed)
+    def logprobs(self, batch: RolloutBatch) -> ActionLogprobs:
+        """The same actions' log-probs under the current weights, in one teacher-forced pass (with grad)."""
+        lm = self.lm
+        # The thoughts are known, so one call over prefix, thoughts and <eot> + answer gives every state.
+        out = known_latent_forward(lm, self.teacher_forced_batch(batch), batch.thoughts)
         before = torch.cat([out.bot_hidden[:, None], out.latent_hidden], dim=1)  # [B, N+1, d] hidden before slot j
-        before = before[:, : thoughts.shape[1]]  # [B, R, d]
+        before = before[:, : batch.thoughts.shape[1]]  # [B, R, d]
         mean, logvar = self.actions.latent_head(before)  # [B, R, d] each
         masks = (batch.latent_mask, batch.decision_mask, batch.decision_stop)
-        latent, decision = self.latent_and_decision(thoughts, mean, logvar, before, *masks)
+        latent, decision = self.latent_and_decision(batch.thoughts, mean, logvar, before, *masks)
         t = batch.tokens.shape[1]
-        logits = lm.lm_head(out.suffix_hidden[:, :t]).float() / self.temperature  # [B, T, V]: <eot>.. predict tokens
-        token = logits.log_softmax(-1).gather(-1, batch.tokens[..., None]).squeeze(-1)  # [B, T]
-        token = torch.where(batch.token_mask, token, torch.zeros_like(token))
+        # <eot> and the answer tokens predict the answer tokens; chunked, never [B, T, V] at once.
+        token = chosen_logprobs(lm.lm_head, out.suffix_hidden[:, :t], batch.tokens, batch.token_mask, self.temperature)
         return ActionLogprobs(latent, decision, token)

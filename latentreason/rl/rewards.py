@@ -1,8 +1,9 @@
 """Reward functions: each maps (problems, completions) to one float per completion.
 
 Built-in: `accuracy` (answer equivalence), `format` (an answer was produced), `coherence` (the decoded
-latent plan is chained, see coherence.py). Add your own with `@register_reward("name")` on a factory
-`(RewardContext) -> fn(problems, completions) -> list[float]` and list it in `reward_funcs`.
+latent plan is chained, see coherence.py), `empo` (agreement within the group, no labels). Add your own
+with `@register_reward("name")` on a factory `(RewardContext) -> fn(problems, completions) -> list[float]`
+and list it in `reward_funcs`.
 
 The total is sum_i w_i * r_i, except that with `coherence_gate: accuracy` the coherence term is
 multiplied by accuracy first (the reference: 1 * acc + 0.5 * fmt + 0.1 * coh * acc). The reference's
@@ -12,6 +13,7 @@ coherence_gate none.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +21,7 @@ import torch
 
 from latentreason.data.answers import extract_answer, is_correct
 from latentreason.data.problems import Problem
+from latentreason.data.votes import vote_key
 from latentreason.errors import ConfigError
 from latentreason.evaluation.harness import answer_mode_for
 from latentreason.rl.coherence import coherence
@@ -47,6 +50,7 @@ class RewardContext:
     c_thought: int
     max_step_tokens: int = 16
     coherence_empty: float = 0.0
+    group_size: int = 1  # rollouts per question; a group's rollouts are consecutive
 
 
 RewardFn = Callable[[list[Problem], list[Completion]], list[float]]
@@ -120,6 +124,30 @@ def coherence_reward(context: RewardContext) -> RewardFn:
             coherence(plan, comp.prediction(p.answer), context.coherence_empty)
             for p, comp, plan in zip(problems, completions, plans)
         ]
+
+    return score
+
+
+@register_reward("empo")
+def empo_reward(context: RewardContext) -> RewardFn:
+    """EMPO (semantic entropy minimisation): a rollout's reward is the share of its group whose final answers
+    fall in its semantic cluster, so GRPO lowers the group's semantic entropy without any label.
+
+    Clusters are the answers the harness's majority vote counts as equal (numerically equal numbers, else
+    normalised text), read with the run's answer_mode alone, never with the reference; a rollout without an
+    answer gets 0 and counts in no cluster.
+    """
+
+    def score(problems, completions):
+        g = context.group_size
+        if len(completions) % g:
+            raise ValueError(f"reward 'empo': {len(completions)} rollouts do not split into groups of {g}")
+        keys = [vote_key(extract_answer(c.text, c.answer_mode), "number") for c in completions]
+        rewards = []
+        for start in range(0, len(keys), g):
+            counts = Counter(key for key in keys[start : start + g] if key is not None)
+            rewards += [counts[key] / g if key is not None else 0.0 for key in keys[start : start + g]]
+        return rewards
 
     return score
 

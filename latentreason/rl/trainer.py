@@ -140,7 +140,7 @@ class RLTrainer(TrainingLoop):
             else:
                 decoder.model.requires_grad_(False)
         c = self.policy.actions.group  # latents per step: ATP's c_thought
-        return RewardContext(self.lm, decoder, c, cfg.coherence_max_tokens, cfg.coherence_empty)
+        return RewardContext(self.lm, decoder, c, cfg.coherence_max_tokens, cfg.coherence_empty, cfg.num_generations)
 
     def _reference_policy(self) -> LatentPolicy:
         """The frozen starting policy for the KL term (costs one more copy of the model)."""
