@@ -9,10 +9,12 @@ import pytest
 
 from latentreason.config import load_config, read_yaml
 from latentreason.methods import METHODS, get_method
+from latentreason.model.pretrained import PRETRAINED
 from latentreason.recipes import RL_METHODS, SHIPPED_CONFIGS, recipe_method, resolve_config_path
 from latentreason.rl.config import RLConfig
 from latentreason.rl.run import run_rl
 from latentreason.training.run import run_training
+from tests.helpers import save_tiny_chat_model
 
 RECIPES = sorted(SHIPPED_CONFIGS.glob("*.yaml"))
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -34,8 +36,9 @@ def test_recipes_are_shipped():
     } <= names
 
 
-def test_rl_recipes_start_from_the_methods_with_latent_actions():
-    assert set(RL_METHODS.values()) == {name for name, cls in METHODS.items() if cls.latent_actions is not None}
+def test_rl_recipes_start_from_the_methods_with_latent_actions_or_a_pretrained_model():
+    latent = {name for name, cls in METHODS.items() if cls.latent_actions is not None}
+    assert set(RL_METHODS.values()) == latent | {PRETRAINED}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -57,7 +60,14 @@ def test_recipe_runs_one_step_on_a_tiny_model(recipe: Path, tmp_path):
         "max_steps": 1,
         "output_dir": str(tmp_path / "run"),
     }
-    if method in RL_METHODS:
+    if RL_METHODS.get(method) == PRETRAINED:
+        # A pretrained chat model's recipe: a tiny chat model stands in for it (LoRA through peft, as shipped).
+        rl_overrides = {k: v for k, v in overrides.items() if k not in ("tiny_model", "per_device_train_batch_size")}
+        model_dir = save_tiny_chat_model(tmp_path / "chat")
+        rl_overrides.update(model_name_or_path=str(model_dir), output_dir=str(tmp_path / "rl"), questions_per_step=2)
+        rl_overrides.update(num_generations=2, per_device_train_batch_size=4, max_completion_length=4, max_new_tokens=4)
+        result = run_rl(load_config(RLConfig, recipe, rl_overrides), progress=False)
+    elif method in RL_METHODS:
         # RL starts from an SFT model of its method: train one for a step, then run the recipe's settings on it.
         sft_method = RL_METHODS[method]
         sft = run_training(sft_method, load_config(get_method(sft_method).config_cls, None, overrides), progress=False)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from latentreason.config import field
 from latentreason.errors import ConfigError
+from latentreason.evaluation.prompting import BOXED_TEMPLATE
 from latentreason.rl.grpo import LOSS_TYPES
 from latentreason.rl.policy import LATENT_LOGPROB
 from latentreason.train_config import TrainConfig
@@ -16,7 +17,9 @@ GATES = ("accuracy", "none")
 @dataclass
 class RLConfig(TrainConfig):
     model_name_or_path: str = field(
-        "runs/atp-tiny/final", help="the ATP-Latent or CoLaR SFT model to improve (a run's final/ or a checkpoint)"
+        "runs/atp-tiny/final",
+        help="the model to improve: an ATP-Latent or CoLaR SFT model (a run's final/ or a checkpoint), or a "
+        "pretrained chat model (smollm2, a Hugging Face directory or hub id) that thinks in tokens",
     )
     learning_rate: float = field(1e-6, help="peak AdamW learning rate (the reference uses 1e-6)")
     max_steps: int = field(-1, help="rollout batches to run; -1 derives them from num_train_epochs")
@@ -48,6 +51,16 @@ class RLConfig(TrainConfig):
         "mean", help="latent log-density: mean (per dimension, tames ratios) or sum (exact, the reference)"
     )
     latent_logprob_scale: float = field(1.0, help="multiplier on the latent log-density term")
+    # --- pretrained chat models (a model_name_or_path not trained here: smollm2, a HF directory) ---
+    multiplex_width: int = field(
+        1,
+        help="tokens drawn per step and fed as their mean embedding (Multiplex Thinking; the paper's K = 3); 1 = text",
+    )
+    prompt_template: str = field(BOXED_TEMPLATE, help="the user turn; {question} is replaced by the question")
+    system_prompt: str = field("", help="system prompt; empty: the chat template's own default")
+    lora_r: int = field(0, help="LoRA rank through peft (0 = full fine-tuning)")
+    lora_alpha: int = field(32, help="LoRA alpha (the adapters' scale is alpha / r)")
+    lora_target_modules: str = field("all-linear", help="'all-linear' or comma-separated module names")
     # --- rewards ---
     reward_funcs: list = field(
         ["accuracy", "format", "coherence"], help="registered reward functions (coherence: ATP-Latent only)"
@@ -85,5 +98,9 @@ class RLConfig(TrainConfig):
             )
         if self.temperature <= 0 or self.epsilon <= 0 or self.max_completion_length < 1:
             raise ConfigError("temperature and epsilon must be > 0 and max_completion_length >= 1")
+        if self.multiplex_width < 1:
+            raise ConfigError(f"field 'multiplex_width': expected >= 1 (1 = plain tokens), got {self.multiplex_width}")
+        if self.lora_r < 0 or (self.lora_r and self.lora_alpha <= 0):
+            raise ConfigError("fields 'lora_r' and 'lora_alpha': lora_r >= 0 (0 = no LoRA) and lora_alpha > 0")
         if self.num_generations < 2:
             raise ConfigError("field 'num_generations': GRPO compares rollouts of a question, so it needs >= 2")

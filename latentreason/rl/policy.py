@@ -32,6 +32,7 @@ from latentreason.engine.loss import chosen_logprobs
 from latentreason.engine.rollout import latent_rollout
 from latentreason.engine.sampling import Sampling
 from latentreason.errors import ConfigError
+from latentreason.rl.rewards import Completion
 
 LATENT_LOGPROB = ("mean", "sum")
 
@@ -66,6 +67,23 @@ class RolloutBatch:
     @property
     def action_mask(self) -> torch.Tensor:
         return torch.cat([self.latent_mask, self.decision_mask, self.token_mask], dim=1)  # [B, 2R+T]
+
+    def completions(self, tokenizer, answer_mode: str) -> list[Completion]:
+        """What the rewards read: each answer's text and the thoughts the row fed."""
+        texts = tokenizer.batch_decode(self.tokens.cpu(), skip_special_tokens=True)
+        return [
+            Completion(text, self.thoughts[i, : int(n)], answer_mode)
+            for i, (text, n) in enumerate(zip(texts, self.num_latents.tolist()))
+        ]
+
+    def metrics(self) -> dict:
+        fed = torch.arange(self.thoughts.shape[1], device=self.thoughts.device)[None] < self.num_latents[:, None]
+        norms = self.thoughts.norm(dim=-1)[fed]  # [fed thoughts]
+        return {
+            "latents/mean_active": float(self.num_latents.float().mean()),
+            "latents/norm": float(norms.mean()) if norms.numel() else 0.0,
+            "completions/mean_length": float(self.lengths.float().mean()),
+        }
 
     def select(self, rows: torch.Tensor) -> RolloutBatch:
         """The rollouts at `rows` (a [M] index tensor), trimmed to what they use."""

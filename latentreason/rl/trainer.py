@@ -28,12 +28,14 @@ from transformers import get_scheduler
 
 from latentreason.data.problems import Problem
 from latentreason.errors import UserError
+from latentreason.evaluation.chat_solver import ChatSolver
 from latentreason.model.latent_lm import LatentLM
 from latentreason.model.step_decoder import StepDecoder
 from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
 from latentreason.rl.policy import LatentPolicy, RolloutBatch
-from latentreason.rl.rewards import Completion, RewardContext, build_rewards, combine
+from latentreason.rl.rewards import RewardContext, build_rewards, combine
+from latentreason.rl.token_policy import MultiplexPolicy, chat_prompt
 from latentreason.training.loop import TrainingLoop
 from latentreason.training.prepared_module import PreparedModule
 
@@ -79,13 +81,15 @@ class RLTrainer(TrainingLoop):
     ):
         if not train:
             raise UserError("no training questions (check dataset / num_train_examples)")
-        if method.latent_actions is None:
+        if method is not None and method.latent_actions is None:
             raise UserError(
-                f"RL needs an ATP-Latent or CoLaR model; {config.model_name_or_path} was trained with {method.name}"
+                f"RL needs an ATP-Latent or CoLaR model or a pretrained one; {config.model_name_or_path} was "
+                f"trained with {method.name}"
             )
-        self.method, self.lm = method, lm
+        self.method, self.lm = method, lm  # method None: a pretrained chat model that thinks in tokens
         self.train_set, self.held_out = train, held_out
-        method.prepare(lm)
+        if method is not None:
+            method.prepare(lm)
         lm.meta["rl_config"] = asdict(config)  # method_config stays the SFT one: `eval` rebuilds the solver from it
         super().__init__(config, resume, progress)
         acc, cfg = self.accelerator, config
@@ -110,9 +114,7 @@ class RLTrainer(TrainingLoop):
         self.total_steps = (
             cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
         )
-        self.policy = LatentPolicy(
-            lm, method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
-        )
+        self.policy = self._policy(lm, method)
         self.reward_context = self._reward_context()
         self.rewards = build_rewards(cfg.reward_funcs, self.reward_context)
         self.weights = dict(zip(cfg.reward_funcs, cfg.reward_weights))
@@ -123,6 +125,33 @@ class RLTrainer(TrainingLoop):
         self.recompute_old = cfg.recompute_old_logprobs == "true" or (cfg.recompute_old_logprobs == "auto" and mixed)
 
     # --- set-up ---------------------------------------------------------------------------------
+    def _policy(self, lm, method) -> LatentPolicy | MultiplexPolicy:
+        cfg = self.config
+        if method is None:
+            return MultiplexPolicy(
+                lm, chat_prompt(lm, cfg), cfg.multiplex_width, cfg.temperature, cfg.max_completion_length
+            )
+        if cfg.multiplex_width != 1:
+            raise UserError(
+                f"multiplex_width {cfg.multiplex_width}: Multiplex Thinking is for pretrained models, not {method.name}"
+            )
+        return LatentPolicy(
+            lm, method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
+        )
+
+    def resume_resets_optimizer(self) -> bool:
+        return self.config.lora_r > 0 or (self.method is not None and self.method.resume_resets_optimizer())
+
+    def run_label(self) -> str:
+        if self.method is not None:
+            return self.method.name
+        return "text" if self.config.multiplex_width == 1 else f"multiplex K={self.config.multiplex_width}"
+
+    def held_out_solver(self):
+        if self.method is not None:
+            return self.method.solver(self.lm)
+        return ChatSolver(self.lm, self.policy.prompt, max_new_tokens=self.config.max_new_tokens)
+
     def _starting_model(self):
         """A frozen copy of the model RL started from (the SFT model, also when resuming a checkpoint)."""
         if self.resume is None:
@@ -132,22 +161,26 @@ class RLTrainer(TrainingLoop):
         return start.requires_grad_(False).eval()
 
     def _reward_context(self) -> RewardContext:
-        cfg, decoder = self.config, getattr(self.method, "decoder", None)  # CoLaR has none: no coherence reward
+        cfg, decoder = self.config, getattr(self.method, "decoder", None)  # CoLaR and chat models: no coherence
         if decoder is not None:
             if decoder.mode == "shared":
                 # The base model is the decoder and RL changes it: score with the frozen starting model.
                 decoder = StepDecoder(self._starting_model(), "shared")
             else:
                 decoder.model.requires_grad_(False)
-        c = self.policy.actions.group  # latents per step: ATP's c_thought
+        c = self.policy.actions.group if self.method is not None else 1  # latents per step: ATP's c_thought
         return RewardContext(self.lm, decoder, c, cfg.coherence_max_tokens, cfg.coherence_empty, cfg.num_generations)
 
     def _reference_policy(self) -> LatentPolicy:
         """The frozen starting policy for the KL term (costs one more copy of the model)."""
         ref_lm = self._starting_model()
+        cfg = self.config
+        if self.method is None:
+            return MultiplexPolicy(
+                ref_lm, self.policy.prompt, cfg.multiplex_width, cfg.temperature, cfg.max_completion_length
+            )
         ref_method = type(self.method)(self.method.config)
         ref_method.prepare(ref_lm)
-        cfg = self.config
         return LatentPolicy(
             ref_lm, ref_method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
         )
@@ -183,7 +216,9 @@ class RLTrainer(TrainingLoop):
         return {**since_log[-1], "lr": lr}  # the last rollout step's metrics (already averaged over processes)
 
     def postfix(self, metrics):
-        return {"reward": f"{metrics['reward']:.3f}", "latents": f"{metrics['latents/mean_active']:.1f}"}
+        if "latents/mean_active" in metrics:
+            return {"reward": f"{metrics['reward']:.3f}", "latents": f"{metrics['latents/mean_active']:.1f}"}
+        return {"reward": f"{metrics['reward']:.3f}", "length": f"{metrics['completions/mean_length']:.0f}"}
 
     def rl_step(self, module, optimizer, scheduler, questions: list[Problem], step: int) -> dict:
         """Sample, score and update on one rollout batch; returns its metrics (phase times included)."""
@@ -203,17 +238,13 @@ class RLTrainer(TrainingLoop):
         update_stats = self._updates(module, optimizer, scheduler, rollouts, advantages, step)
         updated = time.perf_counter()
         grouped = rewards.view(-1, cfg.num_generations)  # [Q, G]
-        fed = torch.arange(rollouts.thoughts.shape[1], device=lm.device)[None] < rollouts.num_latents[:, None]  # [B, R]
-        norms = rollouts.thoughts.norm(dim=-1)[fed]
         metrics = {
             "reward": float(rewards.mean()),
             "reward_std": float(grouped.std(1).mean()),
             "frac_reward_zero_std": float((grouped.std(1) < 1e-6).float().mean()),
             **{f"rewards/{name}/mean": sum(v) / len(v) for name, v in scores.items()},
             **update_stats,
-            "latents/mean_active": float(rollouts.num_latents.float().mean()),
-            "latents/norm": float(norms.mean()) if norms.numel() else 0.0,
-            "completions/mean_length": float(rollouts.lengths.float().mean()),
+            **rollouts.metrics(),
             "time/rollout_s": sampled - began,
             "time/score_s": scored - sampled,
             "time/update_s": updated - scored,
@@ -230,11 +261,7 @@ class RLTrainer(TrainingLoop):
             if self.ref_policy is not None:
                 rollouts.ref = self.ref_policy.logprobs(rollouts)
         sampled = time.perf_counter()
-        texts = self.lm.tokenizer.batch_decode(rollouts.tokens.cpu(), skip_special_tokens=True)
-        completions = [
-            Completion(text, rollouts.thoughts[i, : int(n)], self.config.answer_mode)
-            for i, (text, n) in enumerate(zip(texts, rollouts.num_latents.tolist()))
-        ]
+        completions = rollouts.completions(self.lm.tokenizer, self.config.answer_mode)
         return rollouts, {name: fn(problems, completions) for name, fn in self.rewards.items()}, sampled
 
     def _updates(self, module, optimizer, scheduler, rollouts, advantages, step) -> dict:

@@ -140,7 +140,7 @@ class TrainingLoop(abc.ABC):
             state = load_training_state(self.resume, scheduler)
             self.guard.skipped = state.get("skipped_nonfinite", 0)
             acc.print(f"resumed from {self.resume} at step {state['global_step']}")
-            if self.method.resume_resets_optimizer():
+            if self.resume_resets_optimizer():
                 optimizer.optimizer.state.clear()
                 acc.print("fresh LoRA adapters on the merged checkpoint: the optimizer state starts anew")
             if acc.is_main_process:
@@ -151,7 +151,7 @@ class TrainingLoop(abc.ABC):
         bar = tqdm(
             total=self.total_steps,
             initial=state["global_step"],
-            desc=f"{self.progress_label} {self.method.name}",
+            desc=f"{self.progress_label} {self.run_label()}",
             disable=not (self.progress and acc.is_main_process),
             dynamic_ncols=True,
         )
@@ -217,7 +217,7 @@ class TrainingLoop(abc.ABC):
         result = self.backend.outside_forward(
             module,
             lambda: evaluate_sharded(
-                self.method.solver(lm),
+                self.held_out_solver(),
                 self.held_out,
                 acc,
                 self.config.dataset,
@@ -241,6 +241,18 @@ class TrainingLoop(abc.ABC):
             f"{result.latent_tokens:.1f} latents and {result.text_tokens:.1f} reasoning tokens per problem"
         )
         return result
+
+    def resume_resets_optimizer(self) -> bool:
+        """A resumed run starts fresh LoRA adapters on the merged weights: the saved optimizer state no longer
+        belongs to its parameters."""
+        return self.method.resume_resets_optimizer()
+
+    def run_label(self) -> str:
+        return self.method.name
+
+    def held_out_solver(self):
+        """What solves the held-out problems: the method's own solver."""
+        return self.method.solver(self.lm)
 
     def save(self, module, optimizer, scheduler, state: dict) -> None:
         acc = self.accelerator
