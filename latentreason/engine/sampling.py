@@ -101,6 +101,8 @@ class RowSampling:
     top_p: torch.Tensor
     min_p: torch.Tensor
 
+    row_state = ("temperature", "top_k", "top_p", "min_p")  # engine.slots: every field is per row
+
     @classmethod
     def stack(cls, settings: list[Sampling], device=None) -> RowSampling:
         def column(name, dtype):
