@@ -685,7 +685,7 @@ def cmd_study(argv: list[str]) -> int:
 
 
 USAGE = (
-    "usage: latentreason {train,rl,train-rm,eval,demo,study,data,inspect,bench} [--debug] ...\n"
+    "usage: latentreason {train,rl,train-rm,eval,demo,study,data,inspect,serve,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
     "  rl     GRPO over latent plans from an ATP-Latent or CoLaR SFT model (--config atp-rl-tiny, ...)\n"
     "  train-rm  train LatentRM, a step-level reward model over a latent model's trajectories (best-of-N)\n"
@@ -694,6 +694,7 @@ USAGE = (
     "  study  a grid of tasks x methods x seeds, resumable, with a report (--config coconut-tasks)\n"
     "  data   stats / list / generate\n"
     "  inspect  show what a latent model thought (decoded steps, stop decisions, nearest tokens)\n"
+    "  serve  an OpenAI-compatible server with continuous batching, for latent and soft-thinking models\n"
     "  bench  speed and memory benchmarks (bench engine, bench rl, bench decode, bench tts)"
 )
 
@@ -735,6 +736,20 @@ def cmd_inspect(argv: list[str]) -> int:
         raise UserError(f"{args.model} was trained with '{method.name}', which has no latents to inspect")
     reports = inspect_problems(lm, method, problems)
     print(json.dumps(reports, indent=2) if args.json else "\n\n".join(format_report(r) for r in reports))
+    return 0
+
+
+# --- serve -------------------------------------------------------------------------------------
+def cmd_serve(argv: list[str]) -> int:
+    from latentreason.serve.run import add_serve_flags, serve, settings_from_args
+
+    parser = argparse.ArgumentParser(
+        prog="latentreason serve",
+        description="An OpenAI-compatible server (chat completions, completions, streaming) for a model trained "
+        "here or a pretrained one with a latent decoder, batching requests continuously (docs/serving.md).",
+    )
+    add_serve_flags(parser)
+    serve(settings_from_args(parser.parse_args(argv)))
     return 0
 
 
@@ -805,6 +820,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "bench": cmd_bench,
     "study": cmd_study,
+    "serve": cmd_serve,
 }
 
 

@@ -81,6 +81,7 @@ def mixed_requests(lm) -> list[Request]:
         Request(prompts[2], Sampling(temperature=1.3, top_k=5), seed=1, max_new_tokens=4, arrives=2),
         Request(prompts[3], arrives=5, max_new_tokens=7),  # joins after request 2 left: its slot is reused
         Request(prompts[4] * 2, warm, seed=9, samples=2, arrives=6),  # longer than every running row
+        Request(prompts[2], Sampling(temperature=1.0), seed=3, samples=2, arrives=1),  # no filter, beside filters
     ]
 
 
@@ -102,7 +103,7 @@ def test_text_rows_joining_mid_flight_equal_each_request_alone(model_type):
         ctx = request.context(lm, stops, [lm.eot_id])
         return decoder_from_args("text").policy(lm, ctx)
 
-    served = serve(lm, requests, build, capacity=8)
+    served = serve(lm, requests, build, capacity=10)
     for i, request in enumerate(requests):
         alone = decoder_from_args("text").generate(lm, request.context(lm, stops, [lm.eot_id]))
         for s in range(request.samples):
@@ -124,7 +125,7 @@ def test_soft_thinking_rows_joining_mid_flight_equal_each_request_alone(model_ty
             ctx = request.context(lm, [len(lm.tokenizer) + 10], end)
         return decoder.policy(lm, ctx)
 
-    served = serve(lm, requests, build, capacity=8)
+    served = serve(lm, requests, build, capacity=10)
     for i, request in enumerate(requests):
         alone = decoder.generate(lm, request.context(lm, [len(lm.tokenizer) + 10], end))
         for s in range(request.samples):
@@ -142,7 +143,7 @@ def test_latent_rows_joining_mid_flight_equal_each_request_alone():
         return torch.tanh(hidden) * (1 + 0.1 * slot), None
 
     requests = mixed_requests(lm)
-    latents = {0: 3, 1: 2, 2: 4, 3: 1, 4: 3}  # per request: its maximum latents
+    latents = {0: 3, 1: 2, 2: 4, 3: 1, 4: 3, 5: 2}  # per request: its maximum latents
     stops = stops_for(lm)
 
     def build(request, rows):
@@ -156,7 +157,7 @@ def test_latent_rows_joining_mid_flight_equal_each_request_alone():
             policy.limits[:] = latents[requests.index(request)]
         return policy
 
-    served = serve(lm, requests, build, capacity=8, limit=lambda r: 4 + 1 + r.max_new_tokens)
+    served = serve(lm, requests, build, capacity=10, limit=lambda r: 4 + 1 + r.max_new_tokens)
     assert len(set(calls)) > 1
     for i, request in enumerate(requests):
         seeds = row_seeds(request.seed, ["request"], request.samples)

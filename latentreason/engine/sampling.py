@@ -156,10 +156,13 @@ def sample_tokens(
         ids = logits.argmax(-1)  # [B]
         return ids, logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
     logp, candidates = filtered_logprobs(logits, sampling)  # [B, K]
-    cdf = logp.double().exp().cumsum(-1)  # [B, K]
+    # The draw walks the vocabulary in its own order for every row: the sorted order that filters give would
+    # make a row's sample depend on whether other rows in its batch filter.
+    logp = logp.new_full(logits.shape, float("-inf")).scatter(1, candidates, logp)  # [B, V]
+    cdf = logp.double().exp().cumsum(-1)  # [B, V]
     u = row_uniform(seeds, counters, STREAM_TOKENS) * cdf[:, -1:]  # [B, 1]
     pick = torch.searchsorted(cdf, u, right=True).clamp(max=logp.shape[1] - 1)  # [B, 1]: first cdf > u
-    ids = candidates.gather(-1, pick).squeeze(-1)  # [B]
+    ids = pick.squeeze(-1)  # [B] vocabulary order
     logprob = logp.gather(-1, pick).squeeze(-1)
     argmax = logits.argmax(-1)
     ids = torch.where(greedy, argmax, ids)

@@ -22,6 +22,8 @@ def adopt_rows(policy, fresh, slots: torch.Tensor) -> None:
     for name in policy.row_state:
         mine, theirs = getattr(policy, name), getattr(fresh, name)
         if torch.is_tensor(mine):
-            mine[slots.to(mine.device)] = theirs.to(mine.dtype)
+            if theirs.dtype != mine.dtype:  # a silent cast would lose e.g. int64 seeds in float32
+                raise TypeError(f"{type(policy).__name__}.{name}: {theirs.dtype} rows for a {mine.dtype} state")
+            mine[slots.to(mine.device)] = theirs.to(mine.device)
         else:
             adopt_rows(mine, theirs, slots)
