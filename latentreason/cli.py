@@ -695,7 +695,7 @@ USAGE = (
     "  data   stats / list / generate\n"
     "  inspect  show what a latent model thought (decoded steps, stop decisions, nearest tokens)\n"
     "  serve  an OpenAI-compatible server with continuous batching, for latent and soft-thinking models\n"
-    "  bench  speed and memory benchmarks (bench engine, bench rl, bench decode, bench tts)"
+    "  bench  speed and memory benchmarks (bench engine, bench rl, bench decode, bench tts, bench serve)"
 )
 
 
@@ -758,10 +758,12 @@ def cmd_bench(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="latentreason bench", description="Speed and memory benchmarks.")
     parser.add_argument(
         "suite",
-        choices=("engine", "rl", "decode", "tts"),
+        choices=("engine", "rl", "decode", "tts", "serve"),
         help="engine: the latent training pass and rollout; rl: one GRPO step; decode: the step engine's "
         "decoding against generate and each decoder against greedy decoding (SmolLM2); tts: 16 latent "
-        "trajectories of one problem from one shared prefill against 16 separate solves",
+        "trajectories of one problem from one shared prefill against 16 separate solves; serve: 64 concurrent "
+        "requests against the same one at a time through a live server (Soft Thinking and a latent model), and "
+        "a 1000-request soak",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="a tiny model and batch: checks the benchmark runs")
@@ -775,6 +777,14 @@ def cmd_bench(argv: list[str]) -> int:
             TTSBenchConfig(samples=4, model=tiny, latents=2, answer_tokens=3, repeats=1) if args.quick else None,
             args.device,
         )
+        return 0
+    if args.suite == "serve":
+        from latentreason.bench.serve import ServeBenchConfig, run_serve_bench
+
+        quick = ServeBenchConfig(
+            requests=8, min_tokens=2, max_tokens=6, soak=40, soak_tokens=2, concurrency=8, tiny=True
+        )
+        run_serve_bench(quick if args.quick else ServeBenchConfig(), args.device)
         return 0
     if args.suite == "decode":
         from latentreason.bench.decode import DecodeBenchConfig, run_decode_bench
