@@ -102,13 +102,20 @@ def problems_file(tmp_path_factory):
     return path
 
 
-def test_greedy_chat_replies_equal_eval(chat_dir, problems_file, tmp_path):
-    generated = eval_replies(chat_dir, problems_file, tmp_path, "--max-new-tokens", "12", "--answer-mode", "flexible")
+@pytest.mark.parametrize(
+    ("decoder", "args"),
+    [("text", {}), ("soft-thinking", {"max_thinking_steps": 4}), ("swireasoning", {})],  # a lane, a lane, own batch
+)
+def test_greedy_chat_replies_equal_eval(chat_dir, problems_file, tmp_path, decoder, args):
+    flags = ["--max-new-tokens", "12", "--answer-mode", "flexible", "--decoder", decoder]
+    generated = eval_replies(chat_dir, problems_file, tmp_path, *flags, "--decoder-args", json.dumps(args))
     questions = [p["question"] for p in json.loads(problems_file.read_text())]
-    with BackgroundServer(ServeSettings(model=str(chat_dir), dtype="float32")) as url:
+    settings = ServeSettings(model=str(chat_dir), dtype="float32", decoder=decoder, decoder_args=args)
+    with BackgroundServer(settings) as url:
         served = [chat(url, q.strip(), max_tokens=12, temperature=0) for q in questions]
     assert [r.choices[0].message.content.strip() for r in served] == generated
-    assert all(r.usage.completion_tokens_details.reasoning_tokens == 0 for r in served)
+    soft = [r.usage.completion_tokens_details.reasoning_tokens for r in served]
+    assert all(n == 0 for n in soft) if decoder == "text" else any(n > 0 for n in soft)
 
 
 def test_greedy_latent_model_replies_equal_eval(colar_dir, problems_file, tmp_path):
@@ -281,6 +288,17 @@ def test_the_api_key_the_model_id_and_the_body_limit(server):
     assert post(server, b"{" + b" " * (Limits().max_body_bytes + 1) + b"}").status_code == 413
     models = client(server).models.list()
     assert [m.id for m in models.data] == ["tinychat"]
+
+
+def test_serve_flags_that_cannot_work_are_user_errors(chat_dir, colar_dir, capsys):
+    for argv in (
+        ["--model", str(chat_dir), "--decoder", "nope"],
+        ["--model", str(colar_dir), "--decoder", "soft-thinking"],
+        ["--model", str(chat_dir), "--max-n", "9", "--max-batch", "4"],
+        ["--model", str(chat_dir), "--decoder", "soft-thinking", "--decoder-args", "{top_k: -1}"],
+    ):
+        assert cli.main(["serve", *argv]) == 2
+        assert capsys.readouterr().err.startswith("latentreason: error: ")
 
 
 def test_metrics_are_prometheus_text(server):

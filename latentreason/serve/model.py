@@ -284,6 +284,10 @@ def load_served(model: str, decoder: str, decoder_args: dict, device: str, dtype
 
     if decoder not in DECODERS:
         raise UserError(f"--decoder: unknown decoder {decoder!r}; expected one of {', '.join(sorted(DECODERS))}")
+    try:
+        decoder_from_args(decoder, decoder_args)  # bad arguments fail before the model loads
+    except ConfigError as err:
+        raise UserError(f"--decoder-args: {err}") from None
     if model_kind(model) == TRAINED:
         if decoder != "text" or decoder_args:
             raise UserError("--decoder/--decoder-args: for pretrained models; a model trained here uses its method")
@@ -291,7 +295,4 @@ def load_served(model: str, decoder: str, decoder_args: dict, device: str, dtype
         return ServedModel(lm, name or model_id(model), solver=method.solver(lm))
     lm = load_pretrained(model, dtype).to(device)
     prompt = PromptBuilder(lm.tokenizer, extra_stop_ids=generation_stop_ids(lm))
-    try:
-        return ServedModel(lm, name or model_id(model), prompt, decoder=decoder, decoder_args=decoder_args)
-    except RequestError as err:
-        raise UserError(err.message.replace("--decoder.decoder_args", "--decoder-args")) from None
+    return ServedModel(lm, name or model_id(model), prompt, decoder=decoder, decoder_args=decoder_args)

@@ -120,15 +120,16 @@ def parse_ask(body: dict, chat: bool, limits: Limits) -> Ask:
     )
 
 
-def _typed(body: dict, name: str, kind: type, required: bool = False):
-    value = body.get(name)
+def _typed(body: dict, name: str, kind: type, required: bool = False, within: str = ""):
+    """body[name] if it is a `kind` (None when absent); `within` prefixes the field's name in errors."""
+    value, where = body.get(name), within + name
     if value is None:
         if required:
-            raise RequestError(f"{name}: required", name)
+            raise RequestError(f"{where}: required", where)
         return None
     # JSON true/false are not numbers here, and an integer field takes no 3.0
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise RequestError(f"{name}: expected {_JSON_NAMES.get(kind, kind.__name__)}, got {json.dumps(value)}", name)
+        raise RequestError(f"{where}: expected {_JSON_NAMES.get(kind, kind.__name__)}, got {json.dumps(value)}", where)
     return value
 
 
@@ -195,9 +196,9 @@ def _latent(body: dict) -> LatentOptions:
     if unknown:
         known = "decoder, decoder_args, max_latents"
         raise RequestError(f"latent: unknown field '{sorted(unknown)[0]}' (it takes {known})", "latent")
-    decoder = _typed(latent, "decoder", str)
-    args = _typed(latent, "decoder_args", dict) or {}
-    max_latents = _typed(latent, "max_latents", int)
+    decoder = _typed(latent, "decoder", str, within="latent.")
+    args = _typed(latent, "decoder_args", dict, within="latent.") or {}
+    max_latents = _typed(latent, "max_latents", int, within="latent.")
     if max_latents is not None and max_latents < 0:
         raise RequestError(f"latent.max_latents: expected >= 0, got {max_latents}", "latent.max_latents")
     return LatentOptions(decoder, args, max_latents)
