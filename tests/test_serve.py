@@ -49,6 +49,16 @@ def colar_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def cot_dir(tmp_path_factory):
+    """A saved (untrained) model of a text method trained here: plain decoding from its training layout."""
+    lm = build_tiny_lm("llama", seed=3)
+    lm.meta.update(method="cot", method_config={"max_new_tokens": 8})
+    path = tmp_path_factory.mktemp("serve") / "cot"
+    lm.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def server(chat_dir):
     """A float64 server (replies served together and alone agree exactly) with an API key."""
     settings = ServeSettings(model=str(chat_dir), dtype="float64", max_batch=64, max_queue=64, api_key=KEY)
@@ -118,22 +128,28 @@ def test_greedy_chat_replies_equal_eval(chat_dir, problems_file, tmp_path, decod
     assert all(n == 0 for n in soft) if decoder == "text" else any(n > 0 for n in soft)
 
 
-def test_greedy_latent_model_replies_equal_eval(colar_dir, problems_file, tmp_path):
-    generated = eval_replies(colar_dir, problems_file, tmp_path, "--max-new-tokens", "8")
+def test_greedy_replies_of_models_trained_here_equal_eval(colar_dir, cot_dir, problems_file, tmp_path):
     questions = [p["question"] for p in json.loads(problems_file.read_text())]
-    with BackgroundServer(ServeSettings(model=str(colar_dir), dtype="float32")) as url:
-        served = [
-            openai.OpenAI(base_url=url + "/v1", api_key="none").completions.create(
-                model="colar", prompt=q, max_tokens=8, temperature=0
-            )
-            for q in questions
-        ]
-        assert all(r.usage.completion_tokens_details.reasoning_tokens > 0 for r in served)  # latents counted
-        capped = openai.OpenAI(base_url=url + "/v1", api_key="none").completions.create(
-            model="colar", prompt=questions[0], max_tokens=8, temperature=0, extra_body={"latent": {"max_latents": 0}}
-        )
-    assert [r.choices[0].text for r in served] == generated
-    assert capped.usage.completion_tokens_details.reasoning_tokens == 0
+    for model in (colar_dir, cot_dir):
+        generated = eval_replies(model, problems_file, tmp_path / model.name, "--max-new-tokens", "8")
+        with BackgroundServer(ServeSettings(model=str(model), dtype="float32")) as url:
+            served = openai.OpenAI(base_url=url + "/v1", api_key="none")
+            ask = dict(model=model.name, max_tokens=8, temperature=0)
+            replies = [served.completions.create(prompt=q, **ask) for q in questions]
+            assert [r.choices[0].text for r in replies] == generated
+            latents = [r.usage.completion_tokens_details.reasoning_tokens for r in replies]
+            if model == colar_dir:
+                assert all(n > 0 for n in latents)  # latents counted
+                capped = served.chat.completions.create(
+                    model="colar",
+                    messages=[{"role": "user", "content": questions[0]}],
+                    max_tokens=8,
+                    temperature=0,
+                    extra_body={"latent": {"max_latents": 0}},
+                )
+                assert capped.usage.completion_tokens_details.reasoning_tokens == 0
+            else:
+                assert latents == [0] * len(questions)
 
 
 def mixed_request(i: int) -> dict:

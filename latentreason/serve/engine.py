@@ -97,6 +97,7 @@ class Engine:
         self.lanes: dict[str, Lane] = {}
         self.progress: dict[int, Progress] = {}  # id(job) -> its progress, for admitted jobs
         self.stopping = False
+        self.rows = 0  # rows running, as of the last step boundary (read by /metrics from another thread)
         self.thread = threading.Thread(target=self._run, name="latentreason-engine", daemon=True)
 
     # --- called from the web server's thread -----------------------------------------------------
@@ -131,7 +132,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return sum(lane.batch.running for lane in list(self.lanes.values()))
+        return self.rows
 
     # --- the engine thread -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -151,13 +152,17 @@ class Engine:
                         self._step(lane)
                     if lane.batch.running == 0:
                         del self.lanes[key]  # its cache and policy state go with it
+                self.rows = self._running_rows()
             except Exception:  # a bug must not leave clients waiting: fail what is running, keep serving
                 log.exception("the engine failed; failing the requests it was running")
                 self._fail_all(RequestError("internal error while generating", None, 500, "server_error"))
 
+    def _running_rows(self) -> int:
+        return sum(lane.batch.running for lane in self.lanes.values())
+
     def _take(self) -> list[Job]:
         """The oldest waiting jobs whose rows fit in the free capacity (in order: a big job is not overtaken)."""
-        free, joining = self.capacity - self.running, []
+        free, joining = self.capacity - self._running_rows(), []
         while self.waiting and self.waiting[0].rows <= free:
             job = self.waiting.popleft()
             free -= job.rows
@@ -292,3 +297,4 @@ class Engine:
             self.metrics.count("error")
         self.progress.clear()
         self.lanes.clear()
+        self.rows = 0

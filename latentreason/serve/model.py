@@ -219,9 +219,12 @@ class ServedModel:
         if ask.chat and (len(ask.messages) != 1 or ask.messages[0]["role"] != "user"):
             raise RequestError("a model trained here reads one question: send one user message", "messages")
         from latentreason.data.problems import Problem
+        from latentreason.layout import encode_problem
 
-        question = ask.messages[0]["content"] if ask.chat else ask.prompt
-        return self.solver.prompts([Problem(question, [], "")])[0]
+        problem = Problem(ask.messages[0]["content"] if ask.chat else ask.prompt, [], "")
+        if hasattr(self.solver, "prompts"):  # a latent solver's layout (CoLaR adds its compression factor)
+            return self.solver.prompts([problem])[0]
+        return encode_problem(self.lm.tokenizer, problem).prompt
 
     def recipe(self, options: LatentOptions, where: str) -> Recipe:
         """The recipe for these latent options (one object per distinct choice, shared by its requests)."""
