@@ -7,7 +7,9 @@ is split, and whether other rows have already left it.
 
 Token sampling follows the order of the Soft Thinking reference (SGLang): p = softmax(logits / T), then
 top-k, top-p (on the cumulative probability of the sorted, unrenormalised p) and min-p (drop p < min_p x
-max p) decide which tokens stay, then the kept p is renormalised. Temperature 0 is greedy.
+max p) decide which tokens stay, then the kept p is renormalised. Temperature 0 is greedy. The draw inverts
+the kept p's cumulative sum in vocabulary order for every row, so a row's sample does not depend on the
+settings of the rows beside it either (rows of different requests share a batch when serving).
 """
 
 from __future__ import annotations
