@@ -29,8 +29,8 @@ from latentreason.data.generators import generate
 @dataclass
 class ServeBenchConfig:
     requests: int = 64
-    min_tokens: int = 8  # max_tokens of the requests spread evenly over [min_tokens, max_tokens]
-    max_tokens: int = 48
+    min_tokens: int = 16  # max_tokens of the requests spread evenly over [min_tokens, max_tokens]
+    max_tokens: int = 64
     soak: int = 1000
     soak_tokens: int = 4
     concurrency: int = 64
@@ -38,23 +38,22 @@ class ServeBenchConfig:
 
 
 def post(url: str, body: dict) -> tuple[float, dict]:
-    """(seconds, the JSON reply) of one completion request."""
-    request = urllib.request.Request(
-        url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
+    """(seconds, the JSON reply) of one request: chat when it has messages, else a completion."""
+    endpoint = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    request = urllib.request.Request(url + endpoint, json.dumps(body).encode(), {"Content-Type": "application/json"})
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=3600) as response:
         reply = json.loads(response.read())
     return time.perf_counter() - start, reply
 
 
-def bodies(cfg: ServeBenchConfig, model: str, extra: dict) -> list[dict]:
+def bodies(cfg: ServeBenchConfig, model: str, chat: bool) -> list[dict]:
+    """The requests: arithmetic questions (as a chat turn for a pretrained model), max_tokens mixed."""
     questions = [p.question for p in generate("arithmetic", cfg.requests, seed=0)]
     span = max(cfg.max_tokens - cfg.min_tokens, 0)
     lengths = [cfg.min_tokens + (i * 37) % (span + 1) for i in range(cfg.requests)]  # mixed, spread evenly
-    return [
-        {"model": model, "prompt": q, "max_tokens": n, "temperature": 0, **extra} for q, n in zip(questions, lengths)
-    ]
+    prompts = [{"messages": [{"role": "user", "content": q}]} if chat else {"prompt": q} for q in questions]
+    return [{"model": model, **p, "max_tokens": n, "temperature": 0} for p, n in zip(prompts, lengths)]
 
 
 def one_then_all(url: str, requests: list[dict], concurrency: int) -> dict:
@@ -152,7 +151,7 @@ def run_serve_bench(cfg: ServeBenchConfig | None = None, device: str | None = No
         for kind, (model, decoder, args) in kinds.items():
             settings = replace(common, model=str(model), decoder=decoder, decoder_args=args, name=kind)
             with BackgroundServer(settings) as url:
-                result = one_then_all(url, bodies(cfg, kind, {}), cfg.concurrency)
+                result = one_then_all(url, bodies(cfg, kind, chat=kind == "soft_thinking"), cfg.concurrency)
                 if kind == "soft_thinking":
                     figures.update(soak(url, kind, cfg))
             latencies += result.pop("latencies")

@@ -30,6 +30,7 @@ from latentreason.serve.protocol import RequestError
 from latentreason.serve.text import TextStream
 
 log = logging.getLogger("latentreason.serve")
+PREFILL_GROUP = 8  # requests prefilled in one call when many join at once
 
 
 @dataclass
@@ -67,6 +68,12 @@ class Lane:
         self.owner: dict[int, Reply] = {}  # slot -> the reply its row generates
 
     def admit(self, jobs: list[Progress]) -> None:
+        """Prefill the jobs in groups of similar prompt lengths (less padding), each group joining the batch."""
+        jobs = sorted(jobs, key=lambda p: len(p.job.prompt))
+        for start in range(0, len(jobs), PREFILL_GROUP):
+            self._join(jobs[start : start + PREFILL_GROUP])
+
+    def _join(self, jobs: list[Progress]) -> None:
         recipe = self.recipe
         slots = self.batch.admit(
             [p.job.prompt for p in jobs],
@@ -212,6 +219,7 @@ class Engine:
             self._token(self.progress[id(reply.job)], reply, kind, token, ends)
             end.append(reply.text.stopped)
         done = batch.feed(record, torch.tensor(end, device=record.rows.device)).tolist()
+        self.rows = self._running_rows()  # before any client hears its reply is done
         for slot, token, left in zip(rows, tokens, done):
             if left:
                 reply = lane.owner.pop(slot)
@@ -280,6 +288,7 @@ class Engine:
                 running = [slot for slot in progress.slots if lane is not None and slot in lane.owner]
                 if lane is not None:
                     lane.drop(running)
+                self.rows = self._running_rows()  # before the client hears of it
                 self.metrics.rows_cancelled(len(running))
                 self.progress.pop(id(job), None)
                 self._end(job, now)

@@ -110,6 +110,7 @@ def build_server(settings: ServeSettings):
     served = load_served(settings.model, settings.decoder, settings.decoder_args or {}, device, dtype, settings.name)
     engine = Engine(settings.max_batch, settings.max_queue)
     app = build_app(served, engine, settings.limits, settings.api_key, settings.timeout)
+    app.state.served = served
     return app, engine
 
 
