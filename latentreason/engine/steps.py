@@ -8,9 +8,10 @@
     feed     rows that ended leave the batch (cache rows selected), the others run one call
 
 A policy keeps its own per-row state in full-size [B] tensors indexed by `view.rows` (each running row's
-original index), so rows leaving the batch cost it nothing. The loop returns a `Trace`: per row and step
+original index), so rows leaving the batch cost it nothing. `run_steps` returns a `Trace`: per row and step
 the kind of input, the token (fed, or recorded for an embedding step), its log-prob, and optionally the
-entropy, top-1 token and hidden state.
+entropy, top-1 token and hidden state. Its loop is a `StepLoop`, which a server drives itself to let rows
+join between steps (engine/continuous.py).
 """
 
 from __future__ import annotations
