@@ -685,7 +685,7 @@ def cmd_study(argv: list[str]) -> int:
 
 
 USAGE = (
-    "usage: latentreason {train,rl,train-rm,eval,demo,study,data,inspect,bench} [--debug] ...\n"
+    "usage: latentreason {train,rl,train-rm,eval,demo,study,data,inspect,serve,bench} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
     "  rl     GRPO over latent plans from an ATP-Latent or CoLaR SFT model (--config atp-rl-tiny, ...)\n"
     "  train-rm  train LatentRM, a step-level reward model over a latent model's trajectories (best-of-N)\n"
@@ -694,7 +694,8 @@ USAGE = (
     "  study  a grid of tasks x methods x seeds, resumable, with a report (--config coconut-tasks)\n"
     "  data   stats / list / generate\n"
     "  inspect  show what a latent model thought (decoded steps, stop decisions, nearest tokens)\n"
-    "  bench  speed and memory benchmarks (bench engine, bench rl, bench decode, bench tts)"
+    "  serve  an OpenAI-compatible server with continuous batching, for latent and soft-thinking models\n"
+    "  bench  speed and memory benchmarks (bench engine, bench rl, bench decode, bench tts, bench serve)"
 )
 
 
@@ -738,15 +739,31 @@ def cmd_inspect(argv: list[str]) -> int:
     return 0
 
 
+# --- serve -------------------------------------------------------------------------------------
+def cmd_serve(argv: list[str]) -> int:
+    from latentreason.serve.run import add_serve_flags, serve, settings_from_args
+
+    parser = argparse.ArgumentParser(
+        prog="latentreason serve",
+        description="An OpenAI-compatible server (chat completions, completions, streaming) for a model trained "
+        "here or a pretrained one with a latent decoder, batching requests continuously (docs/serving.md).",
+    )
+    add_serve_flags(parser)
+    serve(settings_from_args(parser.parse_args(argv)))
+    return 0
+
+
 # --- bench -------------------------------------------------------------------------------------
 def cmd_bench(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="latentreason bench", description="Speed and memory benchmarks.")
     parser.add_argument(
         "suite",
-        choices=("engine", "rl", "decode", "tts"),
+        choices=("engine", "rl", "decode", "tts", "serve"),
         help="engine: the latent training pass and rollout; rl: one GRPO step; decode: the step engine's "
         "decoding against generate and each decoder against greedy decoding (SmolLM2); tts: 16 latent "
-        "trajectories of one problem from one shared prefill against 16 separate solves",
+        "trajectories of one problem from one shared prefill against 16 separate solves; serve: 64 concurrent "
+        "requests against the same one at a time through a live server (Soft Thinking and a latent model), and "
+        "a 1000-request soak",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="a tiny model and batch: checks the benchmark runs")
@@ -760,6 +777,14 @@ def cmd_bench(argv: list[str]) -> int:
             TTSBenchConfig(samples=4, model=tiny, latents=2, answer_tokens=3, repeats=1) if args.quick else None,
             args.device,
         )
+        return 0
+    if args.suite == "serve":
+        from latentreason.bench.serve import ServeBenchConfig, run_serve_bench
+
+        quick = ServeBenchConfig(
+            requests=8, min_tokens=2, max_tokens=6, soak=40, soak_tokens=2, concurrency=8, tiny=True
+        )
+        run_serve_bench(quick if args.quick else ServeBenchConfig(), args.device)
         return 0
     if args.suite == "decode":
         from latentreason.bench.decode import DecodeBenchConfig, run_decode_bench
@@ -805,6 +830,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "bench": cmd_bench,
     "study": cmd_study,
+    "serve": cmd_serve,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -108,10 +109,11 @@ def tiny_chat_tokenizer(chat_template: str | None = CHATML):
     return tokenizer
 
 
-def save_tiny_chat_model(directory, chat_template: str | None = CHATML, seed: int = 0):
+def save_tiny_chat_model(directory, chat_template: str | None = CHATML, seed: int = 0, positions: int = 128):
     """A plain Hugging Face model directory (no latentreason.json): a tiny Llama and the chat tokenizer."""
     tokenizer = tiny_chat_tokenizer(chat_template)
-    model = build_tiny_model(tiny_spec("llama"), tokenizer, seed=seed)
+    spec = dataclasses.replace(tiny_spec("llama"), max_position_embeddings=positions)
+    model = build_tiny_model(spec, tokenizer, seed=seed)
     _diversify(model, seed)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)

@@ -60,6 +60,8 @@ class SoftThinkingConfig:
 
 
 class SoftThinkingPolicy:
+    row_state = ("weights_sampling", "text", "seeds", "thinking", "thought", "calm")  # engine.slots
+
     def __init__(self, lm, config: SoftThinkingConfig, context: DecodeContext):
         rows, device = context.rows, lm.device
         self.lm, self.config, self.seeds = lm, config, context.seeds.to(device)

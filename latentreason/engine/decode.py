@@ -21,6 +21,8 @@ class TokenPolicy:
     sampling: one setting for all rows or a RowSampling [B]; seeds: [B] row seeds (see sampling.row_uniform).
     Each row's draws are keyed by its seed and its own token count, never by its batch."""
 
+    row_state = ("sampling", "seeds", "generated", "limits")  # engine.slots
+
     def __init__(
         self,
         batch: int,
@@ -35,6 +37,7 @@ class TokenPolicy:
         self.seeds = seeds.to(device) if seeds is not None else torch.arange(batch, device=device)
         self.stop = torch.tensor(stop_ids, device=device)
         self.max_new_tokens = max_new_tokens
+        self.limits = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)  # [B] per row (slots)
         self.generated = torch.zeros(batch, dtype=torch.long, device=device)  # [B] tokens chosen so far
 
     def choose(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,7 +45,7 @@ class TokenPolicy:
         counters = self.generated[rows]
         ids, logprobs = sample_tokens(logits, self.sampling.take(rows), self.seeds[rows], counters)
         self.generated[rows] = counters + 1
-        finished = torch.isin(ids, self.stop) | (counters + 1 >= self.max_new_tokens)
+        finished = torch.isin(ids, self.stop) | (counters + 1 >= self.limits[rows])
         return ids, logprobs, finished
 
     def step(self, view: StepView) -> StepChoice:

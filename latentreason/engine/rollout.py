@@ -54,7 +54,11 @@ ThoughtHook = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor, object], 
 
 
 class LatentThenAnswer:
-    """The step policy of `latent_rollout`; per-row state in [B] tensors."""
+    """The step policy of `latent_rollout`; per-row state in [B] tensors. A row's next latent slot is the
+    number of thoughts it has fed, so rows may join a running batch (engine.slots) and stay at their own slot."""
+
+    row_state = ("thinking", "used", "drawn", "answer", "limits")  # engine.slots
+    started_together = True  # every thinking row is at one slot (set False when rows join mid-flight)
 
     def __init__(
         self,
@@ -75,6 +79,7 @@ class LatentThenAnswer:
         self.used = torch.zeros(batch, dtype=torch.long, device=device)  # [B] latents fed
         self.drawn = lm.embed.weight.new_zeros((batch, max_latents, d))  # [B, N, d]
         self.slots = 0  # thought-map calls so far (= the widest row's drawn slots)
+        self.limits = torch.full((batch,), max_latents, dtype=torch.long, device=device)  # [B] latents at most
 
     def step(self, view: StepView) -> StepChoice:
         b, device = view.rows.shape[0], view.hidden.device
@@ -86,33 +91,44 @@ class LatentThenAnswer:
         thinking = self.thinking[view.rows]  # [b]
         think_at = thinking.nonzero().squeeze(1)  # [n]
         if think_at.numel():
-            # Every thinking row is at slot t: all started at the prefix and fed one thought per step.
-            rows, hidden = view.rows[think_at], view.hidden[think_at]  # [n], [n, d]
-            if view.t >= self.max_latents:
-                stop = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
+            # Rows that started together are all at slot t; rows that joined a running batch later are not.
+            if self.started_together:
+                groups = [(think_at, view.t)]
             else:
-                z, extra = self.thought_map(hidden, view.t)  # [n, d]
-                z = self.perturbation.thought(z, rows, view.t)
-                stop = self.controller(view.t, hidden, z, extra, rows)
-                self.drawn[rows, view.t] = z.to(self.drawn.dtype)
-                if self.on_thought is not None:
-                    self.on_thought(rows, view.t, hidden, z, extra)
-                self.slots = view.t + 1
-                embeds = view.hidden.new_zeros((b, z.shape[-1]))
-                embeds[think_at] = z.to(embeds.dtype)
+                slots = self.used[view.rows[think_at]]  # [n] each thinking row's next slot
+                groups = [(think_at[slots == j], int(j)) for j in slots.unique()]
+            if any(j < self.max_latents for _, j in groups):  # some row feeds a thought
+                embeds = view.hidden.new_zeros(view.hidden.shape)  # [b, d]
                 is_embed = torch.zeros(b, dtype=torch.bool, device=device)
-                is_embed[think_at] = ~stop
-            self.used[rows] += (~stop).long()
-            self.thinking[rows] = ~stop
-            tokens[think_at] = torch.where(stop, self.lm.eot_id, self.lm.pad_id)
-            forced[think_at] = stop
-            finished[think_at] = stop & (self.answer.max_new_tokens <= 0)
+            for at, j in groups:
+                self.think(view, at, j, embeds, is_embed, tokens, forced)
+            finished[think_at] = forced[think_at] & (self.answer.max_new_tokens <= 0)
         answer_at = (~thinking).nonzero().squeeze(1)  # [m]
         if answer_at.numel():
             logits = self.lm.lm_head(view.hidden[answer_at]).float()  # [m, V]
             ids, lp, done = self.answer.choose(logits, view.rows[answer_at])
             tokens[answer_at], logprobs[answer_at], finished[answer_at] = ids, lp, done
         return StepChoice(tokens, embeds, is_embed, logprobs, finished, forced)
+
+    def think(self, view: StepView, at: torch.Tensor, j: int, embeds, is_embed, tokens, forced) -> None:
+        """Slot j of the thinking rows at positions `at` [n] of the view: a thought, or the stop (<eot> forced)."""
+        rows, hidden = view.rows[at], view.hidden[at]  # [n], [n, d]
+        if j >= self.max_latents:
+            stop = torch.ones(rows.shape[0], dtype=torch.bool, device=hidden.device)
+        else:
+            z, extra = self.thought_map(hidden, j)  # [n, d]
+            z = self.perturbation.thought(z, rows, j)
+            stop = self.controller(j, hidden, z, extra, rows) | (j >= self.limits[rows])
+            self.drawn[rows, j] = z.to(self.drawn.dtype)
+            if self.on_thought is not None:
+                self.on_thought(rows, j, hidden, z, extra)
+            self.slots = max(self.slots, j + 1)
+            embeds[at] = z.to(embeds.dtype)
+            is_embed[at] = ~stop
+        self.used[rows] += (~stop).long()
+        self.thinking[rows] = ~stop
+        tokens[at] = torch.where(stop, self.lm.eot_id, self.lm.pad_id)
+        forced[at] = stop
 
     def before_feed(self, rows: torch.Tensor, t: int) -> None:
         """The engine's on_feed: a row still thinking after step t feeds thought t."""

@@ -7,7 +7,9 @@ is split, and whether other rows have already left it.
 
 Token sampling follows the order of the Soft Thinking reference (SGLang): p = softmax(logits / T), then
 top-k, top-p (on the cumulative probability of the sorted, unrenormalised p) and min-p (drop p < min_p x
-max p) decide which tokens stay, then the kept p is renormalised. Temperature 0 is greedy.
+max p) decide which tokens stay, then the kept p is renormalised. Temperature 0 is greedy. The draw inverts
+the kept p's cumulative sum in vocabulary order for every row, so a row's sample does not depend on the
+settings of the rows beside it either (rows of different requests share a batch when serving).
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class RowSampling:
     top_p: torch.Tensor
     min_p: torch.Tensor
 
+    row_state = ("temperature", "top_k", "top_p", "min_p")  # engine.slots: every field is per row
+
     @classmethod
     def stack(cls, settings: list[Sampling], device=None) -> RowSampling:
         def column(name, dtype):
@@ -154,10 +158,13 @@ def sample_tokens(
         ids = logits.argmax(-1)  # [B]
         return ids, logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
     logp, candidates = filtered_logprobs(logits, sampling)  # [B, K]
-    cdf = logp.double().exp().cumsum(-1)  # [B, K]
+    # The draw walks the vocabulary in its own order for every row: the sorted order that filters give would
+    # make a row's sample depend on whether other rows in its batch filter.
+    logp = logp.new_full(logits.shape, float("-inf")).scatter(1, candidates, logp)  # [B, V]
+    cdf = logp.double().exp().cumsum(-1)  # [B, V]
     u = row_uniform(seeds, counters, STREAM_TOKENS) * cdf[:, -1:]  # [B, 1]
     pick = torch.searchsorted(cdf, u, right=True).clamp(max=logp.shape[1] - 1)  # [B, 1]: first cdf > u
-    ids = candidates.gather(-1, pick).squeeze(-1)  # [B]
+    ids = pick.squeeze(-1)  # [B] vocabulary order
     logprob = logp.gather(-1, pick).squeeze(-1)
     argmax = logits.argmax(-1)
     ids = torch.where(greedy, argmax, ids)

@@ -8,9 +8,10 @@
     feed     rows that ended leave the batch (cache rows selected), the others run one call
 
 A policy keeps its own per-row state in full-size [B] tensors indexed by `view.rows` (each running row's
-original index), so rows leaving the batch cost it nothing. The loop returns a `Trace`: per row and step
+original index), so rows leaving the batch cost it nothing. `run_steps` returns a `Trace`: per row and step
 the kind of input, the token (fed, or recorded for an embedding step), its log-prob, and optionally the
-entropy, top-1 token and hidden state.
+entropy, top-1 token and hidden state. Its loop is a `StepLoop`, which a server drives itself to let rows
+join between steps (engine/continuous.py).
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ class ForcedQueue:
         if not ids or rows.numel() == 0:
             return
         n = len(ids)
-        self.ids = torch.cat([self.ids, self.ids.new_zeros((self.ids.shape[0], n))], dim=1)  # room for any row
         at = self.end[rows][:, None] + torch.arange(n, device=rows.device)[None]  # [n_rows, n]
+        width = int(at.max()) + 1
+        if width > self.ids.shape[1]:  # grow only as far as the furthest row needs (rows reset by `reset` reuse it)
+            self.ids = torch.cat([self.ids, self.ids.new_zeros((self.ids.shape[0], width - self.ids.shape[1]))], 1)
         self.ids[rows[:, None], at] = torch.tensor(ids, device=rows.device)
         self.end[rows] += n
         self.maybe_pending = True
@@ -104,6 +107,11 @@ class ForcedQueue:
         ids = self.ids[rows, self.head[rows].clamp(max=self.ids.shape[1] - 1)]  # [b]
         self.head[rows] += has.long()
         return has, ids
+
+    def reset(self, rows: torch.Tensor) -> None:
+        """Forget whatever rows [n] (original indices) still wait for: new rows take their places."""
+        self.head[rows] = 0
+        self.end[rows] = 0
 
     def pending(self, rows: torch.Tensor) -> torch.Tensor:
         """[b] bool: rows with tokens still queued."""
@@ -171,6 +179,125 @@ class Trace:
         return tokens, logprobs, lengths
 
 
+@dataclass
+class StepRecord:
+    """One step's outcome for the b rows that ran it (batch order), before any of them is fed."""
+
+    view: StepView  # what the policy saw (its hidden states, lazily logits and entropy)
+    tokens: torch.Tensor  # [b] token fed or recorded
+    kind: torch.Tensor  # [b] int8 TOKEN, EMBED or FORCED
+    logprobs: torch.Tensor | None  # [b] the policy's log-prob (0 where forced); None when it gave none
+    finished: torch.Tensor | None  # [b] bool: the row ends with this step
+    embeds: torch.Tensor | None  # [b, d] the policy's embeddings (where is_embed)
+    is_embed: torch.Tensor | None  # [b] bool
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return self.view.rows
+
+
+class StepLoop:
+    """The step engine's loop as an object, so a caller can act between steps.
+
+    `choose()` asks the policy for every running row's next input (queued forced tokens win) and returns the
+    step's record; `feed(record)` drops the rows that finished (and any the caller ends), then runs the others
+    through the model. Between steps, `admit(prefix)` merges newly prefilled rows into the running batch
+    (continuous batching): the shorter cache is left-padded with masked positions, which change no row's
+    positions (they come from the attention mask). A policy whose rows join mid-flight must not read `view.t`,
+    which counts the loop's steps, not the row's.
+    """
+
+    def __init__(self, lm, prefix: Prefix, policy, batch_size: int | None = None, on_feed=None):
+        self.lm, self.policy, self.on_feed = lm, policy, on_feed
+        self._start(prefix)
+        rows = self.rows
+        self.total = batch_size or (int(rows.max()) + 1 if rows.numel() else 0)  # original rows B
+        self.positions = self.mask.sum(1)  # [b] the position of each row's next input
+        self.queue = ForcedQueue(self.total, self.hidden.device)
+        self.t = 0
+
+    def _start(self, prefix: Prefix) -> None:
+        self.cache, self.mask, self.hidden, self.rows = prefix.cache, prefix.attention_mask, prefix.hidden, prefix.rows
+
+    @property
+    def running(self) -> int:
+        return self.rows.shape[0]
+
+    def state(self) -> Prefix:
+        return Prefix(self.cache, self.mask, self.hidden, self.rows)
+
+    def choose(self) -> StepRecord:
+        view = StepView(self.lm, self.t, self.rows, self.hidden, self.queue)
+        choice = self.policy.step(view)
+        tokens, is_embed, finished = choice.tokens, choice.is_embed, choice.finished
+        kind = torch.full_like(tokens, TOKEN, dtype=torch.int8)
+        if is_embed is not None:
+            kind = torch.where(is_embed, EMBED, kind).to(torch.int8)
+        if choice.forced is not None:
+            kind = torch.where(choice.forced, FORCED, kind).to(torch.int8)
+        popped = self.queue.pop(self.rows)
+        if popped is not None:  # a queued token replaces the policy's choice and keeps its row running
+            has, ids = popped
+            tokens = torch.where(has, ids, tokens)
+            kind = torch.where(has, FORCED, kind).to(torch.int8)
+            is_embed = is_embed & ~has if is_embed is not None else None
+            finished = finished & ~has if finished is not None else None
+        logprobs = choice.logprobs
+        if logprobs is not None:
+            logprobs = torch.where(kind == FORCED, 0.0, logprobs.float())
+        return StepRecord(view, tokens, kind, logprobs, finished, choice.embeds, is_embed)
+
+    def feed(self, record: StepRecord, end: torch.Tensor | None = None) -> None:
+        """Feed the record's rows, except those that finished or that `end` [b] (bool) ends."""
+        finished = record.finished
+        if end is not None:
+            finished = end if finished is None else finished | end
+        tokens, embeds, is_embed = record.tokens, record.embeds, record.is_embed
+        if finished is not None and bool(finished.any()):  # the one sync per step
+            stay = self._keep(finished)
+            if stay.numel() == 0:
+                return
+            tokens = tokens[stay]
+            embeds = embeds[stay] if is_embed is not None else None
+            is_embed = is_embed[stay] if is_embed is not None else None
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)  # [b, S+1]
+        if self.on_feed is not None:
+            self.on_feed(self.rows, self.t)
+        self.hidden = _feed(self.lm, self.cache, self.mask, self.positions, tokens, embeds, is_embed)
+        self.positions = self.positions + 1
+        self.t += 1
+
+    def remove(self, leaving: torch.Tensor) -> None:
+        """Rows leave between steps: `leaving` [b] bool over the running rows."""
+        self._keep(leaving)
+
+    def _keep(self, leaving: torch.Tensor) -> torch.Tensor:
+        """Keep the running rows that are not `leaving` [b]; returns their positions [b'] in the old batch."""
+        stay = (~leaving).nonzero().squeeze(1)  # [b']
+        self.rows, self.mask, self.positions, self.hidden = (
+            self.rows[stay],
+            self.mask[stay],
+            self.positions[stay],
+            self.hidden[stay],
+        )
+        if stay.numel():
+            self.cache.batch_select_indices(stay)
+        return stay
+
+    def admit(self, prefix: Prefix) -> None:
+        """Merge prefilled rows (their original indices in `prefix.rows`, each free) into the running batch."""
+        from latentreason.engine.join import join_caches
+
+        self.queue.reset(prefix.rows)
+        if self.running == 0:
+            self._start(prefix)
+        else:
+            self.mask = join_caches(self.cache, self.mask, prefix.cache, prefix.attention_mask)
+            self.hidden = torch.cat([self.hidden, prefix.hidden.to(self.hidden.dtype)])
+            self.rows = torch.cat([self.rows, prefix.rows.to(self.rows.device)])
+        self.positions = self.mask.sum(1)
+
+
 @torch.no_grad()
 def run_steps(
     lm,
@@ -189,63 +316,33 @@ def run_steps(
     called just before step t's inputs go through the model, with the original index of each row fed, in
     batch order (for hooks inside the model that treat rows differently).
     """
-    cache, mask, hidden, rows = prefix.cache, prefix.attention_mask, prefix.hidden, prefix.rows
-    device = hidden.device
-    total = batch_size or (int(rows.max()) + 1 if rows.numel() else 0)
+    loop = StepLoop(lm, prefix, policy, batch_size, on_feed)
+    total, device, hidden = loop.total, prefix.hidden.device, prefix.hidden
     kind = torch.zeros((total, max_steps), dtype=torch.int8, device=device)  # [B, S]
     tokens = torch.full((total, max_steps), lm.pad_id, dtype=torch.long, device=device)  # [B, S]
     logprobs = torch.zeros((total, max_steps), device=device)  # [B, S]
     entropy = torch.full((total, max_steps), float("nan"), device=device) if stats else None  # [B, S]
     top1 = torch.full((total, max_steps), -1, dtype=torch.long, device=device) if stats else None  # [B, S]
     kept = hidden.new_zeros((total, max_steps, hidden.shape[-1])) if keep_hidden else None  # [B, S, d]
-    positions = mask.sum(1)  # [b] the position of each row's next input
-    queue = ForcedQueue(total, device)
     state = prefix if max_steps == 0 else None
     for t in range(max_steps):
-        view = StepView(lm, t, rows, hidden, queue)
-        choice = policy.step(view)
-        step_tokens, is_embed = choice.tokens, choice.is_embed
-        step_kind = torch.full_like(step_tokens, TOKEN, dtype=torch.int8)
-        if is_embed is not None:
-            step_kind = torch.where(is_embed, EMBED, step_kind).to(torch.int8)
-        if choice.forced is not None:
-            step_kind = torch.where(choice.forced, FORCED, step_kind).to(torch.int8)
-        finished = choice.finished
-        popped = queue.pop(rows)
-        if popped is not None:  # a queued token replaces the policy's choice and keeps its row running
-            has, ids = popped
-            step_tokens = torch.where(has, ids, step_tokens)
-            step_kind = torch.where(has, FORCED, step_kind).to(torch.int8)
-            is_embed = is_embed & ~has if is_embed is not None else None
-            finished = finished & ~has if finished is not None else None
-        kind[rows, t] = step_kind
-        tokens[rows, t] = step_tokens
-        if choice.logprobs is not None:
-            forced_here = step_kind == FORCED
-            logprobs[rows, t] = torch.where(forced_here, 0.0, choice.logprobs.float())
+        record = loop.choose()
+        rows = record.rows
+        kind[rows, t] = record.kind
+        tokens[rows, t] = record.tokens
+        if record.logprobs is not None:
+            logprobs[rows, t] = record.logprobs
         if stats:
-            entropy[rows, t] = view.entropy
-            top1[rows, t] = view.logits.argmax(-1)
+            entropy[rows, t] = record.view.entropy
+            top1[rows, t] = record.view.logits.argmax(-1)
         if keep_hidden:
-            kept[rows, t] = hidden.to(kept.dtype)
+            kept[rows, t] = record.view.hidden.to(kept.dtype)
         if t == max_steps - 1:  # the last step's choice is recorded, never fed
-            state = Prefix(cache, mask, hidden, rows)
+            state = loop.state()
             break
-        if finished is not None and bool(finished.any()):  # the one sync per step
-            stay = (~finished).nonzero().squeeze(1)  # [b']
-            if stay.numel() == 0:
-                break
-            cache.batch_select_indices(stay)
-            rows, mask, positions, step_tokens = rows[stay], mask[stay], positions[stay], step_tokens[stay]
-            embeds = choice.embeds[stay] if is_embed is not None else None
-            is_embed = is_embed[stay] if is_embed is not None else None
-        else:
-            embeds = choice.embeds
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # [b, S+1]
-        if on_feed is not None:
-            on_feed(rows, t)
-        hidden = _feed(lm, cache, mask, positions, step_tokens, embeds, is_embed)
-        positions = positions + 1
+        loop.feed(record)
+        if loop.running == 0:
+            break
     return Trace(kind, tokens, logprobs, entropy, top1, kept, state)
 
 

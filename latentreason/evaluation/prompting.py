@@ -65,16 +65,29 @@ class PromptBuilder:
 
     def text(self, question: str) -> str:
         """The prompt as text (what `ids` tokenizes), for reading and for the records."""
-        if self.uses_chat_template:
-            return self._render(self.messages(question), add_generation_prompt=True)
-        pieces = [self.system_prompt] if self.system_prompt else []
-        pieces += [f"{self.user_text(q)}\n{reply}" for q, reply in self.few_shot]
-        return "\n\n".join([*pieces, self.user_text(question)]) + "\n"
+        return self.conversation_text(self.messages(question))
 
     def ids(self, question: str) -> list[int]:
+        return self.conversation_ids(self.messages(question))
+
+    def conversation_text(self, messages: list[dict[str, str]]) -> str:
+        """A conversation ending with a user turn, as the prompt of the assistant's reply (a server's chat
+        requests): the chat template's rendering, or without one each message's text, a user turn and the
+        reply after it on consecutive lines, blank lines between turns."""
+        if self.uses_chat_template:
+            return self._render(messages, add_generation_prompt=True)
+        pieces: list[str] = []
+        for message, before in zip(messages, [None, *messages]):
+            if message["role"] == "assistant" and before is not None and before["role"] == "user":
+                pieces[-1] += "\n" + message["content"]
+            else:
+                pieces.append(message["content"])
+        return "\n\n".join(pieces) + "\n"
+
+    def conversation_ids(self, messages: list[dict[str, str]]) -> list[int]:
         # A chat template writes its own BOS (if any) into the text; plain text gets the tokenizer's BOS,
         # as the training layout does.
-        ids = self.tokenizer(self.text(question), add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(self.conversation_text(messages), add_special_tokens=False)["input_ids"]
         bos = self.tokenizer.bos_token_id
         return ids if self.uses_chat_template or bos is None else [bos, *ids]
 

@@ -1,0 +1,1 @@
+"""`latentreason serve`: an OpenAI-compatible server on the step engine, batching requests continuously."""
