@@ -34,6 +34,7 @@ from latentreason.train_config import SFTConfig
 
 @dataclass
 class SoftCoTConfig(SFTConfig):
+    answer_modes = ("strict", "flexible", "boxed", "auto")
     assistant_model_name_or_path: str = field(
         "tiny",
         help="the frozen assistant that writes the thoughts: 'smollm2', a local model directory, a hub id, or "
@@ -41,6 +42,11 @@ class SoftCoTConfig(SFTConfig):
     )
     assistant_tiny_model: dict = field({}, help="architecture of a 'tiny' assistant (as tiny_model)")
     assistant_tokenizer_vocab_size: int = field(320, help="BPE vocabulary of a 'tiny' assistant's own tokenizer")
+    answer_mode: str = field(
+        "auto",
+        help="the form of the main model's trained reply and how answers are read: auto or boxed (a '\\boxed{}' "
+        "reply, read as `latentreason eval --model smollm2` reads it), strict ('#### N'), flexible (last number)",
+    )
     num_thought_tokens: int = field(32, help="soft thoughts per path in training (the reference: 32)")
     eval_thought_tokens: int = field(4, help="soft thoughts per path at evaluation (the reference: 4)")
 
