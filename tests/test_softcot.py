@@ -3,6 +3,7 @@ width and vocabulary; what trains, the contrastive loss, batching, save/load and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -168,3 +169,14 @@ def test_eval_reports_the_k_paths_as_samples_with_their_majority_vote(tmp_path, 
     assert "majority_vote_accuracy" in result and set(result["pass_at_k"]) >= {"1", str(PATHS)}
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [len(row["samples"]) for row in rows] == [PATHS, PATHS]
+
+
+def test_a_softcotpp_run_resumes_from_its_checkpoint(tmp_path):
+    first = config("softcotpp", tmp_path / "run", max_steps=2, save_steps=1)
+    run_training("softcotpp", first, progress=False)
+    resumed = dataclasses.replace(first, max_steps=3, resume_from_checkpoint="auto")
+    result = run_training("softcotpp", resumed, progress=False)
+    assert result.global_step == 3
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log if "loss" in row] == [1, 2, 3]
+    assert isinstance(LatentLM.from_pretrained(result.final_dir), SoftThoughtLM)

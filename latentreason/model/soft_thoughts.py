@@ -40,13 +40,13 @@ def hidden_size(model) -> int:
 
 class SoftThoughtLM(LatentLM):
     """The main model (`model`, `tokenizer`: what the engines run) plus the assistant, the projection and,
-    for SoftCoT++, `num_paths` initial tokens.
+    for SoftCoT++, `num_initial_tokens` trained initial tokens (K; 0 for SoftCoT).
 
     main, assistant: LatentLMs without latent tokens (they may be one object: one model in both roles);
     sources: {"main": ..., "assistant": ...}, a name `load_pretrained` resolves or BUILT.
     """
 
-    def __init__(self, main: LatentLM, assistant: LatentLM, sources: dict[str, str], num_paths: int = 0):
+    def __init__(self, main: LatentLM, assistant: LatentLM, sources: dict[str, str], num_initial_tokens: int = 0):
         super().__init__(main.model, main.tokenizer, latent_tokens=False)
         self.assistant = assistant.model
         self.assistant_tokenizer = assistant.tokenizer
@@ -62,10 +62,10 @@ class SoftThoughtLM(LatentLM):
             self.projection.weight.normal_(0.0, float(scale))
             self.projection.bias.zero_()
         self.initial_tokens = None
-        if num_paths:
+        if num_initial_tokens:
             # Distinct starting points: K vocabulary rows spread over the assistant's embedding matrix.
             rows = self.assistant.get_input_embeddings().weight
-            picked = torch.linspace(0, rows.shape[0] - 1, num_paths).long()
+            picked = torch.linspace(0, rows.shape[0] - 1, num_initial_tokens).long()
             self.initial_tokens = nn.Parameter(rows[picked].detach().clone())  # [K, d_assistant]
 
     @property
@@ -139,7 +139,7 @@ class SoftThoughtLM(LatentLM):
             frozen[role] = {"source": self.sources[role], "hidden_size": hidden_size(model), "vocab_size": vocab}
         save_file(self.trained_tensors(state_dict), str(directory / WEIGHTS_FILE))
         initial_tokens = 0 if self.initial_tokens is None else self.num_paths  # 0: SoftCoT's placeholder slots
-        meta = {"format": 1, "special_tokens": [], SOFT_THOUGHTS: {**frozen, "num_paths": initial_tokens}}
+        meta = {"format": 1, "special_tokens": [], SOFT_THOUGHTS: {**frozen, "initial_tokens": initial_tokens}}
         (directory / META_FILE).write_text(json.dumps({**meta, **self.meta}, indent=2))
 
     @classmethod
@@ -166,7 +166,7 @@ class SoftThoughtLM(LatentLM):
                     f"{directory / META_FILE}: the {role} model {source} has {found}, but the soft thoughts were "
                     f"trained with {expected}"
                 )
-        lm = cls(models["main"], models["assistant"], {r: spec[r]["source"] for r in ROLES}, spec["num_paths"])
+        lm = cls(models["main"], models["assistant"], {r: spec[r]["source"] for r in ROLES}, spec["initial_tokens"])
         lm.load_trained(directory / WEIGHTS_FILE)
         lm.meta = {k: v for k, v in saved.items() if k not in ("format", "special_tokens", SOFT_THOUGHTS)}
         return lm.eval()
