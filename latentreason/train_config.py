@@ -9,6 +9,7 @@ already trained, so it has none of these (a config has no field its run would ig
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from latentreason.config import field
 from latentreason.data.formats import ON_INVALID
@@ -20,6 +21,8 @@ REPORTERS = ("none", "tensorboard", "wandb")
 
 @dataclass
 class TrainConfig:
+    # How this run's replies may be read (a method whose replies are a chat model's also reads boxed answers).
+    answer_modes: ClassVar[tuple[str, ...]] = ("strict", "flexible")
     # --- data ---
     dataset: str = field(
         "synthetic:chain",
@@ -92,8 +95,9 @@ class TrainConfig:
             raise ConfigError(f"field 'bf16': expected auto, true or false, got {self.bf16!r}")
         if self.on_invalid not in ON_INVALID:
             raise ConfigError(f"field 'on_invalid': expected one of {ON_INVALID}, got {self.on_invalid!r}")
-        if self.answer_mode not in ("strict", "flexible"):
-            raise ConfigError(f"field 'answer_mode': expected strict or flexible, got {self.answer_mode!r}")
+        if self.answer_mode not in self.answer_modes:
+            expected = " or ".join(self.answer_modes)
+            raise ConfigError(f"field 'answer_mode': expected {expected}, got {self.answer_mode!r}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("set max_steps > 0 or num_train_epochs > 0: nothing to train otherwise")
         if self.eval_split == "test":

@@ -33,6 +33,12 @@ class Method(abc.ABC):
     def __init__(self, config: SFTConfig):
         self.config = config
 
+    def build_lm(self, config, train: list[Problem]):
+        """The model a fresh run trains (a resumed run loads its checkpoint instead)."""
+        from latentreason.model.build import build_latent_lm
+
+        return build_latent_lm(config, train)
+
     def prepare(self, lm) -> None:  # noqa: B027 - optional hook, most methods have no heads
         """Create the method's heads on `lm` (before the optimizer is built); must be idempotent."""
 

@@ -24,6 +24,8 @@ BOT, LATENT, EOT = "<|start-latent|>", "<|latent|>", "<|end-latent|>"
 SPECIAL_TOKENS = (BOT, LATENT, EOT)
 META_FILE = "latentreason.json"
 HEADS_FILE = "heads.safetensors"
+# The latentreason.json key of a SoftCoT checkpoint: frozen models found elsewhere plus trained soft-thought parts.
+SOFT_THOUGHTS = "soft_thoughts"
 
 
 class LatentLM(nn.Module):
@@ -173,6 +175,10 @@ class LatentLM(nn.Module):
         Weights come only from safetensors (`use_safetensors=True`); remote code is never run.
         """
         directory = Path(name_or_path)
+        if soft_thoughts_dir(directory):
+            from latentreason.model.soft_thoughts import SoftThoughtLM
+
+            return SoftThoughtLM.load(directory, dtype)
         if directory.exists() and not (directory / "config.json").is_file():
             raise UserError(f"{directory}: not a model directory (no config.json)")
         try:
@@ -205,6 +211,12 @@ class LatentLM(nn.Module):
                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
                     )
         return lm
+
+
+def soft_thoughts_dir(directory: Path) -> bool:
+    """Whether `directory` holds a soft-thought model (model/soft_thoughts.py) rather than a whole model."""
+    meta = directory / META_FILE
+    return meta.is_file() and SOFT_THOUGHTS in json.loads(meta.read_text())
 
 
 def _under(mapping: dict, prefix: str) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from latentreason.errors import UserError
-from latentreason.model.latent_lm import META_FILE, LatentLM
+from latentreason.model.latent_lm import META_FILE, LatentLM, soft_thoughts_dir
 
 SMOLLM2 = "smollm2"
 TRAINED, PRETRAINED = "trained", "pretrained"
@@ -32,6 +32,8 @@ def model_kind(name: str) -> str:
         return PRETRAINED
     path = Path(name).expanduser()
     if path.is_dir():
+        if soft_thoughts_dir(path):
+            return TRAINED
         if (path / META_FILE).is_file():
             # A pretrained model saved here as it is records no latent tokens, and is still evaluated as one.
             saved = json.loads((path / META_FILE).read_text())

@@ -7,7 +7,6 @@ from pathlib import Path
 from latentreason.data.sources import load_train_and_held_out
 from latentreason.layout import encode_problem
 from latentreason.methods import get_method
-from latentreason.model.build import build_latent_lm
 from latentreason.model.latent_lm import LatentLM
 from latentreason.training.checkpoint import resolve_resume
 from latentreason.training.loop import TrainResult
@@ -28,7 +27,7 @@ def run_training(method_name: str, config, progress: bool = True, lm: LatentLM |
     if resume is not None:
         lm = LatentLM.from_pretrained(resume)
     elif lm is None:
-        lm = build_latent_lm(config, train)
+        lm = method.build_lm(config, train)
     kept = [p for p in train if fits(lm, p, config.max_seq_length)]
     if len(kept) < len(train):
         say(
