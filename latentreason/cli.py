@@ -133,22 +133,6 @@ def load_source(args) -> tuple[str, list]:
     return args.benchmark, problems
 
 
-def load_trained(model_dir: str, method_name: str | None, max_new_tokens: int, device: str | None = None, dtype=None):
-    """A saved model in eval mode and its method, rebuilt with the config it was trained with."""
-    from latentreason.methods.saved import method_for
-    from latentreason.model.latent_lm import LatentLM
-
-    lm = LatentLM.from_pretrained(model_dir, dtype)
-    lm.to(default_device(device)).eval()
-    return lm, method_for(lm, model_dir, method_name, max_new_tokens=max_new_tokens)
-
-
-def default_device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # Flags that shape a pretrained model's prompt or decoding; a model trained here has its own prompt layout and solver.
 CHAT_FLAGS = ("system_prompt", "few_shot", "few_shot_file", "prompt_template", "decoder", "decoder_args")
 # Flags of a model trained here with latent thoughts.
@@ -322,6 +306,7 @@ class EvalPlan:
 
 def eval_plan(args) -> EvalPlan:
     """The plan for `args`; flags that do not fit the model's kind are refused here, before it loads."""
+    from latentreason.config import yaml_mapping
     from latentreason.evaluation.prompting import BOXED_TEMPLATE, PLACEHOLDER
     from latentreason.model.pretrained import TRAINED, model_kind
 
@@ -407,6 +392,7 @@ def beam_from_flags(args, plan: EvalPlan) -> tuple[int, int] | None:
 def latent_sampler_from_flags(args, plan: EvalPlan):
     """The tts.LatentSampler of --latent-sampler/--latent-sampler-args (None without one), completed with the
     defaults of the method the model is evaluated with; N samples that could only be identical are refused."""
+    from latentreason.config import yaml_mapping
     from latentreason.errors import ConfigError
     from latentreason.methods.base import get_method
     from latentreason.methods.sft import TextSFT
@@ -441,13 +427,6 @@ def trained_method(args) -> str:
 
     saved = json.loads((Path(args.model) / META_FILE).read_text())
     return args.method or saved.get("method") or "cot"
-
-
-def yaml_mapping(text: str | None, flag: str) -> dict:
-    """A flag's value read as a YAML mapping (--decoder-args, --latent-sampler-args)."""
-    from latentreason.config import coerce
-
-    return coerce(text, dict, flag) if text else {}
 
 
 def few_shot_examples(args, answer_mode: str) -> list[tuple[str, str]]:
@@ -487,6 +466,8 @@ def _solver(args, plan: EvalPlan, device: str | None):
     """The solver for the plan's model on `device`; for a pretrained model the plan gains its prompt settings."""
     from latentreason.evaluation.chat_solver import ChatSolver
     from latentreason.evaluation.prompting import PLAIN_NOTE, PromptBuilder
+    from latentreason.methods.saved import load_trained
+    from latentreason.model.device import default_device, eval_dtype
     from latentreason.model.pretrained import TRAINED, generation_stop_ids, load_pretrained
     from latentreason.training.processes import say
 
@@ -541,16 +522,6 @@ def trained_solver(model: str, lm, method, plan: EvalPlan):
 
             return BeamSolver(solver, rm, solver.latent_sampler, *plan.beam, plan.seed)
     return solver
-
-
-def eval_dtype(name: str, device: str):
-    """The weights' dtype for --dtype: 'auto' is bfloat16 on a GPU that supports it, else float32."""
-    import torch
-
-    if name == "auto":
-        cuda = device.startswith("cuda") and torch.cuda.is_available()
-        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, name)
 
 
 def _evaluate_launch(args, plan: EvalPlan, name: str, problems: list):
@@ -703,6 +674,7 @@ USAGE = (
 def cmd_inspect(argv: list[str]) -> int:
     from latentreason.data.problems import Problem
     from latentreason.evaluation.inspect import format_report, inspect_problems
+    from latentreason.methods.saved import load_trained
 
     parser = argparse.ArgumentParser(
         prog="latentreason inspect",

@@ -156,3 +156,8 @@ def seed_list(text: str, flag: str = "--seed") -> list[int]:
     if len(set(seeds)) < len(seeds):
         raise ConfigError(f"{flag}: {text!r} repeats a seed")
     return seeds
+
+
+def yaml_mapping(text: str | None, flag: str) -> dict:
+    """A flag's value read as a YAML mapping (--decoder-args, --latent-sampler-args); empty when not given."""
+    return coerce(text, dict, flag) if text else {}

@@ -26,6 +26,9 @@ META_FILE = "latentreason.json"
 HEADS_FILE = "heads.safetensors"
 # The latentreason.json key of a SoftCoT checkpoint: frozen models found elsewhere plus trained soft-thought parts.
 SOFT_THOUGHTS = "soft_thoughts"
+# Checkpoints of models built around LatentLM that load their own way, as (is_kind(directory), load(directory,
+# dtype)); a module registers its kind on import (model/__init__.py imports them): the soft-thought models.
+CHECKPOINT_KINDS: list = []
 
 
 class LatentLM(nn.Module):
@@ -175,10 +178,9 @@ class LatentLM(nn.Module):
         Weights come only from safetensors (`use_safetensors=True`); remote code is never run.
         """
         directory = Path(name_or_path)
-        if soft_thoughts_dir(directory):
-            from latentreason.model.soft_thoughts import SoftThoughtLM
-
-            return SoftThoughtLM.load(directory, dtype)
+        for is_kind, load in CHECKPOINT_KINDS:
+            if is_kind(directory):
+                return load(directory, dtype)
         if directory.exists() and not (directory / "config.json").is_file():
             raise UserError(f"{directory}: not a model directory (no config.json)")
         try:

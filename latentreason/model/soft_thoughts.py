@@ -26,7 +26,7 @@ from torch import nn
 
 from latentreason.engine.batch import positions_from_mask
 from latentreason.errors import UserError
-from latentreason.model.latent_lm import META_FILE, SOFT_THOUGHTS, LatentLM
+from latentreason.model.latent_lm import CHECKPOINT_KINDS, META_FILE, SOFT_THOUGHTS, LatentLM, soft_thoughts_dir
 
 WEIGHTS_FILE = "soft_thoughts.safetensors"
 ROLES = ("main", "assistant")
@@ -185,3 +185,6 @@ class SoftThoughtLM(LatentLM):
             self.projection.bias.copy_(tensors["projection.bias"])
             if self.initial_tokens is not None:
                 self.initial_tokens.copy_(tensors["initial_tokens"])
+
+
+CHECKPOINT_KINDS.append((soft_thoughts_dir, SoftThoughtLM.load))

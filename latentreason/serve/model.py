@@ -281,8 +281,8 @@ def model_id(model: str) -> str:
 
 def load_served(model: str, decoder: str, decoder_args: dict, device: str, dtype, name: str | None = None):
     """The ServedModel for --model (what `latentreason eval --model` takes), on `device`."""
-    from latentreason.cli import load_trained
     from latentreason.evaluation.prompting import PromptBuilder
+    from latentreason.methods.saved import load_trained
     from latentreason.model.pretrained import TRAINED, generation_stop_ids, load_pretrained, model_kind
 
     if decoder not in DECODERS:

@@ -60,7 +60,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args) -> ServeSettings:
     import os
 
-    from latentreason.cli import yaml_mapping
+    from latentreason.config import yaml_mapping
 
     for flag in ("max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_n", "max_body_bytes", "port"):
         if getattr(args, flag) < (0 if flag == "port" else 1):
@@ -100,7 +100,7 @@ def build_server(settings: ServeSettings):
         import uvicorn  # noqa: F401
     except ImportError:
         raise UserError("latentreason serve needs the serve extra: pip install 'latentreason[serve]'") from None
-    from latentreason.cli import default_device, eval_dtype
+    from latentreason.model.device import default_device, eval_dtype
     from latentreason.serve.app import build_app
     from latentreason.serve.engine import Engine
     from latentreason.serve.model import load_served
