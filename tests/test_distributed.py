@@ -22,11 +22,12 @@ from latentreason.errors import UserError
 from latentreason.evaluation.harness import evaluate
 from latentreason.methods import get_method
 from latentreason.model.latent_lm import LatentLM
+from latentreason.model.pretrained import load_pretrained
 from latentreason.train_config import SFTConfig
 from latentreason.training.backends import deepspeed
 from latentreason.training.checkpoint import list_checkpoints
 from latentreason.training.run import run_training
-from tests.helpers import tiny_train_config
+from tests.helpers import save_tiny_chat_model, tiny_train_config
 
 pytestmark = pytest.mark.distributed
 
@@ -151,11 +152,41 @@ LATENT_RUN = {
 ATP_RUN = {**LATENT_RUN, "step_decoder": "small", "step_decoder_layers": 1}
 
 
+# GRPO on a tiny chat model thinking in Multiplex tokens (K = 2), with the same grouping over two ranks.
+TOKEN_RL_RUN = {
+    **RL_RUN,
+    "max_completion_length": 6,
+    "multiplex_width": 2,
+    "reward_funcs": ["test_text_length"],  # registered in distributed_rl_worker.py
+}
+
+
+@pytest.fixture(scope="module")
+def two_token_rl_ranks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp-token-rl")
+    runs = {"token_rl": TOKEN_RL_RUN, "model_dir": str(save_tiny_chat_model(out / "chat"))}
+    return torchrun_two("distributed_rl_worker.py", out, runs, timeout=180)
+
+
 def test_rl_groups_stay_whole_on_one_rank_and_advantages_are_per_group(two_rl_ranks):
+    check_groups_whole([json.loads((two_rl_ranks / f"rl{r}.json").read_text()) for r in (0, 1)], RL_RUN)
+
+
+def test_token_rl_keeps_groups_whole_and_ranks_identical(two_token_rl_ranks):
+    check_groups_whole(
+        [json.loads((two_token_rl_ranks / f"token_rl{r}.json").read_text()) for r in (0, 1)], TOKEN_RL_RUN
+    )
+    ranks = [load_file(str(two_token_rl_ranks / f"token_rl_rank{r}.safetensors")) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])
+    start = load_pretrained(str(two_token_rl_ranks / "chat")).state_dict()
+    assert any(not torch.equal(start[k], ranks[0][k]) for k in start)  # the updates did happen
+
+
+def check_groups_whole(ranks: list[list[dict]], run: dict) -> None:
     from latentreason.rl.config import RLConfig
 
-    ranks = [json.loads((two_rl_ranks / f"rl{r}.json").read_text()) for r in (0, 1)]
-    config = RLConfig(model_name_or_path="(in memory)", output_dir="unused", **RL_RUN)
+    config = RLConfig(model_name_or_path="(in memory)", output_dir="unused", **run)
     train = load_train_and_held_out(config)[0]
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
     g = config.num_generations
