@@ -37,7 +37,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--out", default="/tmp/recbole-ref")
     args = parser.parse_args()
-    from recbole.quick_start import run_recbole  # only in the throwaway venv
+    import numpy as np
+
+    # RecBole 1.2.1 aliases np.float = np.float_ (and np.complex_, np.unicode_) at start-up (its Config's
+    # compatibility_settings); numpy 2 removed those three: give them back, under their numpy 2 names.
+    np.float_, np.complex_, np.unicode_ = np.float64, np.complex128, np.str_
+    # Not recbole.quick_start: it imports ray.tune, whose release RecBole 1.2.1 pulls in reads np.bool8 (gone in
+    # numpy 2). The pieces quick_start would call need no ray. Only in the throwaway venv.
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
 
     root = write_atomic(Path(args.out))
     config = {
@@ -69,8 +80,14 @@ def main() -> None:
         "use_gpu": False,
         "show_progress": False,
     }
-    result = run_recbole(model="SASRec", dataset="ml-100k-ours", config_dict=config)
-    test = {k: float(v) for k, v in result["test_result"].items()}
+    cfg = Config(model="SASRec", dataset="ml-100k-ours", config_dict=config)
+    init_seed(cfg["seed"], cfg["reproducibility"])
+    train, valid, test_data = data_preparation(cfg, create_dataset(cfg))
+    init_seed(cfg["seed"], cfg["reproducibility"])
+    model = SASRec(cfg, train.dataset)
+    trainer = Trainer(cfg, model)
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    test = {k: float(v) for k, v in trainer.evaluate(test_data, load_best_model=True).items()}
     print(json.dumps({"model": "recbole-sasrec", "seed": args.seed, "test": test}))
 
 
