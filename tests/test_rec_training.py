@@ -1,5 +1,6 @@
 """Recommenders in the shared training loop: a SIGKILLed run resumes to the same weights, the recipes run,
-`rec eval` reads a saved model back, and `rec train` refuses bad settings with the field's name."""
+early stopping waits for min_epochs, `rec eval` reads a saved model back, and `rec train` refuses bad settings
+with the field's name."""
 
 from __future__ import annotations
 
@@ -87,6 +88,14 @@ def test_recipe_runs_a_step(recipe, interactions, tmp_path):
     overrides = {**tiny, **run}
     result = run_rec_training(load_config(RecConfig, recipe, overrides), progress=False)
     assert result.global_step == 1 and (result.best_dir / "model.safetensors").is_file()
+
+
+def test_early_stopping_waits_for_min_epochs(interactions, tmp_path):
+    eager = dict(patience=1, eval_steps=1, save_steps=0, max_steps=40)
+    stopped = run_rec_training(config(interactions, tmp_path / "eager", min_epochs=0, **eager), progress=False)
+    assert stopped.global_step < 40  # one evaluation without a better NDCG@10 stops it
+    waited = run_rec_training(config(interactions, tmp_path / "wait", min_epochs=1000, **eager), progress=False)
+    assert waited.global_step == 40
 
 
 def test_rec_eval_reads_a_saved_model(interactions, tmp_path, capsys):

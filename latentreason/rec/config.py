@@ -60,6 +60,9 @@ class RecConfig(ModelSettings, TrainConfig):
     min_user_interactions: int = field(5, help="users with fewer interactions are dropped before the split")
     diversity_weight: float = field(0.1, help="plr: weight of the global reasoning regulariser (stream similarity)")
     patience: int = field(5, help="stop after this many evaluations without a better validation NDCG@10 (0: never)")
+    min_epochs: float = field(
+        10, help="early stopping never ends a run before this many epochs (reasoning models start on a plateau)"
+    )
     output_dir: str = field("runs/rec", help="where checkpoints, logs, best/ and final/ go")
     learning_rate: float = field(1e-3, help="peak AdamW learning rate")
     per_device_train_batch_size: int = field(256, help="training examples (history prefixes) per micro-batch")
@@ -75,5 +78,5 @@ class RecConfig(ModelSettings, TrainConfig):
             raise ConfigError("field 'eval_split': training selects on 'valid'; the test split is read only after")
         if self.min_user_interactions < 3:
             raise ConfigError("field 'min_user_interactions': leave-one-out needs >= 3 (train, valid, test)")
-        if self.diversity_weight < 0 or self.patience < 0:
-            raise ConfigError("fields 'diversity_weight' and 'patience' must be >= 0")
+        if self.diversity_weight < 0 or self.patience < 0 or self.min_epochs < 0:
+            raise ConfigError("fields 'diversity_weight', 'patience' and 'min_epochs' must be >= 0")

@@ -2,7 +2,7 @@
 schedule are the loop's. What differs: a step's data (windows of user histories, every position predicting
 its next item), the objective (cross-entropy over all items, plus PLR's stream regulariser) and the held-out
 measure, validation NDCG@10 over all items, whose best value keeps its model in output_dir/best; after
-`patience` evaluations without a better one the run stops early."""
+`patience` evaluations without a better one the run stops early (not before `min_epochs`)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,8 @@ class RecTrainer(TrainingLoop):
             self.best, self.best_step = result[SELECTED_BY], step
             self.save_best(module, step, result)
         patience = self.config.patience * self.config.eval_steps
-        if patience and step - self.best_step >= patience and step < self.total_steps:
+        warm = step >= self.config.min_epochs * self.steps_per_epoch
+        if patience and warm and step - self.best_step >= patience and step < self.total_steps:
             self.accelerator.print(f"no better validation {SELECTED_BY} since step {self.best_step}: stopping")
             self.total_steps = step
         return result
