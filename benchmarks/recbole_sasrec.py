@@ -40,7 +40,6 @@ def main() -> None:
     # RecBole's default is 2,048 prefixes a batch, 48 updates an epoch here; a smaller batch converges in fewer
     # epochs, each of which costs ~40x ours on CPU (every prefix is its own padded 50-item sequence).
     parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--model-file", help="test this saved RecBole checkpoint (a .pth the run wrote), no training")
     args = parser.parse_args()
     import numpy as np
 
@@ -49,7 +48,6 @@ def main() -> None:
     np.float_, np.complex_, np.unicode_ = np.float64, np.complex128, np.str_
     # Not recbole.quick_start: it imports ray.tune, whose release RecBole 1.2.1 pulls in reads np.bool8 (gone in
     # numpy 2). The pieces quick_start would call need no ray. Only in the throwaway venv.
-    import torch
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.model.sequential_recommender import SASRec
@@ -95,13 +93,20 @@ def main() -> None:
     init_seed(cfg["seed"], cfg["reproducibility"])
     model = SASRec(cfg, train.dataset)
     trainer = Trainer(cfg, model)
-    if args.model_file is None:
-        trainer.fit(train, valid, saved=True, show_progress=False)
-    # RecBole's own reload of the best model calls torch.load with torch >= 2.6's weights_only=True, which
-    # refuses the config object its checkpoint pickles; the file is the one this run wrote, so load it in full.
-    best = torch.load(args.model_file or trainer.saved_model_file, map_location="cpu", weights_only=False)
+    # RecBole reloads its best model with torch.load, whose weights_only=True (torch >= 2.6) refuses the config object
+    # its checkpoint pickles, and we never unpickle: keep a copy of the weights in memory whenever it saves the best.
+    best = {}
+    save_checkpoint = trainer._save_checkpoint
+
+    def keep_best(*save_args, **save_kwargs):
+        best["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best["other_parameter"] = model.other_parameter()
+        return save_checkpoint(*save_args, **save_kwargs)
+
+    trainer._save_checkpoint = keep_best
+    trainer.fit(train, valid, saved=True, show_progress=False)
     model.load_state_dict(best["state_dict"])
-    model.load_other_parameter(best.get("other_parameter"))
+    model.load_other_parameter(best["other_parameter"])
     test = {k: float(v) for k, v in trainer.evaluate(test_data, load_best_model=False).items()}
     print(json.dumps({"model": "recbole-sasrec", "seed": args.seed, "test": test}))
 
