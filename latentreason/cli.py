@@ -656,7 +656,7 @@ def cmd_study(argv: list[str]) -> int:
 
 
 USAGE = (
-    "usage: latentreason {train,rl,train-rm,eval,demo,study,data,inspect,serve,bench} [--debug] ...\n"
+    "usage: latentreason {train,rl,train-rm,eval,demo,study,data,inspect,serve,bench,rec} [--debug] ...\n"
     "  train  train a model with one method (--config recipe.yaml, --field value overrides)\n"
     "  rl     GRPO over latent plans from an ATP-Latent or CoLaR SFT model (--config atp-rl-tiny, ...)\n"
     "  train-rm  train LatentRM, a step-level reward model over a latent model's trajectories (best-of-N)\n"
@@ -666,7 +666,8 @@ USAGE = (
     "  data   stats / list / generate\n"
     "  inspect  show what a latent model thought (decoded steps, stop decisions, nearest tokens)\n"
     "  serve  an OpenAI-compatible server with continuous batching, for latent and soft-thinking models\n"
-    "  bench  speed and memory benchmarks (bench engine, bench rl, bench decode, bench tts, bench serve)"
+    "  bench  speed and memory benchmarks (bench engine, bench rl, bench decode, bench tts, bench serve)\n"
+    "  rec    sequential recommendation: rec train|eval|bench (SASRec, ReaRec, PLR on MovieLens-100K)"
 )
 
 
@@ -792,6 +793,81 @@ def cmd_bench(argv: list[str]) -> int:
     return 0
 
 
+# --- rec ---------------------------------------------------------------------------------------
+def cmd_rec(argv: list[str]) -> int:
+    actions = {"train": rec_train, "eval": rec_eval, "bench": rec_bench}
+    if not argv or argv[0] not in actions:
+        raise UserError(f"latentreason rec: expected one of {', '.join(actions)} (docs/recommendation.md)")
+    return actions[argv[0]](argv[1:])
+
+
+def rec_train(argv: list[str]) -> int:
+    from latentreason.config import add_config_flags, load_config
+    from latentreason.rec.bench import rec_recipe
+    from latentreason.rec.config import RecConfig
+    from latentreason.rec.run import run_rec_training
+
+    parser = argparse.ArgumentParser(
+        prog="latentreason rec train", description="Train a sequential recommender (sasrec, rearec, plr).",
+        allow_abbrev=False,
+    )  # fmt: skip
+    parser.add_argument("--config", help="YAML recipe: a path or sasrec-ml100k, rearec-ml100k, plr-ml100k")
+    parser.add_argument("--data", dest="dataset", default=argparse.SUPPRESS, help="an atomic .inter file (= --dataset)")
+    add_config_flags(parser, RecConfig)
+    args = vars(parser.parse_args(argv))
+    config_path = args.pop("config", None)
+    config = load_config(RecConfig, rec_recipe(config_path) if config_path else None, args)
+    result = run_rec_training(config)
+    print(f"best model (by validation NDCG@10): {result.best_dir}")
+    print(json.dumps({"valid": result.valid, "test": result.test}))
+    return 0
+
+
+def rec_eval(argv: list[str]) -> int:
+    from latentreason.rec.evaluate import latency_per_user, rank_split
+    from latentreason.rec.model import Recommender
+    from latentreason.rec.run import split_for
+
+    parser = argparse.ArgumentParser(prog="latentreason rec eval", description="Full-ranking metrics of a recommender.")
+    parser.add_argument("--model", required=True, help="a saved recommender (a run's best/, final/ or a checkpoint)")
+    parser.add_argument("--data", help="an atomic .inter file (default: the data set the model was trained on)")
+    parser.add_argument("--split", choices=("valid", "test"), default="test")
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args(argv)
+    model = Recommender.from_pretrained(args.model)
+    split = split_for(model, args.data)
+    metrics = rank_split(model, split, args.split, args.batch_size)
+    metrics["latency_ms_per_user"] = latency_per_user(model, split)
+    print(json.dumps({"model": args.model, "split": args.split, **metrics}))
+    return 0
+
+
+def rec_bench(argv: list[str]) -> int:
+    from latentreason.config import seed_list
+    from latentreason.rec.bench import BENCH_MODELS, run_rec_bench
+
+    parser = argparse.ArgumentParser(
+        prog="latentreason rec bench",
+        description="SASRec, ReaRec and PLR over seeds on one split: test metrics and latency per user; the last "
+        "line is one JSON object.",
+    )
+    parser.add_argument("--models", default=",".join(BENCH_MODELS), help="comma-separated models to run")
+    parser.add_argument("--seeds", default="42,1,2", help="comma-separated seeds")
+    parser.add_argument("--output-dir", default="runs/rec-bench", help="one run per model and seed under it")
+    parser.add_argument("--quick", action="store_true", help="a few steps of a tiny model: checks the bench runs")
+    args = parser.parse_args(argv)
+    models = args.models.split(",")
+    unknown = [m for m in models if m not in BENCH_MODELS]
+    if unknown:
+        raise UserError(f"--models: unknown {unknown}; expected some of {BENCH_MODELS}")
+    overrides = {}
+    if args.quick:
+        overrides = dict(max_steps=2, eval_steps=1, hidden_size=16, inner_size=32, per_device_train_batch_size=64)
+    result = run_rec_bench(models, seed_list(args.seeds, "--seeds"), Path(args.output_dir), overrides)
+    print(json.dumps(result))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "rl": cmd_rl,
@@ -803,6 +879,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "study": cmd_study,
     "serve": cmd_serve,
+    "rec": cmd_rec,
 }
 
 
