@@ -25,7 +25,7 @@ import torch
 from latentreason.engine.continuous import ContinuousBatch
 from latentreason.engine.steps import EMBED
 from latentreason.serve.metrics import Metrics
-from latentreason.serve.model import Job, Recipe
+from latentreason.serve.model import DecoderRecipe, Job, Recipe
 from latentreason.serve.protocol import RequestError
 from latentreason.serve.text import TextStream
 
@@ -194,7 +194,7 @@ class Engine:
             self.lanes[key].admit(group)
 
     @torch.no_grad()
-    def _generate(self, recipe: Recipe, group: list[Progress]) -> None:
+    def _generate(self, recipe: DecoderRecipe, group: list[Progress]) -> None:
         for progress, generation in zip(group, recipe.generate([p.job for p in group])):
             trace = generation.trace
             for reply in progress.replies:

@@ -9,6 +9,7 @@ a group of requests as a batch of their own.
 
 from __future__ import annotations
 
+import abc
 import math
 import secrets
 import time
@@ -59,8 +60,9 @@ class Job:
         return Sampling(temperature=self.ask.temperature, top_p=self.ask.top_p)
 
 
-class Recipe:
-    """How the rows of one kind of request are generated. `key` names the lane they share."""
+class Recipe(abc.ABC):
+    """How the rows of one kind of request are generated. `key` names the lane they share. A recipe whose
+    `lane_policy` can be None (a decoder of several phases) also has `generate`, as DecoderRecipe does."""
 
     key: str
     stop_ids: list[int]
@@ -69,20 +71,16 @@ class Recipe:
     def __init__(self, served: ServedModel):
         self.served, self.lm = served, served.lm
 
+    @abc.abstractmethod
     def lane_policy(self, capacity: int):
         """The policy of a lane of `capacity` slots, or None when these rows run as batches of their own."""
-        return None
 
+    @abc.abstractmethod
     def row_policy(self, job: Job):
         """The policy of the job's rows alone (its state is what they start with in a lane)."""
-        raise NotImplementedError
 
     def step_limit(self, job: Job) -> int:
         return job.ask.max_tokens
-
-    def generate(self, jobs: list[Job]) -> list[Generation]:
-        """Each job's generation, for recipes without a lane."""
-        raise NotImplementedError
 
     def visible(self, kind: int) -> bool:
         return kind == TOKEN or not self.answer_only
