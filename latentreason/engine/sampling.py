@@ -146,6 +146,14 @@ def filtered_logprobs(logits: torch.Tensor, sampling: RowSampling) -> tuple[torc
     return values.masked_fill(~keep, float("-inf")).log_softmax(-1), ids
 
 
+def draw_ids(logp: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor, n: int = 1) -> torch.Tensor:
+    """[B, n] ids drawn i.i.d. from exp(logp) [B, V] (-inf: never), walking the vocabulary in its own order;
+    draw i of row r depends only on (seeds[r], counters[r], i), see `row_uniform`."""
+    cdf = logp.double().exp().cumsum(-1)  # [B, V]
+    u = row_uniform(seeds, counters, STREAM_TOKENS, n) * cdf[:, -1:]  # [B, n]
+    return torch.searchsorted(cdf, u, right=True).clamp(max=logp.shape[1] - 1)  # [B, n]: first cdf > u
+
+
 def sample_tokens(
     logits: torch.Tensor, sampling: RowSampling, seeds: torch.Tensor, counters: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,9 +169,7 @@ def sample_tokens(
     # The draw walks the vocabulary in its own order for every row: the sorted order that filters give would
     # make a row's sample depend on whether other rows in its batch filter.
     logp = logp.new_full(logits.shape, float("-inf")).scatter(1, candidates, logp)  # [B, V]
-    cdf = logp.double().exp().cumsum(-1)  # [B, V]
-    u = row_uniform(seeds, counters, STREAM_TOKENS) * cdf[:, -1:]  # [B, 1]
-    pick = torch.searchsorted(cdf, u, right=True).clamp(max=logp.shape[1] - 1)  # [B, 1]: first cdf > u
+    pick = draw_ids(logp, seeds, counters)  # [B, 1]
     ids = pick.squeeze(-1)  # [B] vocabulary order
     logprob = logp.gather(-1, pick).squeeze(-1)
     argmax = logits.argmax(-1)

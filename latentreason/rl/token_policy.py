@@ -19,7 +19,7 @@ import torch
 
 from latentreason.engine.batch import left_pad, positions_from_mask
 from latentreason.engine.loss import chosen_logprobs
-from latentreason.engine.sampling import STREAM_TOKENS, row_uniform
+from latentreason.engine.sampling import draw_ids
 from latentreason.engine.steps import StepChoice, StepView, prefill, run_steps
 from latentreason.errors import ConfigError
 from latentreason.evaluation.prompting import PromptBuilder
@@ -104,10 +104,8 @@ class MultiplexSteps:
 
     def step(self, view: StepView) -> StepChoice:
         logp = (view.logits / self.temperature).log_softmax(-1)  # [b, V]
-        cdf = logp.double().exp().cumsum(-1)  # [b, V]
         counters = torch.full_like(view.rows, view.t)  # every row has taken t steps: they start together
-        u = row_uniform(self.seeds[view.rows], counters, STREAM_TOKENS, self.width) * cdf[:, -1:]  # [b, K]
-        picks = torch.searchsorted(cdf, u, right=True).clamp(max=logp.shape[1] - 1)  # [b, K]: first cdf > u
+        picks = draw_ids(logp, self.seeds[view.rows], counters, self.width)  # [b, K]
         self.samples[view.rows, view.t] = picks
         first = picks[:, 0]  # [b] the reply's token
         finished = torch.isin(first, self.stop) | (view.t + 1 >= self.max_steps)
