@@ -51,3 +51,15 @@ def test_backward_keeps_no_chunk_of_logits():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         full(head, hidden, tokens, mask, 1.0)
     assert max(saved) >= 3 * 7 * vocab  # the check can fail: the plain path keeps [B, T, V]
+
+
+def test_several_tokens_per_position_sum_their_log_probs_in_one_head_call():
+    head, hidden, tokens, mask = setup()
+    several = torch.stack([tokens, (tokens + 7) % 50, (tokens * 3) % 50], dim=-1)  # [B, T, 3]
+    expected = sum(full(head, hidden, several[..., k], mask, 0.7) for k in range(3))
+    calls = []
+    handle = head.register_forward_hook(lambda module, args, out: calls.append(1))
+    got = chosen_logprobs(head, hidden, several, mask, 0.7)
+    handle.remove()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    assert len(calls) == 1 and (got[~mask] == 0).all()

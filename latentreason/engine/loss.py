@@ -40,16 +40,17 @@ def chosen_logprobs(
     Only positions in `mask` go through the head, `chunk` at a time (default: as many as fit LOGITS_BUDGET).
     With gradients and more than one chunk, each chunk is recomputed in the backward pass (checkpointed), so
     the peak is one chunk's logits rather than all of them: hundreds of thinking tokens of a large vocabulary.
-    hidden: [B, T, d]; tokens, mask: [B, T]. Returns float32 [B, T], 0 outside the mask.
+    hidden: [B, T, d]; tokens: [B, T], or [B, T, W] for W tokens per position whose log-probs are summed (one
+    head call for all W); mask: [B, T]. Returns float32 [B, T], 0 outside the mask.
     """
     vocab = head.weight.shape[0]
     chunk = chunk or max(1, LOGITS_BUDGET // vocab)
-    states, ids = hidden[mask], tokens[mask]  # [K, d], [K]
+    states, ids = hidden[mask], tokens[mask].reshape(int(mask.sum()), -1)  # [K, d], [K, W]
     spans = [(start, start + chunk) for start in range(0, ids.shape[0], chunk)]
 
-    def score(h, target):  # [k, d], [k] -> [k]
+    def score(h, target):  # [k, d], [k, W] -> [k]
         logits = head(h).float() / temperature  # [k, V]
-        return logits.log_softmax(-1).gather(-1, target[:, None]).squeeze(-1)  # as the sampler computes it
+        return logits.log_softmax(-1).gather(-1, target).sum(-1)  # as the sampler computes it
 
     recompute = torch.is_grad_enabled() and len(spans) > 1
     pieces = [
@@ -57,4 +58,4 @@ def chosen_logprobs(
         for a, b in spans
     ]
     chosen = torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)  # [K]
-    return torch.zeros(tokens.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, chosen)
+    return torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, chosen)

@@ -164,8 +164,5 @@ class MultiplexPolicy:
         ).last_hidden_state  # [B, P+T-1, d]
         predicting = hidden[:, prompt_ids.shape[1] - 1 :]  # [B, T, d]: the state each step was drawn from
         action = rollouts.token_mask
-        token = sum(
-            chosen_logprobs(lm.lm_head, predicting, samples[..., k], action, self.temperature)
-            for k in range(samples.shape[2])
-        )  # [B, T]
+        token = chosen_logprobs(lm.lm_head, predicting, samples, action, self.temperature)  # [B, T]: K summed
         return token_only(token)
