@@ -373,3 +373,24 @@ def test_text_stream_holds_back_stop_prefixes_and_split_characters():
     pieces, text = stream_all(ids, ["XY", "q"])
     assert text == "abéc" and "".join(pieces) == "abéc"  # the stop string and what follows are cut
     assert not any("X" in p for p in pieces)
+
+
+def test_a_crash_mid_step_answers_500_and_the_server_keeps_serving(chat_dir):
+    background = BackgroundServer(ServeSettings(model=str(chat_dir)))
+    engine, real_step = background.engine, background.engine._step
+    crashes = [RuntimeError("a bug in a decoder")]
+
+    def step_that_fails_once(lane):
+        if crashes:
+            raise crashes.pop()
+        real_step(lane)
+
+    engine._step = step_that_fails_once
+    with background as url:
+        body = {"model": "tinychat", "messages": [{"role": "user", "content": QUESTIONS[0]}], "max_tokens": 4}
+        response = http(url + "/v1/chat/completions", json.dumps(body).encode())
+        assert response.status_code == 500, response.text
+        assert response.json()["error"]["type"] == "server_error"
+        assert "a bug" not in response.text  # the traceback stays in the server's log
+        assert metric(url, "latentreason_running_rows", key=None) == 0
+        assert chat(url, QUESTIONS[0], max_tokens=4).choices[0].finish_reason in ("length", "stop")  # still serving
