@@ -95,6 +95,22 @@ def test_jacobi_rollout_with_as_many_iterations_as_latents_is_the_sequential_rol
     assert jacobi.lengths.tolist() == sequential.lengths.tolist()
 
 
+@pytest.mark.parametrize("num_latents", [1, 2])
+def test_more_iterations_than_latents_are_the_sequential_rollout_in_n_plus_one_calls(num_latents):
+    lm = engine_lm("llama")
+    prompts, _, _ = rows(lm)
+    sequential = latent_rollout(lm, prompts, scaled, fixed_latents(num_latents), num_latents, 6)
+    calls = []
+    hook = lm.backbone.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        jacobi = jacobi_rollout(lm, prompts, scaled, num_latents=num_latents, iterations=3, max_new_tokens=6)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(jacobi.latent_inputs, sequential.latent_inputs, **EXACT)
+    assert jacobi.tokens.tolist() == sequential.tokens.tolist()
+    assert len(calls) == num_latents + 1 + int(jacobi.lengths.max()) - 1  # N thought calls, <eot>, the answer
+
+
 def test_growable_cache_crop_then_update_equals_concatenation():
     layer = GrowableLayer()
     gen = torch.Generator().manual_seed(0)

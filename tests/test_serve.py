@@ -19,6 +19,7 @@ import torch
 
 from latentreason import cli
 from latentreason.methods.colar import CoLaR, CoLaRConfig
+from latentreason.methods.pccot import PCCoT, PCCoTConfig
 from latentreason.serve.protocol import Limits
 from latentreason.serve.run import BackgroundServer, ServeSettings
 from latentreason.serve.text import TextStream
@@ -46,6 +47,18 @@ def colar_dir(tmp_path_factory):
     eot_at_varied_steps(lm)
     lm.meta.update(method="colar", method_config=dataclasses.asdict(config))
     path = tmp_path_factory.mktemp("serve") / "colar"
+    lm.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pccot_dir(tmp_path_factory):
+    """A saved (untrained) PCCoT model: 3 thoughts found by 2 Jacobi iterations."""
+    lm = build_tiny_lm("llama", seed=4)
+    config = PCCoTConfig(num_latents=3, jacobi_iterations=2, max_new_tokens=8)
+    PCCoT(config).prepare(lm)
+    lm.meta.update(method="pccot", method_config=dataclasses.asdict(config))
+    path = tmp_path_factory.mktemp("serve") / "pccot"
     lm.save_pretrained(path)
     return path
 
@@ -130,10 +143,11 @@ def test_greedy_chat_replies_equal_eval(chat_dir, problems_file, tmp_path, decod
     assert all(n == 0 for n in soft) if decoder == "text" else any(n > 0 for n in soft)
 
 
-def test_greedy_replies_of_models_trained_here_equal_eval(colar_dir, cot_dir, problems_file, tmp_path):
+def test_greedy_replies_of_models_trained_here_equal_eval(colar_dir, pccot_dir, cot_dir, problems_file, tmp_path):
     questions = [p["question"] for p in json.loads(problems_file.read_text())]
-    for model in (colar_dir, cot_dir):
+    for model in (colar_dir, pccot_dir, cot_dir):
         generated = eval_replies(model, problems_file, tmp_path / model.name, "--max-new-tokens", "8")
+        assert any(generated)
         with BackgroundServer(ServeSettings(model=str(model), dtype="float32")) as url:
             served = openai.OpenAI(base_url=url + "/v1", api_key="none")
             ask = dict(model=model.name, max_tokens=8, temperature=0)
@@ -150,6 +164,12 @@ def test_greedy_replies_of_models_trained_here_equal_eval(colar_dir, cot_dir, pr
                     extra_body={"latent": {"max_latents": 0}},
                 )
                 assert capped.usage.completion_tokens_details.reasoning_tokens == 0
+            elif model == pccot_dir:
+                assert latents == [3] * len(questions)  # its thoughts, found together
+                streamed = served.completions.create(prompt=questions[0], stream=True, **ask)
+                assert "".join(chunk.choices[0].text for chunk in streamed) == generated[0]
+                fewer = served.completions.create(prompt=questions[0], extra_body={"latent": {"max_latents": 1}}, **ask)
+                assert fewer.usage.completion_tokens_details.reasoning_tokens == 1
             else:
                 assert latents == [0] * len(questions)
 

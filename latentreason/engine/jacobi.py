@@ -45,7 +45,8 @@ def jacobi_thoughts(lm, cache, prefix_ids, prefix_mask, slot_mask, thought_map: 
     hidden = forward_step(lm, cache, mask, input_ids=ids)[:, -n - 1 :]  # [B, 1+N, d] at <bot> and each slot
     bot_hidden = hidden[:, 0]  # [B, d]
     thoughts, extras = map_slots(thought_map, hidden[:, :n], 0)  # [B, N, d]
-    for _ in range(iterations - 1):
+    # After T updates the first T thoughts are exact: updates beyond N change nothing (N = 1 has none to make).
+    for _ in range(min(iterations, n) - 1):
         cache.crop(-n)  # back to the prefix; the slots are recomputed from the new inputs
         hidden = forward_step(lm, cache, mask, inputs_embeds=thoughts.to(lm.embed.weight.dtype))  # [B, N, d]
         rest, rest_extras = map_slots(thought_map, hidden[:, :-1], 1)  # [B, N-1, d]

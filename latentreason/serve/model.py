@@ -22,10 +22,11 @@ import torch
 from latentreason.decoding import DECODERS, DecodeContext, Generation, decoder_from_args
 from latentreason.decoding.base import PolicyDecoder
 from latentreason.engine.decode import TokenPolicy
+from latentreason.engine.jacobi import jacobi_rollout
 from latentreason.engine.rollout import LatentThenAnswer
 from latentreason.engine.sampling import RowSampling, Sampling, row_seeds
 from latentreason.engine.slots import serves_continuously
-from latentreason.engine.steps import TOKEN
+from latentreason.engine.steps import EMBED, FORCED, TOKEN, Trace
 from latentreason.errors import ConfigError, UserError
 from latentreason.serve.protocol import Ask, LatentOptions, Limits, RequestError
 
@@ -153,6 +154,60 @@ class LatentRecipe(Recipe):
         return job.max_latents + 1 + job.ask.max_tokens
 
 
+class JacobiRecipe(Recipe):
+    """A PCCoT model: all its thoughts are found at once by Jacobi iteration, so they are not steps a lane
+    could interleave; the requests that arrive together run as a batch of their own (engine._generate)."""
+
+    answer_only = True
+
+    def __init__(self, served: ServedModel, solver):
+        super().__init__(served)
+        self.solver = solver
+        self.stop_ids = [self.lm.eos_id]
+
+    def lane_policy(self, capacity: int):
+        return None
+
+    def row_policy(self, job: Job):
+        raise TypeError("a Jacobi rollout has no step policy: its requests are generated as batches of their own")
+
+    def step_limit(self, job: Job) -> int:
+        return job.max_latents + 1 + job.ask.max_tokens
+
+    @torch.no_grad()
+    def generate(self, jobs: list[Job]) -> list[Generation]:
+        out = []
+        for job in jobs:  # its own thoughts count, sampling and max_tokens: one rollout per request
+            solver = self.solver
+            rollout = jacobi_rollout(
+                self.lm,
+                [job.prompt] * job.rows,
+                solver.thought_map,
+                job.max_latents,
+                solver.iterations,
+                job.ask.max_tokens,
+                sampling=job.sampling,
+                seeds=job.seeds,
+                stop_ids=self.stop_ids,
+            )
+            out.append(Generation(with_thoughts(rollout.trace, job.max_latents, self.lm.pad_id)))
+        return out
+
+
+def with_thoughts(answer: Trace, thoughts: int, pad_id: int) -> Trace:
+    """The answer's trace preceded by the rollout's thoughts (EMBED) and <eot> (FORCED), as a latent rollout's."""
+    rows = answer.kind.shape[0]
+    kind = answer.kind.new_full((rows, thoughts + 1), EMBED)  # [B, N + 1]
+    kind[:, -1] = FORCED
+    tokens = answer.tokens.new_full((rows, thoughts + 1), pad_id)  # [B, N + 1]
+    logprobs = answer.logprobs.new_zeros(rows, thoughts + 1)  # [B, N + 1]
+    return Trace(
+        torch.cat([kind, answer.kind], 1),
+        torch.cat([tokens, answer.tokens], 1),
+        torch.cat([logprobs, answer.logprobs], 1),
+    )
+
+
 class TrainedTextRecipe(Recipe):
     """A model trained here with a text method: plain decoding from its training layout."""
 
@@ -255,7 +310,7 @@ class ServedModel:
             except ConfigError as err:
                 raise RequestError(f"{where}.decoder_args: {err}", where) from None
         if isinstance(self.solver, JacobiSolver):
-            raise UserError(f"{self.name}: PCCoT's Jacobi rollout is not served (its thoughts are found in parallel)")
+            return JacobiRecipe(self, self.solver)
         if isinstance(self.solver, LatentSolver):
             return LatentRecipe(self, self.solver)
         return TrainedTextRecipe(self)
