@@ -133,6 +133,29 @@ def test_soft_thinking_rows_joining_mid_flight_equal_each_request_alone(model_ty
             assert int(alone.soft_steps[s]) == min(3, request.max_new_tokens)
 
 
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_swireasoning_rows_joining_mid_flight_equal_each_request_alone(model_type):
+    lm = lm64(model_type)
+    # window 1 and a budget of 1 switch: rows switch often, and the forced think_end / answer text is exercised
+    decoder = decoder_from_args("swireasoning", {"window_size": 1, "max_switches": 1, "answer_tokens": 2})
+    end = lm.tokenizer("###", add_special_tokens=False)["input_ids"]
+    stop = [len(lm.tokenizer) + 10]
+    requests = mixed_requests(lm)
+
+    def build(request, rows):
+        ctx = (request or Request([1], samples=rows, max_new_tokens=64)).context(lm, stop, end)
+        return decoder.policy(lm, ctx)
+
+    served = serve(lm, requests, build, capacity=10)
+    mixed = 0
+    for i, request in enumerate(requests):
+        alone = decoder.generate(lm, request.context(lm, stop, end))
+        for s in range(request.samples):
+            assert served[(i, s)] == alone.tokens(s), (i, s)
+            mixed += int(alone.soft_steps[s]) > 0 and int(alone.text_steps[s]) > 0
+    assert mixed > 0  # some rows thought in both modes
+
+
 def test_latent_rows_joining_mid_flight_equal_each_request_alone():
     """Rows at different latent slots in one step: each group calls the thought map with its own slot."""
     lm = lm64()

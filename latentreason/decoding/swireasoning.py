@@ -13,7 +13,7 @@ feeds the token sampled with the context's sampling. A token made only of `math_
 is fed as text in either mode. The step that switches feeds a blend instead:
     explicit -> latent  alpha_t * latent + (1 - alpha_t) * embed(think_start[0])
     latent -> explicit  beta_t * latent + (1 - beta_t) * embed(think_end[0])
-with alpha_t = alpha0 + (1 - alpha0) * t / max_new_tokens (t the step; beta_t likewise from beta0): the
+with alpha_t = alpha0 + (1 - alpha0) * t / max_new_tokens (t the row's own step; beta_t likewise from beta0): the
 start and end markers fade out over the budget. A math token overrides the alpha blend, not the beta one.
 
 Switch budget C (`max_switches`, counting latent -> explicit switches): the C-th to 2C-th switches force
@@ -89,9 +89,15 @@ def _math_tokens(tokenizer, chars: str, vocab: int) -> torch.Tensor:
     return torch.tensor(flags, dtype=torch.bool)
 
 
-def anneal(start: float, t: int, steps: int) -> float:
-    """start at step 0, rising linearly to 1 at `steps`."""
-    return start + (1 - start) * t / max(steps, 1)
+def anneal(start: float, t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """[n] float64: start at step 0, rising linearly to 1 at each row's `steps` (t, steps: [n])."""
+    return start + (1 - start) * t.double() / steps.clamp(min=1).double()
+
+
+def blend(weight: torch.Tensor, soft: torch.Tensor, marker: torch.Tensor) -> torch.Tensor:
+    """[n, d] weight * soft + (1 - weight) * marker, per row (weight: [n] float64, cast as a Python scalar is)."""
+    w = weight[:, None]  # [n, 1]
+    return w.to(soft.dtype) * soft + (1 - w).to(soft.dtype) * marker.to(soft.dtype)
 
 
 def switches(
@@ -105,9 +111,14 @@ def switches(
 
 
 class SwiReasoningPolicy:
+    # engine.slots: rows may join a running batch (serving), so each keeps its own step count and horizon
+    row_state = ("text", "latent", "reference", "stay", "switched", "locked", "answer_left", "t", "horizon")
+
     def __init__(self, lm, config: SwiReasoningConfig, context: DecodeContext):
         rows, device = context.rows, lm.device
-        self.lm, self.config, self.steps = lm, config, context.max_new_tokens
+        self.lm, self.config = lm, config
+        self.t = torch.zeros(rows, dtype=torch.long, device=device)  # [B] steps the row has taken
+        self.horizon = torch.full((rows,), context.max_new_tokens, dtype=torch.long, device=device)  # [B] anneal end
         self.text = TokenPolicy(rows, device, context.stop_ids, context.max_new_tokens, context.sampling, context.seeds)
         self.think_end = context.think_end
         answer = lm.tokenizer(config.answer_prompt, add_special_tokens=False)["input_ids"]
@@ -142,14 +153,13 @@ class SwiReasoningPolicy:
         ends = (ids == self.think_end[0]) & ~forced & ~self.locked[rows]  # [b]
         if len(self.think_end) > 1 and bool(ends.any()):
             view.force(ends.nonzero().squeeze(1), self.think_end)
-        latent = self.latent[rows]
-        if view.t == 0:  # the first H_ref; no switch yet
-            self.reference[rows] = entropy
-            to_explicit = to_latent = torch.zeros_like(latent)
-        else:
-            to_explicit, to_latent = switches(latent, entropy, self.reference[rows], self.stay[rows], cfg.window_size)
-            free = ~forced & ~self.locked[rows] & ~ends
-            to_explicit, to_latent = to_explicit & free, to_latent & free
+        latent, t = self.latent[rows], self.t[rows]  # [b] each
+        first = t == 0  # [b] the row's first H_ref; no switch yet
+        self.reference[rows] = torch.where(first, entropy, self.reference[rows])
+        to_explicit, to_latent = switches(latent, entropy, self.reference[rows], self.stay[rows], cfg.window_size)
+        free = ~forced & ~self.locked[rows] & ~ends & ~first
+        to_explicit, to_latent = to_explicit & free, to_latent & free
+        self.t[rows] += 1
         switched = to_explicit | to_latent
         latent = (latent | to_latent) & ~to_explicit & ~ends
         self.latent[rows] = latent
@@ -163,9 +173,10 @@ class SwiReasoningPolicy:
         at = is_embed.nonzero().squeeze(1)  # [n]
         if at.numel():
             soft = self.latent_input(view.logits[at]).to(embeds.dtype)  # [n, d]
-            alpha, beta = anneal(cfg.alpha0, view.t, self.steps), anneal(cfg.beta0, view.t, self.steps)
-            start = alpha * soft + (1 - alpha) * self.start_embed.to(soft.dtype)
-            end = beta * soft + (1 - beta) * self.end_embed.to(soft.dtype)
+            horizon = self.horizon[rows[at]]  # [n]
+            alpha, beta = anneal(cfg.alpha0, t[at], horizon), anneal(cfg.beta0, t[at], horizon)  # [n] each
+            start = blend(alpha, soft, self.start_embed)  # [n, d]
+            end = blend(beta, soft, self.end_embed)  # [n, d]
             soft = torch.where(to_latent[at, None], start, soft)
             embeds[at] = torch.where(to_explicit[at, None], end, soft)
         return StepChoice(ids, embeds, is_embed, logprobs, finished)
