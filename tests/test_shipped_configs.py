@@ -67,6 +67,8 @@ def test_recipe_runs_one_step_on_a_tiny_model(recipe: Path, tmp_path):
         model_dir = save_tiny_chat_model(tmp_path / "chat")
         rl_overrides.update(model_name_or_path=str(model_dir), output_dir=str(tmp_path / "rl"), questions_per_step=2)
         rl_overrides.update(num_generations=2, per_device_train_batch_size=4, max_completion_length=4, max_new_tokens=4)
+        if read_yaml(recipe).get("max_thinking_steps"):  # soft thinking: room for an answer in 4 steps
+            rl_overrides.update(max_thinking_steps=1)
         result = run_rl(load_config(RLConfig, recipe, rl_overrides), progress=False)
     elif method in RL_METHODS:
         # RL starts from an SFT model of its method: train one for a step, then run the recipe's settings on it.

@@ -9,6 +9,7 @@ import torch
 
 from latentreason.decoding import decoder_from_args
 from latentreason.decoding.swireasoning import MATH_CHARS, SwiReasoningConfig, SwiReasoningPolicy, math_tokens, switches
+from latentreason.engine.mixture import topk_mixture
 from latentreason.engine.steps import EMBED, FORCED, NONE, TOKEN, StepView, prefill, run_steps
 from latentreason.errors import ConfigError
 from tests.helpers import EXACT, MODEL_TYPES
@@ -173,12 +174,11 @@ def test_the_latent_input_mixes_the_top_k_tokens_renormalised():
     lm = lm64("llama")
     vocab = lm.embed.weight.shape[0]
     logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ctx = context(lm, prompts_for(lm, 2), [lm.eot_id])
-    top3 = SwiReasoningPolicy(lm, SwiReasoningConfig(latent_top_k=3), ctx).latent_input(logits)  # [2, d]
+    top3 = topk_mixture(lm.embed, logits, 3)  # [2, d]: what SwiReasoning feeds with latent_top_k 3
     kept = logits.topk(3, dim=-1)
     p = torch.zeros_like(logits).scatter(1, kept.indices, kept.values.softmax(-1))  # [2, V]
     torch.testing.assert_close(top3, p @ lm.embed.weight, **EXACT)
-    exact = SwiReasoningPolicy(lm, SwiReasoningConfig(latent_top_k=10**6), ctx).latent_input(logits)
+    exact = topk_mixture(lm.embed, logits, 10**6)
     torch.testing.assert_close(exact, logits.softmax(-1) @ lm.embed.weight, **EXACT)
 
 

@@ -80,9 +80,9 @@ def text_length_reward(context):
     return lambda problems, completions: [float(len(c.text)) for c in completions]
 
 
-@pytest.mark.parametrize("width", [1, 2])
-def test_a_run_from_a_chat_model_trains_with_lora_and_saves_a_plain_model(chat_dir, tmp_path, width):
-    overrides = {
+def chat_run_overrides(chat_dir, tmp_path, **fields) -> dict:
+    """A two-step LoRA GRPO run of the tiny chat model, with rewards that differ within every group."""
+    return {
         "model_name_or_path": str(chat_dir),
         "dataset": "synthetic:chain",
         "dataset_params": {"num_steps": 2},
@@ -96,12 +96,17 @@ def test_a_run_from_a_chat_model_trains_with_lora_and_saves_a_plain_model(chat_d
         "max_new_tokens": 6,
         "max_steps": 2,
         "learning_rate": 1e-2,
-        "multiplex_width": width,
         "lora_r": 4,
         "reward_funcs": ["test-text-length", "empo"],
         "reward_weights": [1.0, 1.0],
         "coherence_gate": "none",
+        **fields,
     }
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_a_run_from_a_chat_model_trains_with_lora_and_saves_a_plain_model(chat_dir, tmp_path, width):
+    overrides = chat_run_overrides(chat_dir, tmp_path, multiplex_width=width)
     result = run_rl(load_config(RLConfig, None, overrides), progress=False)
     assert result.global_step == 2 and result.eval is not None and result.eval.n == 4
     assert model_kind(str(result.final_dir)) == PRETRAINED  # `eval --model` reads it as a chat model

@@ -35,6 +35,7 @@ import torch
 from latentreason.config import field
 from latentreason.decoding.base import DecodeContext, PolicyDecoder, register_decoder
 from latentreason.engine.decode import TokenPolicy
+from latentreason.engine.mixture import topk_mixture
 from latentreason.engine.steps import StepChoice, StepView
 from latentreason.errors import ConfigError
 
@@ -133,14 +134,6 @@ class SwiReasoningPolicy:
         self.locked = torch.zeros(rows, dtype=torch.bool, device=device)  # [B] explicit for good
         self.answer_left = torch.zeros(rows, dtype=torch.long, device=device)  # [B] after answer_prompt (0: off)
 
-    def latent_input(self, logits: torch.Tensor) -> torch.Tensor:
-        """[n, d] the soft input from logits [n, V]: sum_i p~_i embed(id_i) over the top-k tokens of p =
-        softmax(logits), renormalised. Leaving out mass m moves it from p @ E by at most 2m max_i |E_i|."""
-        top, ids = logits.topk(min(self.config.latent_top_k, logits.shape[-1]), dim=-1)  # [n, k]
-        embeds = self.lm.embed(ids)  # [n, k, d] only these rows of the embedding matrix
-        weights = top.to(torch.promote_types(top.dtype, embeds.dtype)).softmax(-1)  # [n, k] never below float32
-        return (weights[..., None] * embeds).sum(1)  # [n, d]
-
     def step(self, view: StepView) -> StepChoice:
         cfg, rows = self.config, view.rows
         forced = view.queue.pending(rows)  # [b] this step's input is text queued earlier
@@ -172,7 +165,7 @@ class SwiReasoningPolicy:
         embeds = view.hidden.new_zeros(view.hidden.shape)  # [b, d]
         at = is_embed.nonzero().squeeze(1)  # [n]
         if at.numel():
-            soft = self.latent_input(view.logits[at]).to(embeds.dtype)  # [n, d]
+            soft = topk_mixture(self.lm.embed, view.logits[at], cfg.latent_top_k).to(embeds.dtype)  # [n, d]
             horizon = self.horizon[rows[at]]  # [n]
             alpha, beta = anneal(cfg.alpha0, t[at], horizon), anneal(cfg.beta0, t[at], horizon)  # [n] each
             start = blend(alpha, soft, self.start_embed)  # [n, d]

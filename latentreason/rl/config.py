@@ -12,6 +12,7 @@ from latentreason.rl.policy import LATENT_LOGPROB
 from latentreason.train_config import TrainConfig
 
 GATES = ("accuracy", "none")
+THINK_INPUTS = ("tokens", "soft", "fuzzy")
 
 
 @dataclass
@@ -56,6 +57,19 @@ class RLConfig(TrainConfig):
         1,
         help="tokens drawn per step and fed as their mean embedding (Multiplex Thinking; the paper's K = 3); 1 = text",
     )
+    think_inputs: str = field(
+        "tokens",
+        help="how a chat model thinks: tokens (text, or Multiplex Thinking with multiplex_width > 1), soft or fuzzy "
+        "(Soft Tokens, Hard Truths: noisy mixtures of token embeddings, then a hard-token answer)",
+    )
+    think_temperature: float = field(0.0, help="soft/fuzzy: the thinking mixture's temperature (0: 0.5 or 1e-4)")
+    soft_noise: float = field(
+        0.33, help="soft/fuzzy: noise std as a fraction of the embedding matrix's root-mean-square entry"
+    )
+    soft_top_k: int = field(64, help="soft/fuzzy: tokens in each thinking mixture (the most probable)")
+    max_thinking_steps: int = field(
+        0, help="soft/fuzzy: thinking steps before the think-end text is forced (0: half of max_completion_length)"
+    )
     prompt_template: str = field(BOXED_TEMPLATE, help="the user turn; {question} is replaced by the question")
     system_prompt: str = field("", help="system prompt; empty: the chat template's own default")
     lora_r: int = field(0, help="LoRA rank through peft (0 = full fine-tuning)")
@@ -98,9 +112,25 @@ class RLConfig(TrainConfig):
             )
         if self.temperature <= 0 or self.epsilon <= 0 or self.max_completion_length < 1:
             raise ConfigError("temperature and epsilon must be > 0 and max_completion_length >= 1")
+        if self.think_inputs not in THINK_INPUTS:
+            raise ConfigError(f"field 'think_inputs': expected one of {THINK_INPUTS}, got {self.think_inputs!r}")
+        if self.think_inputs != "tokens" and self.multiplex_width != 1:
+            raise ConfigError("field 'multiplex_width': Multiplex Thinking is for think_inputs: tokens")
+        if self.soft_noise <= 0 or self.soft_top_k < 1 or self.think_temperature < 0 or self.max_thinking_steps < 0:
+            raise ConfigError("soft_noise must be > 0, soft_top_k >= 1, think_temperature and max_thinking_steps >= 0")
+        if self.think_inputs != "tokens" and not 0 < self.thinking_steps < self.max_completion_length:
+            raise ConfigError(
+                f"field 'max_thinking_steps': {self.thinking_steps} thinking steps leave no room for the answer in "
+                f"max_completion_length {self.max_completion_length}"
+            )
         if self.multiplex_width < 1:
             raise ConfigError(f"field 'multiplex_width': expected >= 1 (1 = plain tokens), got {self.multiplex_width}")
         if self.lora_r < 0 or (self.lora_r and self.lora_alpha <= 0):
             raise ConfigError("fields 'lora_r' and 'lora_alpha': lora_r >= 0 (0 = no LoRA) and lora_alpha > 0")
         if self.num_generations < 2:
             raise ConfigError("field 'num_generations': GRPO compares rollouts of a question, so it needs >= 2")
+
+    @property
+    def thinking_steps(self) -> int:
+        """Soft/fuzzy thinking steps before the think-end text is forced (max_thinking_steps, 0: half the reply)."""
+        return self.max_thinking_steps or self.max_completion_length // 2

@@ -150,19 +150,24 @@ class MultiplexPolicy:
 
     def logprobs(self, rollouts: TokenRollouts) -> ActionLogprobs:
         """The same steps' log-probs under the current weights, in one teacher-forced call (with grad)."""
-        lm = self.lm
-        batch = left_pad(rollouts.prompts, lm.pad_id)
-        prompt_ids, prompt_mask = batch["input_ids"].to(lm.device), batch["attention_mask"].to(lm.device)  # [B, P]
-        samples, lengths = rollouts.samples, rollouts.lengths  # [B, T, K], [B]
-        fed = samples[:, :-1]  # [B, T-1, K]: the last step (a stop token or the length limit) is never fed
-        fed_mask = torch.arange(fed.shape[1], device=lm.device)[None] < (lengths - 1)[:, None]  # [B, T-1]
-        inputs = lm.embed(fed).mean(2)  # [B, T-1, d] (K = 1: the token's own embedding)
-        embeds = torch.cat([lm.embed(prompt_ids), inputs.to(lm.embed.weight.dtype)], dim=1)  # [B, P+T-1, d]
-        mask = torch.cat([prompt_mask, fed_mask.long()], dim=1)  # [B, P+T-1]
-        hidden = lm.backbone(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
-        ).last_hidden_state  # [B, P+T-1, d]
-        predicting = hidden[:, prompt_ids.shape[1] - 1 :]  # [B, T, d]: the state each step was drawn from
+        lm, samples = self.lm, rollouts.samples  # [B, T, K]
+        inputs = lm.embed(samples[:, :-1]).mean(2)  # [B, T-1, d] (K = 1: the token's own embedding)
+        predicting = teacher_forced_states(lm, rollouts.prompts, inputs, rollouts.lengths)  # [B, T, d]
         action = rollouts.token_mask
         token = chosen_logprobs(lm.lm_head, predicting, samples, action, self.temperature)  # [B, T]: K summed
         return token_only(token)
+
+
+def teacher_forced_states(lm, prompts: list[list[int]], inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, T, d] the hidden state each of a rollout's T steps was chosen from, in one call over prompt + the
+    inputs it fed. inputs: [B, T-1, d] (the last step, a stop token or the length limit, is never fed);
+    lengths: [B] steps of each row."""
+    batch = left_pad(prompts, lm.pad_id)
+    prompt_ids, prompt_mask = batch["input_ids"].to(lm.device), batch["attention_mask"].to(lm.device)  # [B, P]
+    fed_mask = torch.arange(inputs.shape[1], device=lm.device)[None] < (lengths - 1)[:, None]  # [B, T-1]
+    embeds = torch.cat([lm.embed(prompt_ids), inputs.to(lm.embed.weight.dtype)], dim=1)  # [B, P+T-1, d]
+    mask = torch.cat([prompt_mask, fed_mask.long()], dim=1)  # [B, P+T-1]
+    hidden = lm.backbone(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+    ).last_hidden_state  # [B, P+T-1, d]
+    return hidden[:, prompt_ids.shape[1] - 1 :]  # [B, T, d]

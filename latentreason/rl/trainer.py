@@ -35,6 +35,7 @@ from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
 from latentreason.rl.policy import LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import RewardContext, build_rewards, combine
+from latentreason.rl.soft_token_policy import SoftTokenPolicy
 from latentreason.rl.token_policy import MultiplexPolicy, chat_prompt
 from latentreason.training.loop import TrainingLoop
 from latentreason.training.prepared_module import PreparedModule
@@ -125,19 +126,25 @@ class RLTrainer(TrainingLoop):
         self.recompute_old = cfg.recompute_old_logprobs == "true" or (cfg.recompute_old_logprobs == "auto" and mixed)
 
     # --- set-up ---------------------------------------------------------------------------------
-    def _policy(self, lm, method) -> LatentPolicy | MultiplexPolicy:
+    def _policy(self, lm, method) -> LatentPolicy | MultiplexPolicy | SoftTokenPolicy:
         cfg = self.config
         if method is None:
-            return MultiplexPolicy(
-                lm, chat_prompt(lm, cfg), cfg.multiplex_width, cfg.temperature, cfg.max_completion_length
-            )
-        if cfg.multiplex_width != 1:
+            return self._chat_policy(lm, chat_prompt(lm, cfg))
+        if cfg.multiplex_width != 1 or cfg.think_inputs != "tokens":
             raise UserError(
-                f"multiplex_width {cfg.multiplex_width}: Multiplex Thinking is for pretrained models, not {method.name}"
+                f"multiplex_width {cfg.multiplex_width}, think_inputs {cfg.think_inputs}: Multiplex Thinking and soft "
+                f"tokens are for pretrained models, not {method.name}"
             )
         return LatentPolicy(
             lm, method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
         )
+
+    def _chat_policy(self, lm, prompt) -> MultiplexPolicy | SoftTokenPolicy:
+        """A pretrained chat model's policy: thinking in tokens (text, Multiplex) or in noisy soft tokens."""
+        cfg = self.config
+        if cfg.think_inputs == "tokens":
+            return MultiplexPolicy(lm, prompt, cfg.multiplex_width, cfg.temperature, cfg.max_completion_length)
+        return SoftTokenPolicy(lm, prompt, cfg)
 
     def resume_resets_optimizer(self) -> bool:
         return self.config.lora_r > 0 or (self.method is not None and self.method.resume_resets_optimizer())
@@ -145,7 +152,10 @@ class RLTrainer(TrainingLoop):
     def run_label(self) -> str:
         if self.method is not None:
             return self.method.name
-        return "text" if self.config.multiplex_width == 1 else f"multiplex K={self.config.multiplex_width}"
+        cfg = self.config
+        if cfg.think_inputs != "tokens":
+            return f"{cfg.think_inputs} tokens"
+        return "text" if cfg.multiplex_width == 1 else f"multiplex K={cfg.multiplex_width}"
 
     def held_out_solver(self):
         if self.method is not None:
@@ -176,9 +186,7 @@ class RLTrainer(TrainingLoop):
         ref_lm = self._starting_model()
         cfg = self.config
         if self.method is None:
-            return MultiplexPolicy(
-                ref_lm, self.policy.prompt, cfg.multiplex_width, cfg.temperature, cfg.max_completion_length
-            )
+            return self._chat_policy(ref_lm, self.policy.prompt)
         ref_method = type(self.method)(self.method.config)
         ref_method.prepare(ref_lm)
         return LatentPolicy(
