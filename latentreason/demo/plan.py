@@ -27,18 +27,19 @@ class Row:
 
 
 # In the table's order. `seconds`: training times of `latentreason demo --rows all --seed 2` on this
-# repository's 2-core machine (docs/results.md), two rows at a time with one thread each.
+# repository's 2-core machine (docs/results.md), two rows at a time with one thread each (the curriculum
+# family's: of the default demo on a quiet machine after its budget went to 500 steps).
 ROWS = {
     "cot": Row(None, 190),
     "no-cot": Row(None, 95),
     "icot": Row("cot", 75),
-    "coconut": Row("cot", 165),
+    "coconut": Row("cot", 120),
     "pause": Row("cot", 80),
     "codi": Row("cot", 190),
     "pccot": Row("cot", 225),
     "colar": Row("cot", 150),
-    "simcot": Row("cot", 235),
-    "atp": Row("cot", 230),
+    "simcot": Row("cot", 185),
+    "atp": Row("cot", 185),
     "atp-rl": Row("atp", 50),
     "colar-rl": Row("colar", 180),
 }
