@@ -39,6 +39,7 @@ ROWS = {
     "colar": Row("cot", 150),
     "simcot": Row("cot", 235),
     "atp": Row("cot", 230),
+    "token-assorted": Row("cot", 240),
     "atp-rl": Row("atp", 50),
     "colar-rl": Row("colar", 180),
 }
