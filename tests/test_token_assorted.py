@@ -203,3 +203,18 @@ def test_a_model_with_another_codebook_is_refused(tmp_path):
     method_cls = type(_)
     with pytest.raises(ConfigError, match="codebook_size"):
         method_cls(TokenAssortedConfig(chunk_length=4, codebook_size=16)).prepare(lm)
+
+
+def test_a_resumed_run_keeps_the_fitted_vqvae_and_its_codes(tmp_path):
+    first = train(tmp_path, max_steps=2, save_steps=1)
+    lm, method = load_trained(str(first.final_dir), None, max_new_tokens=4)
+    method.prepare(lm)
+    problems = generate_chain(8, seed=9, num_steps=2)
+    encoded = [encode_problem(lm.tokenizer, p) for p in problems]
+    resumed = train(tmp_path, max_steps=3, save_steps=1, resume_from_checkpoint="auto")
+    assert resumed.global_step == 3
+    again, method_again = load_trained(str(resumed.final_dir), None, max_new_tokens=4)
+    method_again.prepare(again)
+    assert again.meta[STAGE1_KEY] == lm.meta[STAGE1_KEY]  # stage 1 was not run a second time
+    assert method_again.chunk_codes(again, encoded) == method.chunk_codes(lm, encoded)
+    assert not any(p.requires_grad for p in again.heads["vqvae"].parameters())
