@@ -39,6 +39,7 @@ ROWS = {
     "colar": Row("cot", 150),
     "simcot": Row("cot", 235),
     "atp": Row("cot", 230),
+    "token-assorted": Row("cot", 770),  # measured at load average ~10 (stage 1 ~2.3 min of it): re-time
     "atp-rl": Row("atp", 50),
     "colar-rl": Row("colar", 180),
 }
