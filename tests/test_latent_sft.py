@@ -216,7 +216,6 @@ def test_the_solver_stops_a_row_exactly_when_the_model_predicts_eot():
         ("chunk_size", 0, "chunk_size"),
         ("latent_top_k", 0, "latent_top_k"),
         ("latent_temperature", 0.0, "latent_temperature"),
-        ("encoder_steps", 1000, "encoder_steps"),
         ("encoder_steps", -1, "encoder_steps"),
         ("kl_weight", -1.0, "kl_weight"),
         ("gumbel_tau", -0.5, "gumbel_tau"),

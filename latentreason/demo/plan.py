@@ -39,6 +39,7 @@ ROWS = {
     "colar": Row("cot", 150),
     "simcot": Row("cot", 235),
     "atp": Row("cot", 230),
+    "latent-sft": Row("cot", 200),
     "atp-rl": Row("atp", 50),
     "colar-rl": Row("colar", 180),
 }
