@@ -40,6 +40,7 @@ ROWS = {
     "simcot": Row("cot", 235),
     "atp": Row("cot", 230),
     "token-assorted": Row("cot", 770),  # measured at load average ~10 (stage 1 ~2.3 min of it): re-time
+    "latent-sft": Row("cot", 200),
     "atp-rl": Row("atp", 50),
     "colar-rl": Row("colar", 180),
 }
