@@ -12,7 +12,9 @@ three 0.33. Both extra terms are computed on the prior's projected states, as th
   question's steps; the positive is the step whose state is most cosine-similar to the mean input embedding
   of the answer's tokens, chosen without gradient (`reasoning_focus_nce`).
 Changed from the reference: the question and the slots never attend to the steps (the reference lets every
-position see every other, so its thoughts read the CoT in training but not at evaluation); the slots are
+position see every other, so its thoughts read the CoT in training but not at evaluation), and each step sees
+only the question, the slots and itself (with no positions, steps that see each other give their shared last
+token one state, and the InfoNCE is a constant); the slots are
 trained vectors (the reference feeds K frozen reserved-token embeddings); the projection starts at the scale of
 the main model's embeddings; questions without steps leave the InfoNCE (the reference gives them a loss over
 nothing but masked logits).
