@@ -3,6 +3,7 @@ training, the saved model's solver, and config errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -160,3 +161,17 @@ def test_bad_config_values_name_the_field(fields, message):
 def test_prior_heads_must_divide_the_hidden_size():
     with pytest.raises(ConfigError, match="prior_heads.*hidden size 32"):
         LTAThinker(LTAThinkerConfig(prior_heads=3)).prepare(build_tiny_lm())
+
+
+def test_with_lora_the_adapters_train_and_the_checkpoint_holds_merged_weights(tmp_path):
+    pytest.importorskip("peft")
+    lm = build_tiny_lm()
+    config = tiny_train_config(LTAThinkerConfig, tmp_path / "run", num_thoughts=2, lora_r=4, max_steps=1)
+    method = LTAThinker(dataclasses.replace(config, lora_target_modules="q_proj,v_proj"))
+    method.prepare(lm)
+    trained = {n for n, p in lm.named_parameters() if p.requires_grad}
+    assert any(".lora_A." in n for n in trained) and any(n.startswith("heads.lta_prior.") for n in trained)
+    assert not any(n.endswith("mlp.up_proj.weight") for n in trained)
+    result = run_training("lta-thinker", method.config, progress=False, lm=lm)
+    loaded, _ = load_trained(str(result.final_dir), None, max_new_tokens=4)
+    assert not any(".lora_" in n for n, _ in loaded.named_parameters())
