@@ -43,6 +43,7 @@ ROWS = {
     "latent-sft": Row("cot", 200),
     "atp-rl": Row("atp", 50),
     "colar-rl": Row("colar", 180),
+    "lta-thinker": Row("cot", 200),
 }
 # The default: the flagship (ATP-Latent, SFT and SFT+RL), its main baseline (SIM-CoT) and both ends
 # (CoT, No-CoT). `--rows all` runs the whole table.

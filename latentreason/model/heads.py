@@ -121,6 +121,10 @@ def build_head(kind: str, base, **kwargs) -> nn.Module:
         from latentreason.model.vqvae import ChunkVQVAE
 
         return ChunkVQVAE(**kwargs)
+    if kind == "lta_prior":
+        from latentreason.model.lta_prior import LatentPrior
+
+        return LatentPrior.for_model(base, **kwargs)
     raise UserError(
-        f"unknown head kind {kind!r}; expected gaussian, stop, step_score, projector, step_decoder or vqvae"
+        f"unknown head kind {kind!r}; expected gaussian, stop, step_score, projector, step_decoder, vqvae or lta_prior"
     )
