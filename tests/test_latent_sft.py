@@ -11,8 +11,8 @@ import torch
 
 from latentreason.data.generators.chain import generate_chain
 from latentreason.engine.latent_pass import latent_forward
+from latentreason.engine.mixture import superposition
 from latentreason.engine.rollout import fixed_latents, latent_rollout
-from latentreason.engine.superposition import superposition
 from latentreason.errors import ConfigError
 from latentreason.methods.latent_sft import LatentSFT, LatentSFTConfig, masked_hidden
 from latentreason.methods.latent_sft_layout import decoder_batch, encoder_batch
@@ -36,18 +36,18 @@ def test_superposition_equals_a_dense_softmax_over_the_embedding_restricted_to_t
     E = lm.embed.weight.detach()  # [V, d]
     for tau in (1.0, 0.5):
         p = (logits / tau).softmax(-1)  # [B, V]
-        assert torch.allclose(superposition(lm, logits, E.shape[0], tau), p @ E, atol=1e-5)  # every token kept
+        assert torch.allclose(superposition(lm.embed, logits, E.shape[0], tau), p @ E, atol=1e-5)  # every token kept
         top = p.topk(4, dim=-1).indices
         kept = torch.zeros_like(p).scatter(1, top, p.gather(1, top))
         dense = (kept / kept.sum(-1, keepdim=True)) @ E  # the top-4 renormalised, as a dense product
-        assert torch.allclose(superposition(lm, logits, 4, tau), dense, atol=1e-5)
+        assert torch.allclose(superposition(lm.embed, logits, 4, tau), dense, atol=1e-5)
 
 
 def test_gumbel_superposition_at_a_tiny_temperature_is_one_of_the_top_k_embeddings():
     lm = tiny_lm()
     torch.manual_seed(1)
     logits = torch.randn(5, lm.embed.weight.shape[0])
-    mixed = superposition(lm, logits, 3, gumbel_tau=1e-4)  # [5, d]
+    mixed = superposition(lm.embed, logits, 3, gumbel_tau=1e-4)  # [5, d]
     rows = lm.embed(logits.topk(3, dim=-1).indices)  # [5, 3, d]
     assert (mixed[:, None] - rows).abs().amax(-1).min(-1).values.max() < 1e-4  # one of the 3 rows per problem
 

@@ -1,7 +1,7 @@
 """Latent-SFT (Deng et al. 2025, arXiv 2510.15522): latent tokens as superpositions of vocabulary embeddings.
 
 Every latent token is sum_i w_i x embed(id_i) over the top-k ids of a next-token distribution
-(engine/superposition.py). One run trains both stages; the first `encoder_steps` optimizer steps are stage 1.
+(engine/mixture.py). One run trains both stages; the first `encoder_steps` optimizer steps are stage 1.
 
 - Stage 1: a latent-token encoder (a full copy of the model, the `latent_encoder` head) reads the question
   and the CoT with one slot after every `chunk_size` CoT tokens under the induction mask; its LM head at each
@@ -28,7 +28,7 @@ from latentreason.config import field
 from latentreason.engine.batch import IGNORE
 from latentreason.engine.latent_pass import build_latent_batch, known_latent_forward, latent_forward
 from latentreason.engine.loss import next_token_loss
-from latentreason.engine.superposition import superposition
+from latentreason.engine.mixture import superposition
 from latentreason.errors import ConfigError
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.layout import encode_problem
@@ -126,7 +126,7 @@ class LatentSFT(Method):
     def mix(self, lm, logits: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         gumbel = cfg.gumbel_tau if torch.is_grad_enabled() else 0.0  # noise in training only
-        return superposition(lm, logits, cfg.latent_top_k, cfg.latent_temperature, gumbel)
+        return superposition(lm.embed, logits, cfg.latent_top_k, cfg.latent_temperature, gumbel)
 
     def encoder_logits(self, lm, packed: Packed) -> torch.Tensor:
         """The encoder's latent distributions (logits) [K, V] at every slot of the batch, in row order."""

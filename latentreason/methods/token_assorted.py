@@ -31,8 +31,8 @@ from latentreason.model.code_tokens import add_code_tokens, first_code_id
 from latentreason.model.device import default_device
 from latentreason.model.vqvae import chunk_batch
 from latentreason.model.vqvae_fit import VQFit, assign_codes, fit_vqvae
+from latentreason.processes import say
 from latentreason.train_config import SFTConfig
-from latentreason.training.processes import say
 
 VQVAE = "vqvae"  # the head's name
 STAGE1_KEY = "token_assorted_vqvae"  # in lm.meta: stage 1's last metrics and codebook use
