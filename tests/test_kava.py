@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -14,6 +15,7 @@ from latentreason.engine.compat import cache_kwargs
 from latentreason.engine.forward import new_cache
 from latentreason.engine.jacobi import jacobi_latent_forward
 from latentreason.errors import ConfigError
+from latentreason.methods import kava as kava_module
 from latentreason.methods.kava import KaVa, KaVaConfig, kv_matching_loss
 from latentreason.methods.kava_eviction import eviction_scores, kept_positions
 from latentreason.model.attention_access import eager_attention, unrotated_keys
@@ -233,3 +235,12 @@ def test_kava_trains_and_its_saved_model_answers_in_batches_as_one_by_one(tmp_pa
 def test_bad_settings_name_their_field(field, value):
     with pytest.raises(ConfigError, match=field):
         KaVaConfig(**{field: value})
+
+
+def test_a_model_without_attention_probabilities_is_named(monkeypatch):
+    monkeypatch.setattr(kava_module, "eager_attention", lambda model: contextlib.nullcontext())  # sdpa stays on
+    lm = tiny_lm("llama")
+    method = KaVa(KaVaConfig(num_latents=2, jacobi_iterations=1))
+    batch = method.collate(lm, generate_chain(2, seed=1, num_steps=2))
+    with pytest.raises(ConfigError, match="LlamaForCausalLM returned no attention probabilities"), torch.no_grad():
+        method.loss(lm, batch)

@@ -112,6 +112,11 @@ class KaVa(PCCoT):
                 use_cache=True,
                 **cache_kwargs(lm.backbone, teacher_cache),
             )
+        if not teacher.attentions or teacher.attentions[0] is None:
+            raise ConfigError(
+                f"method 'kava': {type(lm.model).__name__} returned no attention probabilities under eager "
+                "attention; KaVa's eviction needs a model whose attention implementation can be set to 'eager'"
+            )
         total, metrics = self.codi_objective(lm, latent_batch, student, teacher.hidden_states)
         kv = self.kv_loss(lm, latent_batch, student_cache, teacher_cache, teacher.attentions)
         metrics["kv"] = float(kv.detach())
