@@ -36,6 +36,7 @@ ROWS = {
     "pause": Row("cot", 80),
     "codi": Row("cot", 190),
     "pccot": Row("cot", 225),
+    "kava": Row("cot", 300),
     "colar": Row("cot", 150),
     "simcot": Row("cot", 235),
     "atp": Row("cot", 230),
