@@ -20,7 +20,7 @@ from latentreason.recipes import RL_METHODS, recipe_method, resolve_config_path
 def cmd_train(argv: list[str]) -> int:
     from latentreason.config import add_config_flags, load_config
     from latentreason.methods import METHODS, get_method
-    from latentreason.training.processes import say
+    from latentreason.processes import say
     from latentreason.training.run import run_training
 
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -52,7 +52,7 @@ def cmd_train(argv: list[str]) -> int:
 # --- train-rm ----------------------------------------------------------------------------------
 def cmd_train_rm(argv: list[str]) -> int:
     from latentreason.config import add_config_flags, load_config
-    from latentreason.training.processes import say
+    from latentreason.processes import say
     from latentreason.tts.rm_config import RMConfig
     from latentreason.tts.rm_run import run_train_rm
 
@@ -75,9 +75,9 @@ def cmd_train_rm(argv: list[str]) -> int:
 # --- rl ----------------------------------------------------------------------------------------
 def cmd_rl(argv: list[str]) -> int:
     from latentreason.config import add_config_flags, load_config
+    from latentreason.processes import say
     from latentreason.rl.config import RLConfig
     from latentreason.rl.run import run_rl
-    from latentreason.training.processes import say
 
     parser = argparse.ArgumentParser(
         prog="latentreason rl",
@@ -238,7 +238,7 @@ def cmd_eval(argv: list[str]) -> int:
         help="the weights' dtype (default auto: bfloat16 on a GPU that supports it, else float32)",
     )
     args = parser.parse_args(argv)
-    from latentreason.training.processes import launched_processes
+    from latentreason.processes import launched_processes
 
     if launched_processes() > 1 and args.device is not None:
         raise UserError("--device: launched as several processes, each uses its own device; leave it out")
@@ -469,7 +469,7 @@ def _solver(args, plan: EvalPlan, device: str | None):
     from latentreason.methods.saved import load_trained
     from latentreason.model.device import default_device, eval_dtype
     from latentreason.model.pretrained import TRAINED, generation_stop_ids, load_pretrained
-    from latentreason.training.processes import say
+    from latentreason.processes import say
 
     device = default_device(device)
     dtype = eval_dtype(args.dtype, device)
@@ -527,7 +527,7 @@ def trained_solver(model: str, lm, method, plan: EvalPlan):
 def _evaluate_launch(args, plan: EvalPlan, name: str, problems: list):
     """The evaluation result, on the main process (None on the others when launched as several)."""
     from latentreason.evaluation.harness import evaluate, evaluate_sharded
-    from latentreason.training.processes import launched_processes, multi_process_cpu
+    from latentreason.processes import launched_processes, multi_process_cpu
 
     if launched_processes() == 1:
         solver = _solver(args, plan, args.device)
@@ -551,7 +551,7 @@ def _journal(args, plan: EvalPlan, name: str, problems: list, solver_name: str):
     """The journal in --output-dir that lets an interrupted evaluation resume (evaluation/journal.py);
     --restart discards it. Every setting that can change an answer is part of its key."""
     from latentreason.evaluation.journal import Journal, journal_key, model_fingerprint
-    from latentreason.training.processes import launched_processes, say
+    from latentreason.processes import launched_processes, say
 
     path = Path(args.output_dir) / JOURNAL
     if args.restart:
@@ -904,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"latentreason: error: {err}", file=sys.stderr)
         return 2
-    from latentreason.training.processes import leave_process_group
+    from latentreason.processes import leave_process_group
 
     return leave_process_group(code)
 

@@ -29,8 +29,8 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.errors import UserError
 from latentreason.methods import get_method
 from latentreason.model.build import build_latent_lm
+from latentreason.processes import leave_process_group
 from latentreason.train_config import SFTConfig
-from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.distributed_rl_worker import run_rl_recording
 from tests.helpers import tiny_train_config

@@ -26,7 +26,7 @@ from accelerate import PartialState
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from latentreason.training.processes import leave_process_group
+from latentreason.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.distributed_latent import latent_config, latent_run, recorded_passes, train_recording_passes
 from tests.distributed_rl_worker import run_rl_recording

@@ -21,10 +21,10 @@ from safetensors.torch import save_file
 from latentreason.data.sources import load_train_and_held_out
 from latentreason.methods.atp import ATPConfig, ATPLatent
 from latentreason.model.pretrained import load_pretrained
+from latentreason.processes import leave_process_group
 from latentreason.rl import trainer as rl_trainer
 from latentreason.rl.config import RLConfig
 from latentreason.rl.rewards import register_reward
-from latentreason.training.processes import leave_process_group
 from tests.distributed_latent import latent_run, train_recording_passes
 from tests.helpers import build_tiny_lm
 

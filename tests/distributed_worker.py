@@ -18,8 +18,8 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.evaluation.harness import evaluate_sharded
 from latentreason.methods import get_method
 from latentreason.model.build import build_latent_lm
+from latentreason.processes import leave_process_group
 from latentreason.train_config import SFTConfig
-from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.helpers import tiny_train_config
 

@@ -27,8 +27,8 @@ from accelerate import PartialState
 from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from safetensors.torch import save_file
 
+from latentreason.processes import leave_process_group
 from latentreason.training.prepared_module import PreparedModule
-from latentreason.training.processes import leave_process_group
 from latentreason.training.run import run_training
 from tests.distributed_latent import latent_config, latent_run, train_recording_passes
 from tests.distributed_rl_worker import run_rl_recording

@@ -57,14 +57,15 @@ def jacobi_thoughts(lm, cache, prefix_ids, prefix_mask, slot_mask, thought_map: 
 
 
 def jacobi_latent_forward(
-    lm, batch: LatentBatch, thought_map: ThoughtMap, iterations: int, all_layers: bool = False
+    lm, batch: LatentBatch, thought_map: ThoughtMap, iterations: int, all_layers: bool = False, cache=None
 ) -> LatentPassOutput:
     """The teacher-forced latent pass with `iterations` Jacobi updates (equal to `latent_forward` when
-    iterations >= the batch's most latents)."""
+    iterations >= the batch's most latents). `cache`: an empty cache to run on, for a caller that reads the
+    keys and values afterwards (prefix, slots, suffix; KaVa matches the slots')."""
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     slot_mask = batch.slot_mask(batch.pass_slots())  # [B, N]
-    cache = new_cache(lm)
+    cache = new_cache(lm) if cache is None else cache
     if slot_mask.shape[1] == 0:
         bot_hidden = forward_step(lm, cache, batch.prefix_mask, input_ids=batch.prefix_ids)[:, -1]  # [B, d]
         thoughts, extras = bot_hidden[:, None][:, :0], []

@@ -70,4 +70,9 @@ class TextSolver(SampledSolver):
             seeds=self.row_seeds(problems),
         )
         texts = lm.tokenizer.batch_decode(out.tokens.cpu(), skip_special_tokens=True)
-        return by_problem([Solution(text, count_reasoning_tokens(lm.tokenizer, text)) for text in texts], self.samples)
+        rows = zip(texts, out.tokens.tolist())
+        return by_problem([self.solution(text, ids) for text, ids in rows], self.samples)
+
+    def solution(self, text: str, ids: list[int]) -> Solution:
+        """The Solution of one reply: its text (special tokens dropped) and generated ids (pad after the stop)."""
+        return Solution(text, count_reasoning_tokens(self.lm.tokenizer, text))

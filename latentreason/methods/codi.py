@@ -157,17 +157,27 @@ class CODI(Method):
     def student_pass(self, lm, latent_batch):
         return latent_forward(lm, latent_batch, self.thought_map(lm), all_layers=True)
 
-    def loss(self, lm, batch):
-        cfg, latent_batch = self.config, batch["latent_batch"]
-        extras = latent_batch.extras
-        student = self.student_pass(lm, latent_batch)
-        student_ce, _ = next_token_loss(lm, student.suffix_hidden, latent_batch.suffix_labels)
-        teacher = lm.backbone(
+    def teacher_pass(self, lm, extras: dict, **outputs):
+        """The teacher's call over question + CoT + answer; `outputs`: what else to ask the backbone for."""
+        return lm.backbone(
             input_ids=extras["teacher_ids"],
             attention_mask=extras["teacher_mask"],
             position_ids=extras["teacher_positions"],
             output_hidden_states=True,
-        ).hidden_states  # layers + 1 of [B, T, d], embeddings first
+            **outputs,
+        )
+
+    def loss(self, lm, batch):
+        latent_batch = batch["latent_batch"]
+        student = self.student_pass(lm, latent_batch)
+        teacher = self.teacher_pass(lm, latent_batch.extras).hidden_states  # layers + 1 of [B, T, d]
+        return self.codi_objective(lm, latent_batch, student, teacher)
+
+    def codi_objective(self, lm, latent_batch, student, teacher):
+        """(student CE + teacher CE + distillation, metrics) from both passes' outputs (teacher: its hidden
+        states, embeddings first)."""
+        cfg, extras = self.config, latent_batch.extras
+        student_ce, _ = next_token_loss(lm, student.suffix_hidden, latent_batch.suffix_labels)
         teacher_ce, _ = next_token_loss(lm, teacher[-1], extras["teacher_labels"])
         distill = distillation_loss(
             student.suffix_layers[1:], extras["student_at"], teacher[1:], extras["teacher_at"], cfg.distill_divide_std

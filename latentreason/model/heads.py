@@ -117,4 +117,14 @@ def build_head(kind: str, base, **kwargs) -> nn.Module:
         return ProjectorHead(hidden, **kwargs)
     if kind == "step_decoder":
         return step_decoder_model(base, **kwargs)
-    raise UserError(f"unknown head kind {kind!r}; expected gaussian, stop, step_score, projector or step_decoder")
+    if kind == "vqvae":
+        from latentreason.model.vqvae import ChunkVQVAE
+
+        return ChunkVQVAE(**kwargs)
+    if kind == "lta_prior":
+        from latentreason.model.lta_prior import LatentPrior
+
+        return LatentPrior.for_model(base, **kwargs)
+    raise UserError(
+        f"unknown head kind {kind!r}; expected gaussian, stop, step_score, projector, step_decoder, vqvae or lta_prior"
+    )

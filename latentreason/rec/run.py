@@ -10,6 +10,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from latentreason.errors import UserError
+from latentreason.processes import say
 from latentreason.rec.config import RecConfig
 from latentreason.rec.data import read_interactions, resolve_dataset
 from latentreason.rec.evaluate import rank_split
@@ -17,7 +18,6 @@ from latentreason.rec.model import Recommender
 from latentreason.rec.split import LeaveOneOut
 from latentreason.rec.trainer import BEST_DIR, RecTrainer
 from latentreason.training.checkpoint import resolve_resume
-from latentreason.training.processes import say
 
 TEST_FILE = "test_metrics.json"
 

@@ -11,11 +11,11 @@ from latentreason.methods.saved import method_for
 from latentreason.model.latent_lm import LatentLM
 from latentreason.model.lora import add_lora
 from latentreason.model.pretrained import PRETRAINED, load_pretrained, model_kind
+from latentreason.processes import say
 from latentreason.rl.config import RLConfig
 from latentreason.rl.trainer import RLTrainer
 from latentreason.training.checkpoint import resolve_resume
 from latentreason.training.loop import TrainResult
-from latentreason.training.processes import say
 
 
 def run_rl(config: RLConfig, progress: bool = True, expected_method: str | None = None) -> TrainResult:

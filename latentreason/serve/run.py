@@ -119,7 +119,7 @@ def serve(settings: ServeSettings) -> None:
     import uvicorn
 
     app, _ = build_server(settings)
-    from latentreason.training.processes import say
+    from latentreason.processes import say
 
     say(f"serving {settings.name or settings.model} on http://{settings.host}:{settings.port}/v1")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

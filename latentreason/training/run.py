@@ -8,9 +8,9 @@ from latentreason.data.sources import load_train_and_held_out
 from latentreason.layout import encode_problem
 from latentreason.methods import get_method
 from latentreason.model.latent_lm import LatentLM
+from latentreason.processes import say
 from latentreason.training.checkpoint import resolve_resume
 from latentreason.training.loop import TrainResult
-from latentreason.training.processes import say
 from latentreason.training.trainer import Trainer
 
 

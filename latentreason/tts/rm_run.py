@@ -13,9 +13,9 @@ from latentreason.errors import ConfigError, UserError
 from latentreason.evaluation.latent_solver import LatentSolver
 from latentreason.methods.saved import method_for
 from latentreason.model.latent_lm import LatentLM
+from latentreason.processes import say
 from latentreason.training.checkpoint import resolve_resume
 from latentreason.training.loop import TrainResult
-from latentreason.training.processes import say
 from latentreason.tts.reward_model import LatentRM
 from latentreason.tts.rm_config import RMConfig
 from latentreason.tts.rm_labels import answer_judge, label_questions

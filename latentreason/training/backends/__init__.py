@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from accelerate.utils import DistributedType
 
+from latentreason.processes import multi_process_cpu
 from latentreason.training.backends import deepspeed, fsdp
 from latentreason.training.backends.base import Backend
 from latentreason.training.backends.ddp import DDP
-from latentreason.training.processes import multi_process_cpu
 
 
 def accelerator_kwargs(config, mixed_precision: str, hidden_size: int) -> dict:
