@@ -29,7 +29,7 @@ class Row:
 # In the table's order. `seconds`: training times of `latentreason demo --rows all --seed 2` on this
 # repository's 2-core machine (docs/results.md), two rows at a time with one thread each (the curriculum
 # family's: of the default demo on a quiet machine after its budget went to 500 steps; KaVa, Latent-SFT,
-# Token Assorted and LTA-Thinker: seed 42 of `demo --rows kava,latent-sft,token-assorted,lta-thinker`, a busy machine).
+# Token Assorted and LTA-Thinker: seed 1 of `demo --rows kava,latent-sft,token-assorted,lta-thinker`, a busy machine).
 ROWS = {
     "cot": Row(None, 190),
     "no-cot": Row(None, 95),
@@ -38,13 +38,13 @@ ROWS = {
     "pause": Row("cot", 80),
     "codi": Row("cot", 190),
     "pccot": Row("cot", 225),
-    "kava": Row("cot", 480),
+    "kava": Row("cot", 340),
     "colar": Row("cot", 150),
     "simcot": Row("cot", 185),
     "atp": Row("cot", 185),
-    "latent-sft": Row("cot", 240),
-    "token-assorted": Row("cot", 345),
-    "lta-thinker": Row("cot", 160),
+    "latent-sft": Row("cot", 270),
+    "token-assorted": Row("cot", 150),
+    "lta-thinker": Row("cot", 150),
     "atp-rl": Row("atp", 50),
     "colar-rl": Row("colar", 180),
 }
