@@ -598,6 +598,7 @@ def cmd_data(argv: list[str]) -> int:
     else:
         import yaml
 
+        from latentreason.data.formats import write_coconut
         from latentreason.data.generators import generate
 
         try:
@@ -607,14 +608,13 @@ def cmd_data(argv: list[str]) -> int:
         if not isinstance(params, dict):
             raise UserError(f"--params: expected a mapping such as '{{num_steps: 4}}', got {args.params!r}")
         problems = generate(args.task, args.n, args.seed, **params)
-        records = [{"question": p.question, "steps": p.steps, "answer": p.answer} for p in problems]
         out = Path(args.out)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(records, indent=1))
+            write_coconut(problems, out)
         except OSError as err:
             raise UserError(f"--out {args.out}: cannot write ({err.strerror or err})") from None
-        print(f"wrote {len(records)} problems to {args.out}")
+        print(f"wrote {len(problems)} problems to {args.out}")
     return 0
 
 

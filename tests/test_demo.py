@@ -154,7 +154,18 @@ def test_demo_quick_writes_results_and_refuses_to_overwrite(capsys, tmp_path, sm
     (out / "stale.txt").write_text("old")
     assert cli.main(["demo", "--quick", "--output-dir", str(out), "--overwrite", "--rows", "cot"]) == 0
     assert not (out / "stale.txt").exists()
-    assert [r["method"] for r in json.loads((out / "results.json").read_text())["results"]] == ["cot"]
+    [row] = json.loads((out / "results.json").read_text())["results"]
+    assert row["method"] == "cot"
+
+    # The table's problems are written out, so `eval --file` scores a row's model on exactly them.
+    scored = tmp_path / "eval"
+    model = out / "runs" / "cot" / "final"
+    assert (
+        cli.main(["eval", "--model", str(model), "--file", str(out / "held_out.json"), "--output-dir", str(scored)])
+        == 0
+    )
+    [again] = json.loads((scored / "results.json").read_text())["results"]
+    assert (again["n"], again["accuracy"]) == (row["n"], row["accuracy"])
 
 
 def test_demo_rows_and_seed(capsys, tmp_path, small_quick_plan):

@@ -361,6 +361,12 @@ def load_coconut(path: str | Path, on_invalid: str = "error") -> list[Problem]:
     return _load_json(Path(path), coconut_record_to_problem, on_invalid)
 
 
+def write_coconut(problems: list[Problem], path: str | Path) -> None:
+    """Write `problems` as Coconut JSON, the format `load_coconut` (and `eval --file`) reads back."""
+    records = [{"question": p.question, "steps": p.steps, "answer": p.answer} for p in problems]
+    Path(path).write_text(json.dumps(records, indent=1))
+
+
 def load_gsm8k(path: str | Path, on_invalid: str = "error") -> list[Problem]:
     """GSM8K JSON Lines {question, answer}."""
     return _load_jsonl(Path(path), gsm8k_record_to_problem, on_invalid)

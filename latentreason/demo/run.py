@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
+from latentreason.data.formats import write_coconut
 from latentreason.data.sources import held_out_from, load_problems
 from latentreason.demo import plan
 from latentreason.demo.summary import seed_summary, summary_table, write_summary
@@ -24,6 +25,8 @@ from latentreason.evaluation.report import markdown_table, write_report
 from latentreason.methods.saved import method_for
 from latentreason.model.latent_lm import LatentLM
 from latentreason.scheduler import Job, run_jobs, schedule_seconds
+
+HELD_OUT_FILE = "held_out.json"  # the table's test problems, Coconut JSON
 
 
 def run_demo(
@@ -72,6 +75,8 @@ def run_table(out: Path, quick: bool, selected: list[str], seed: int | None, job
     num_test = plan.QUICK_NUM_TEST if quick else plan.NUM_TEST
     candidates = load_problems(cot.dataset, "test", params=plan.TEST_TASK, limit=num_test, seed=cot.seed)
     test = held_out_from(train, candidates)
+    out.mkdir(parents=True, exist_ok=True)
+    write_coconut(test, out / HELD_OUT_FILE)  # so `eval --file` can score any model on the table's problems
     threads = max(1, (os.cpu_count() or 1) // jobs)
     work = [
         Job(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from latentreason.config import field
 from latentreason.data.answers import is_correct
@@ -74,17 +75,19 @@ def label_questions(
     judge: Judge | None = None,
     batch_size: int = 64,
     with_values: bool = True,
+    progress: str | None = None,
 ) -> tuple[list[QuestionLabels], int]:
     """(labels of the kept questions, number dropped). `solver`: a LatentSolver whose thoughts are fed one by
     one (its model, thought map, controller, limits and answer sampling; not a JacobiSolver). Trajectories are
     sampled for `batch_size` questions at a time. `with_values` False leaves the values at zero (recall@1 on
-    held-out questions needs only each trajectory's verdict)."""
+    held-out questions needs only each trajectory's verdict). `progress`: a bar with this title (None: silent)."""
     if isinstance(solver, JacobiSolver):
         raise ConfigError(f"{solver.name}: LatentRM labels need thoughts fed one by one, not Jacobi iterations")
     if batch_size < 1:
         raise ValueError(f"label_questions: batch_size must be at least 1, got {batch_size}")
     k, judge = config.trajectories, judge or answer_judge()
     kept, dropped = [], 0
+    bar = tqdm(total=len(problems), desc=progress, disable=progress is None, leave=False)
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
         prompts = solver.prompts(chunk)
@@ -103,6 +106,8 @@ def label_questions(
                 values = _prefix_values(solver, problem, prompts[q], seeds[rows], counts, sampler, config, judge)
             # The batch's widest trajectory may be another question's: keep this question's own width.
             kept.append(QuestionLabels(prompts[q], latents[:, : values.shape[1]], counts, values, correct))
+        bar.update(len(chunk))
+    bar.close()
     return kept, dropped
 
 

@@ -37,8 +37,11 @@ def run_train_rm(config: RMConfig, progress: bool = True) -> TrainResult:
     labels, judge = config.label_config(), answer_judge(config.answer_mode)
     with torch.no_grad():
         batch = config.eval_batch_size
-        train_labels, dropped = label_questions(solver, train, sampler, labels, judge, batch)
-        held_out_labels, held_out_dropped = label_questions(solver, held_out, sampler, labels, judge, batch, False)
+        bars = ("label training questions", "label held-out questions") if progress else (None, None)
+        train_labels, dropped = label_questions(solver, train, sampler, labels, judge, batch, progress=bars[0])
+        held_out_labels, held_out_dropped = label_questions(
+            solver, held_out, sampler, labels, judge, batch, False, progress=bars[1]
+        )
     say(
         f"labelled {len(train_labels)} training and {len(held_out_labels)} held-out questions; dropped {dropped} and "
         f"{held_out_dropped} whose {labels.trajectories} trajectories were all right or all wrong"
