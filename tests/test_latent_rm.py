@@ -16,7 +16,7 @@ from latentreason.tts.beam import rm_beam_search
 from latentreason.tts.prefix_replay import PrefixReplay
 from latentreason.tts.reward_model import LatentRM
 from latentreason.tts.rm_labels import RMLabelConfig, label_questions
-from latentreason.tts.rm_objective import recall_at_1, step_softmax_loss
+from latentreason.tts.rm_objective import chance_recall_at_1, recall_at_1, step_softmax_loss
 from tests.helpers import EXACT, build_tiny_lm, chain_problems
 
 LATENTS = 3
@@ -80,6 +80,10 @@ def test_recall_at_1_counts_questions_whose_top_trajectory_is_right():
     assert recall_at_1(scores, correct) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="3 scores for 2"):
         recall_at_1([[0.1, 0.2, 0.3]], [[True, False]])
+    # a random pick is right 1/3, 2/3 and 1/2 of the time
+    assert chance_recall_at_1(correct) == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    with pytest.raises(ValueError, match="at least one question"):
+        chance_recall_at_1([])
 
 
 # --- prefix replay and labels ----------------------------------------------------------------------

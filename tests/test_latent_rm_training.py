@@ -65,6 +65,8 @@ def test_train_rm_logs_its_loss_and_keeps_the_best_model_by_recall(tmp_path, coc
     assert [row["step"] for row in log if "loss" in row] == [1, 2, 3, 4]
     recalls = [row["eval_recall_at_1"] for row in log if "eval_recall_at_1" in row]
     assert len(recalls) == 2 and result.eval.recall_at_1 == recalls[-1]
+    chances = {row["eval_recall_at_1_chance"] for row in log if "eval_recall_at_1" in row}
+    assert len(chances) == 1 and 0 < chances.pop() < 1  # held-out questions keep right and wrong trajectories
     best = json.loads((out / "best" / "latentreason.json").read_text())["selected"]
     assert best["recall_at_1"] == max(recalls) and best["step"] in (2, 4)
     assert (out / "checkpoint-2").is_dir()

@@ -44,3 +44,11 @@ def recall_at_1(final_scores: list[list[float]], correct: list[list[bool]]) -> f
             raise ValueError(f"recall_at_1: {len(scores)} scores for {len(right)} trajectories of one question")
         hits += best_of_n_correct(scores, right)
     return hits / len(final_scores)
+
+
+def chance_recall_at_1(correct: list[list[bool]]) -> float:
+    """The recall@1 a scorer that picks a trajectory uniformly at random has in expectation: the mean share of
+    correct trajectories per question. An RM is worth its cost only above it."""
+    if not correct or not all(correct):
+        raise ValueError("chance_recall_at_1: expected at least one question, each with trajectories")
+    return sum(sum(right) / len(right) for right in correct) / len(correct)

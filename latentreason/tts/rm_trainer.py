@@ -22,7 +22,7 @@ from latentreason.training.prepared_module import PreparedModule
 from latentreason.tts.reward_model import LatentRM
 from latentreason.tts.rm_config import RMConfig
 from latentreason.tts.rm_labels import QuestionLabels
-from latentreason.tts.rm_objective import recall_at_1, step_softmax_loss
+from latentreason.tts.rm_objective import chance_recall_at_1, recall_at_1, step_softmax_loss
 
 BEST_DIR = "best"
 
@@ -132,9 +132,14 @@ class RMTrainer(TrainingLoop):
                 for q in self.held_out
             ]
         self.lm.train(was_training)
-        result = RecallResult(recall_at_1(finals, [q.correct for q in self.held_out]), len(self.held_out))
-        self.log({"step": step, "eval_recall_at_1": result.recall_at_1}, step)
-        self.accelerator.print(f"step {step}: held-out recall@1 {result.recall_at_1:.1%} on {result.n} questions")
+        correct = [q.correct for q in self.held_out]
+        result = RecallResult(recall_at_1(finals, correct), len(self.held_out))
+        chance = chance_recall_at_1(correct)
+        self.log({"step": step, "eval_recall_at_1": result.recall_at_1, "eval_recall_at_1_chance": chance}, step)
+        self.accelerator.print(
+            f"step {step}: held-out recall@1 {result.recall_at_1:.1%} on {result.n} questions "
+            f"(a random pick: {chance:.1%})"
+        )
         if result.recall_at_1 > self.best:
             self.best = result.recall_at_1
             self.save_best(module, step)
