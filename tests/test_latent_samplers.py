@@ -269,6 +269,20 @@ def test_pccots_jacobi_noise_is_the_sequential_noise():
     expected, out = sequential.rollout(prompts, seeds), jacobi.rollout(prompts, seeds)
     torch.testing.assert_close(out.latent_inputs, expected.latent_inputs, **EXACT)
     assert answers(out) == answers(expected)
+
+    # The 3 samples of a problem share one prefill (the first call runs over 2 rows, not 6) and equal the
+    # samples of prompts repeated and prefilled one by one.
+    batch_sizes = []
+    hook = lm.backbone.register_forward_pre_hook(
+        lambda module, args, kwargs: batch_sizes.append(len(kwargs.get("attention_mask"))), with_kwargs=True
+    )
+    with hook:
+        shared = jacobi.rollout(prompts, seeds)
+    assert batch_sizes[0] == len(prompts) and batch_sizes[1] == len(seeds)
+    jacobi.configure(samples=1, latent_sampler=noise)
+    apart = jacobi.rollout([prompt for prompt in prompts for _ in range(3)], seeds)
+    torch.testing.assert_close(shared.latent_inputs, apart.latent_inputs, **EXACT)
+    assert answers(shared) == answers(apart) == answers(expected)
     with pytest.raises(ConfigError, match="latent sampler 'dropout': not available for pccot"):
         jacobi.configure(samples=2, latent_sampler=sampler("dropout"))
 

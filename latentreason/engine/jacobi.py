@@ -33,16 +33,24 @@ def map_slots(thought_map: ThoughtMap, hidden: torch.Tensor, first_slot: int) ->
     return torch.stack([z for z, _ in outs], 1), [extra for _, extra in outs]
 
 
-def jacobi_thoughts(lm, cache, prefix_ids, prefix_mask, slot_mask, thought_map: ThoughtMap, iterations: int):
-    """(hidden at <bot> [B, d], thoughts z^T [B, N, d], map extras [N]); `cache` then holds the prefix only.
+def jacobi_thoughts(
+    lm, cache, prefix_ids, prefix_mask, slot_mask, thought_map: ThoughtMap, iterations: int, samples: int = 1
+):
+    """(hidden at <bot> [B*S, d], thoughts z^T [B*S, N, d], map extras [N]); `cache` then holds the prefix only.
 
-    prefix_ids, prefix_mask: [B, P] left-padded, ending with <bot>; slot_mask: [B, N] (N >= 1).
+    prefix_ids, prefix_mask: [B, P] left-padded, ending with <bot>; slot_mask: [B, N] (N >= 1). `samples` S:
+    the first call (prefix and the initial guesses, the same for every sample) runs once per row, then its
+    cache and states are repeated, so the samples of row i are rows i*S .. i*S + S-1 and part from the
+    first thought map on (a noisy map draws per row).
     """
     n = slot_mask.shape[1]
     guesses = torch.full_like(prefix_ids[:, :1], lm.latent_id).expand(-1, n)  # [B, N] initial slot inputs
     mask = torch.cat([prefix_mask, slot_mask.long()], dim=1)  # [B, P+N]
     ids = torch.cat([prefix_ids, guesses], dim=1)
     hidden = forward_step(lm, cache, mask, input_ids=ids)[:, -n - 1 :]  # [B, 1+N, d] at <bot> and each slot
+    if samples > 1:
+        cache.batch_repeat_interleave(samples)
+        hidden, mask = hidden.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)  # [B*S, ...]
     bot_hidden = hidden[:, 0]  # [B, d]
     thoughts, extras = map_slots(thought_map, hidden[:, :n], 0)  # [B, N, d]
     # After T updates the first T thoughts are exact: updates beyond N change nothing (N = 1 has none to make).
@@ -90,19 +98,24 @@ def jacobi_rollout(
     sampling: Sampling | None = None,
     seeds: torch.Tensor | None = None,
     stop_ids: list[int] | None = None,
+    samples: int = 1,
 ) -> Rollout:
-    """`latent_rollout` with a fixed number of latents found by Jacobi iteration (prompts end with <bot>)."""
+    """`latent_rollout` with a fixed number of latents found by Jacobi iteration (prompts end with <bot>).
+    `samples` S: rows i*S .. i*S + S-1 are S samples of prompt i sharing its prefill (`seeds`: [B*S])."""
     device = lm.device
     batch = left_pad(prompts, lm.pad_id)
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # [B, P]
-    bsz, dtype = ids.shape[0], lm.embed.weight.dtype
+    bsz, dtype = ids.shape[0] * samples, lm.embed.weight.dtype
     cache = new_cache(lm)
     if num_latents:
-        slot_mask = torch.ones((bsz, num_latents), dtype=torch.bool, device=device)
-        _, thoughts, _ = jacobi_thoughts(lm, cache, ids, mask, slot_mask, thought_map, iterations)
+        slot_mask = torch.ones((ids.shape[0], num_latents), dtype=torch.bool, device=device)
+        _, thoughts, _ = jacobi_thoughts(lm, cache, ids, mask, slot_mask, thought_map, iterations, samples)
     else:
         forward_step(lm, cache, mask, input_ids=ids)
+        if samples > 1:
+            cache.batch_repeat_interleave(samples)
         thoughts = lm.embed.weight.new_zeros(bsz, 0, lm.embed.weight.shape[1])
+    mask = mask.repeat_interleave(samples, 0)  # [B*S, P]
     # z^T and <eot> in one call; the answer continues from the same cache on the step engine.
     eot = torch.full((bsz, 1), lm.eot_id, dtype=torch.long, device=device)
     mask = torch.cat([mask, torch.ones((bsz, num_latents + 1), dtype=mask.dtype, device=device)], dim=1)

@@ -96,7 +96,7 @@ class JacobiSolver(LatentSolver):
     """A fixed number of thoughts found by `iterations` Jacobi updates (PCCoT) instead of one by one.
 
     Its calls feed every slot at once, so the sampler is noise only (the thought map's output at each slot,
-    keyed by the slot as in the sequential rollout), and each sample repeats the prompt's prefill."""
+    keyed by the slot as in the sequential rollout); the samples of a problem share its prefill."""
 
     latent_samplers = ("noise",)
 
@@ -105,10 +105,10 @@ class JacobiSolver(LatentSolver):
         self.iterations = iterations
 
     def rollout(self, prompts: list[list[int]], seeds=None):
-        rows = [prompt for prompt in prompts for _ in range(self.samples)]
-        thought_map, perturbation = self.thought_map, self.perturbation(len(rows), seeds)
+        rows = len(prompts) * self.samples
+        thought_map, perturbation = self.thought_map, self.perturbation(rows, seeds)
         if perturbation is not None:
-            every = torch.arange(len(rows), device=self.lm.device)  # Jacobi keeps every row in every call
+            every = torch.arange(rows, device=self.lm.device)  # Jacobi keeps every row in every call
 
             def thought_map(hidden, slot):
                 z, extra = self.thought_map(hidden, slot)
@@ -116,11 +116,12 @@ class JacobiSolver(LatentSolver):
 
         return jacobi_rollout(
             self.lm,
-            rows,
+            prompts,
             thought_map,
             self.max_latents,
             self.iterations,
             self.max_new_tokens,
             sampling=self.sampling,
             seeds=seeds,
+            samples=self.samples,
         )
