@@ -223,9 +223,9 @@ def cmd_eval(argv: list[str]) -> int:
     )
     sampling.add_argument(
         "--beam-width",
-        type=int,
         help="beam search over latent steps guided by --reward-model, keeping this many beams per problem "
-        "(needs --latent-sampler, which draws the candidates)",
+        "(needs --latent-sampler, which draws the candidates); several, comma-separated (1,2,4,8), search each "
+        "problem at each width and add accuracy against the width to results.json and the scaling plot",
     )
     sampling.add_argument("--beam-expansions", type=int, help="candidates drawn from each beam per step (default 4)")
     parser.add_argument(
@@ -268,7 +268,7 @@ class EvalPlan:
     seed: int = 0
     latent_sampler: object = None  # a tts.LatentSampler; its unset values are the method's once the model loads
     reward_model: str | None = None  # a LatentRM directory that scores the samples
-    beam: tuple[int, int] | None = None  # (width, expansions) of RM-guided beam search
+    beam: tuple[list[int], int] | None = None  # (widths, expansions) of RM-guided beam search
     decoder: str = "text"
     decoder_args: dict = field(default_factory=dict)
     template: str = "{question}"  # the user turn of a pretrained model's prompt
@@ -290,7 +290,8 @@ class EvalPlan:
             out.update(latent_sampler=sampler and sampler.name, latent_sampler_args=sampler and sampler.settings())
             out.update(reward_model=self.reward_model)
             if self.beam is not None:
-                out.update(beam_width=self.beam[0], beam_expansions=self.beam[1])
+                widths = self.beam[0]
+                out.update(beam_width=widths[0] if len(widths) == 1 else widths, beam_expansions=self.beam[1])
         if self.prompt is not None:
             out.update(
                 sampling=asdict(self.sampling),
@@ -368,14 +369,18 @@ def sampling_from_flags(args):
         raise UserError(f"--{str(err).replace('_', '-')}") from None
 
 
-def beam_from_flags(args, plan: EvalPlan) -> tuple[int, int] | None:
-    """(width, expansions) of --beam-width/--beam-expansions, checked against the flags beam search needs."""
+def beam_from_flags(args, plan: EvalPlan) -> tuple[list[int], int] | None:
+    """(widths, expansions) of --beam-width/--beam-expansions, checked against the flags beam search needs."""
     if args.beam_width is None:
         if args.beam_expansions is not None:
             raise UserError("--beam-expansions: give --beam-width, the search it is for")
         return None
     expansions = 4 if args.beam_expansions is None else args.beam_expansions
-    if args.beam_width < 1 or expansions < 1:
+    try:
+        widths = sorted({int(width) for width in args.beam_width.split(",")})
+    except ValueError:
+        raise UserError(f"--beam-width: expected whole numbers such as 4 or 1,2,4,8, got {args.beam_width!r}") from None
+    if widths[0] < 1 or expansions < 1:
         raise UserError(f"--beam-width/--beam-expansions: expected at least 1, got {args.beam_width} and {expansions}")
     missing = [
         flag
@@ -386,7 +391,7 @@ def beam_from_flags(args, plan: EvalPlan) -> tuple[int, int] | None:
         raise UserError(f"--beam-width: needs {' and '.join(missing)} (the RM ranks the candidates the sampler draws)")
     if plan.samples > 1:
         raise UserError("--beam-width: returns one answer per problem; leave out --num-samples")
-    return args.beam_width, expansions
+    return widths, expansions
 
 
 def latent_sampler_from_flags(args, plan: EvalPlan):

@@ -93,8 +93,27 @@ def test_eval_with_beam_search_answers_each_problem_with_its_best_beam(
     assert isinstance(solver, LatentSolver)
     solver.configure(samples=1, latent_sampler=latent_sampler_from_args("noise", {}).for_method("coconut"))
     rm = LatentRM.from_pretrained(reward_model)
-    direct = rm_beam_search(solver, rm, load_file(str(data), None, "error"), solver.latent_sampler, 2, 4, seed=0)
+    problems = load_file(str(data), None, "error")
+    direct = rm_beam_search(solver, rm, problems, solver.latent_sampler, 2, 4, seed=0)
     assert [r["generated"] for r in records(out)] == [s.text for s in direct]
+
+    # Several widths in one command: each problem is searched at each width, the widest answers it, and
+    # results.json draws accuracy against the width from every width's answers.
+    curve = tmp_path / "curve"
+    beam[-1] = "2,1"
+    assert cli.main(eval_argv(model, data, curve, *beam, "--reward-model", str(reward_model))) == 0
+    payload = json.loads((curve / "results.json").read_text())
+    assert payload["beam_width"] == [1, 2]
+    narrow = rm_beam_search(solver, rm, problems, solver.latent_sampler, 1, 4, seed=0)
+    rows = records(curve)
+    assert [r["generated"] for r in rows] == [s.text for s in direct]
+    assert [[b["width"] for b in r["beams"]] for r in rows] == [[1, 2]] * len(problems)
+    assert [r["beams"][0]["generated"] for r in rows] == [s.text for s in narrow]
+    result = payload["results"][0]
+    right = [sum(r["beams"][i]["correct"] for r in rows) / len(rows) for i in (0, 1)]
+    assert result["accuracy_vs_beam_width"] == {"widths": [1, 2], "beam": right}
+    assert result["accuracy"] == right[1]
+    assert (curve / "accuracy_vs_samples.png").is_file()
 
 
 @pytest.mark.parametrize(
@@ -103,6 +122,7 @@ def test_eval_with_beam_search_answers_each_problem_with_its_best_beam(
         (["--beam-width", "2", "--latent-sampler", "noise"], "--beam-width: needs --reward-model"),
         (["--beam-expansions", "3"], "--beam-expansions: give --beam-width"),
         (["--beam-width", "0"], "expected at least 1"),
+        (["--beam-width", "2,four"], "--beam-width: expected whole numbers such as 4 or 1,2,4,8, got '2,four'"),
     ],
 )
 def test_bad_beam_flags_are_refused_before_loading(capsys, tmp_path, model_and_data, extra, message):  # noqa: F811

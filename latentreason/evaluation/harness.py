@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from tqdm.auto import tqdm
 
@@ -27,12 +27,15 @@ class EvalResult:
     problems_per_s: float
     records: list[dict] = field(default_factory=list, repr=False)
     scaling: ScalingCurve | None = field(default=None, repr=False)  # with several samples per problem
+    beam_curve: dict | None = field(default=None, repr=False)  # {"widths": [W...], "beam": [accuracy...]}
 
     def summary(self) -> dict:
         """The results.json entry: every field but the records, and the scaling metrics when there are any."""
         out = asdict(self)
-        out.pop("records")
-        out.pop("scaling")
+        for key in ("records", "scaling", "beam_curve"):
+            out.pop(key)
+        if self.beam_curve is not None:
+            out["accuracy_vs_beam_width"] = self.beam_curve
         return out if self.scaling is None else {**out, **self.scaling.fields()}
 
 
@@ -126,6 +129,9 @@ def _scored(sol, problem: Problem, answer_mode: str) -> dict:
         samples = [_scored(s, problem, answer_mode) for s in sol.samples]
         mean = {key: sum(s[key] for s in samples) / len(samples) for key in ("correct", "text_tokens", "latent_tokens")}
         return {**samples[0], **mean, "samples": samples}
+    if sol.beams:
+        beams = [{"width": width, **_scored(beam, problem, answer_mode)} for width, beam in sorted(sol.beams.items())]
+        return {**_scored(replace(sol, beams=None), problem, answer_mode), "beams": beams}
     mode = answer_mode_for(problem.answer, answer_mode)
     record = {
         "reference": problem.answer,
@@ -155,6 +161,7 @@ def _summarize(method: str, benchmark: str, records: list[dict], solver_s: float
         problems_per_s=n / wall_s if wall_s > 0 else float("inf"),
         records=records,
         scaling=_scaling(records),
+        beam_curve=_beam_curve(records),
     )
 
 
@@ -164,6 +171,15 @@ def _scaling(records: list[dict]) -> ScalingCurve | None:
     if not all(len(record.get("samples", ())) > 1 for record in records):
         return None
     return scaling_curve([_samples(record) for record in records])
+
+
+def _beam_curve(records: list[dict]) -> dict | None:
+    """Accuracy at each beam width when every problem was searched at several (else None)."""
+    if not all(record.get("beams") for record in records):
+        return None
+    widths = [beam["width"] for beam in records[0]["beams"]]
+    right = [sum(record["beams"][i]["correct"] for record in records) / len(records) for i in range(len(widths))]
+    return {"widths": widths, "beam": right}
 
 
 def _samples(record: dict) -> Samples:

@@ -62,7 +62,7 @@ def markdown_grid(head: list[str], rows: list[list[str]]) -> str:
 
 def write_report(results: list[EvalResult], output_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:
     """Write results.json, results.md, predictions.jsonl and, when possible, accuracy_vs_tokens.png (and
-    accuracy_vs_samples.png when problems have several samples)."""
+    accuracy_vs_samples.png when problems have several samples or beam searches of several widths)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"results": [r.summary() for r in results], **(extra or {})}
@@ -74,7 +74,7 @@ def write_report(results: list[EvalResult], output_dir: str | Path, extra: dict 
     plot = plot_accuracy_vs_tokens(results, out / "accuracy_vs_tokens.png")
     if plot:
         paths["plot"] = plot
-    if any(res.scaling is not None for res in results):
+    if any(res.scaling is not None or res.beam_curve is not None for res in results):
         samples_plot = plot_accuracy_vs_samples(results, out / "accuracy_vs_samples.png")
         if samples_plot:
             paths["samples_plot"] = samples_plot
@@ -99,23 +99,29 @@ def plot_accuracy_vs_tokens(results: list[EvalResult], path: Path) -> Path | Non
 
 
 def plot_accuracy_vs_samples(results: list[EvalResult], path: Path) -> Path | None:
-    """Accuracy against samples per problem (log2 axis), one line per aggregator and result; None without
-    matplotlib."""
+    """Accuracy against samples per problem (log2 axis), one line per aggregator and result (beam search's
+    against its width, the trajectories it keeps); None without matplotlib."""
     plt = load_pyplot()
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    scaled = [res for res in results if res.scaling is not None]
+    scaled = [res for res in results if res.scaling is not None or res.beam_curve is not None]
     benchmarks = sorted({r.benchmark for r in scaled})
+    sizes = set()
     for res in scaled:
-        curve = res.scaling
-        lines = {"pass@N": curve.pass_at_n, "majority vote": curve.majority_vote, "best-of-N": curve.best_of_n}
+        lines = {}
+        if res.scaling is not None:
+            curve = res.scaling
+            lines = {"pass@N": curve.pass_at_n, "majority vote": curve.majority_vote, "best-of-N": curve.best_of_n}
+            lines = {name: (curve.sizes, values) for name, values in lines.items() if values is not None}
+        if res.beam_curve is not None:
+            lines["RM beam search (N = width)"] = (res.beam_curve["widths"], res.beam_curve["beam"])
         name = res.method if len(benchmarks) == 1 else f"{res.method} ({res.benchmark})"
-        for aggregator, values in lines.items():
-            if values is not None:
-                ax.plot(curve.sizes, [100 * v for v in values], marker="o", label=f"{name}: {aggregator}")
+        for aggregator, (xs, values) in lines.items():
+            ax.plot(xs, [100 * v for v in values], marker="o", label=f"{name}: {aggregator}")
+            sizes.update(xs)
     ax.set_xscale("log", base=2)
-    sizes = sorted({n for res in scaled for n in res.scaling.sizes})
+    sizes = sorted(sizes)
     ax.set_xticks(sizes, [str(n) for n in sizes])
     title = benchmarks[0] if len(benchmarks) == 1 else None
     finish_accuracy_axes(ax, "samples per problem N", "accuracy (%)", title)

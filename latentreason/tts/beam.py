@@ -12,6 +12,8 @@ ever recomputed. After the last step the best beam feeds <eot> and decodes its a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from latentreason.engine.decode import decode_from
@@ -78,12 +80,27 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class BeamSolver:
-    """`rm_beam_search` as a solver the harness runs: one beam-searched answer per problem, carrying its score."""
+    """`rm_beam_search` as a solver the harness runs: one beam-searched answer per problem, carrying its score.
+    With several `widths`, each problem is searched once per width; the widest answers it, and `Solution.beams`
+    keeps every width's answer, from which the harness draws accuracy against the beam width."""
 
-    def __init__(self, solver, rm: LatentRM, sampler: LatentSampler, width: int, expansions: int, seed: int = 0):
+    def __init__(self, solver, rm: LatentRM, sampler: LatentSampler, widths, expansions: int, seed: int = 0):
+        self.widths = sorted({widths} if isinstance(widths, int) else set(widths))
+        if not self.widths or self.widths[0] < 1:
+            raise ValueError(f"BeamSolver: widths must be at least 1, got {widths}")
         self.solver, self.rm, self.sampler = solver, rm, sampler
-        self.width, self.expansions, self.seed = width, expansions, seed
+        self.expansions, self.seed = expansions, seed
         self.name = solver.name
 
     def solve(self, problems) -> list[Solution]:
-        return rm_beam_search(self.solver, self.rm, problems, self.sampler, self.width, self.expansions, self.seed)
+        by_width = {
+            width: rm_beam_search(self.solver, self.rm, problems, self.sampler, width, self.expansions, self.seed)
+            for width in self.widths
+        }
+        widest = by_width[self.widths[-1]]
+        if len(self.widths) == 1:
+            return widest
+        return [
+            replace(solution, beams={width: answers[i] for width, answers in by_width.items()})
+            for i, solution in enumerate(widest)
+        ]
