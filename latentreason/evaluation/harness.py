@@ -27,12 +27,15 @@ class EvalResult:
     problems_per_s: float
     records: list[dict] = field(default_factory=list, repr=False)
     scaling: ScalingCurve | None = field(default=None, repr=False)  # with several samples per problem
+    metrics: dict[str, float] = field(default_factory=dict)  # means of the solver's own per-problem figures
 
     def summary(self) -> dict:
-        """The results.json entry: every field but the records, and the scaling metrics when there are any."""
+        """The results.json entry: every field but the records, the solver's own figures, and the scaling
+        metrics when there are any."""
         out = asdict(self)
         out.pop("records")
         out.pop("scaling")
+        out.update(out.pop("metrics"))
         return out if self.scaling is None else {**out, **self.scaling.fields()}
 
 
@@ -125,7 +128,8 @@ def _scored(sol, problem: Problem, answer_mode: str) -> dict:
     if sol.samples:
         samples = [_scored(s, problem, answer_mode) for s in sol.samples]
         mean = {key: sum(s[key] for s in samples) / len(samples) for key in ("correct", "text_tokens", "latent_tokens")}
-        return {**samples[0], **mean, "samples": samples}
+        metrics = _mean_metrics(samples)
+        return {**samples[0], **mean, **({"metrics": metrics} if metrics else {}), "samples": samples}
     mode = answer_mode_for(problem.answer, answer_mode)
     record = {
         "reference": problem.answer,
@@ -135,7 +139,17 @@ def _scored(sol, problem: Problem, answer_mode: str) -> dict:
         "text_tokens": sol.text_tokens,
         "latent_tokens": sol.latent_tokens,
     }
+    if sol.metrics:
+        record["metrics"] = dict(sol.metrics)
     return record if sol.score is None else {**record, "score": sol.score}
+
+
+def _mean_metrics(records: list[dict]) -> dict[str, float]:
+    """The mean of each solver figure over `records` (none unless every record has them)."""
+    if not records or not all(record.get("metrics") for record in records):
+        return {}
+    keys = records[0]["metrics"]
+    return {key: sum(record["metrics"][key] for record in records) / len(records) for key in keys}
 
 
 def _summarize(method: str, benchmark: str, records: list[dict], solver_s: float, wall_s: float) -> EvalResult:
@@ -155,6 +169,7 @@ def _summarize(method: str, benchmark: str, records: list[dict], solver_s: float
         problems_per_s=n / wall_s if wall_s > 0 else float("inf"),
         records=records,
         scaling=_scaling(records),
+        metrics=_mean_metrics(records),
     )
 
 

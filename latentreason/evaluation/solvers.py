@@ -21,6 +21,7 @@ class Solution:
     latent_tokens: int = 0  # continuous thoughts used
     samples: list[Solution] | None = None  # every sampled reply to the problem (the first is the one above)
     score: float | None = None  # a scorer's rating of this reply, for best-of-N
+    metrics: dict[str, float] | None = None  # a solver's own per-problem figures (compute saved); results.json: means
 
 
 def count_reasoning_tokens(tokenizer, text: str) -> int:

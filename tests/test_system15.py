@@ -1,0 +1,331 @@
+"""System-1.5: the shortcut mixture and the early exit against a per-position, per-layer reference, the step
+shortcut's budget, the router supervision, both training stages, save/load/solve, and bad settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentreason import cli
+from latentreason.data.generators.chain import generate_chain
+from latentreason.engine.batch import positions_from_mask
+from latentreason.engine.depth_shortcut import DepthShortcut
+from latentreason.engine.forward import forward_step, new_cache
+from latentreason.engine.rollout import fixed_latents
+from latentreason.errors import ConfigError
+from latentreason.evaluation.latent_solver import LatentSolver
+from latentreason.evaluation.shortcut_solver import ShortcutSettings, ShortcutSolver, ShortcutSteps
+from latentreason.methods.coconut import identity_map
+from latentreason.methods.system15 import HEAD, System15, System15Config
+from latentreason.methods.system15_losses import shortcut_supervision
+from latentreason.model.latent_lm import LatentLM
+from latentreason.training.run import run_training
+from tests.helpers import EXACT, build_tiny_lm, tiny_train_config
+
+PADS = (2, 0)  # left padding of the two rows
+THOUGHTS = 3  # the last positions of each row take the shortcut
+
+
+@torch.no_grad()
+def shortcut_lm(seed: int = 0, router_scale: float = 1.0):
+    """A float64 tiny Llama with a shortcut head whose adapters do something and whose routers vary by position."""
+    lm = build_tiny_lm("llama", dtype=torch.float64)
+    heads = lm.add_head(HEAD, "shortcut")
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in heads.named_parameters():
+        scale = router_scale if ".linear." in name else 0.3
+        param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * scale)
+    return lm, heads
+
+
+def inputs(lm, seed: int = 1):
+    """Embeddings [2, T, d] (left-padded rows of prompt tokens followed by THOUGHTS free vectors), their mask and
+    the shortcut positions [2, T]."""
+    generator = torch.Generator().manual_seed(seed)
+    width = 7
+    ids = torch.randint(5, 60, (2, width - THOUGHTS), generator=generator)
+    embeds = torch.cat([lm.embed(ids), torch.randn(2, THOUGHTS, lm.embed.weight.shape[1], dtype=torch.float64)], 1)
+    mask = torch.ones(2, width, dtype=torch.long)
+    for row, pads in enumerate(PADS):
+        mask[row, :pads] = 0
+    where = torch.zeros(2, width, dtype=torch.bool)
+    where[:, -THOUGHTS:] = True
+    return embeds, mask, where
+
+
+@torch.no_grad()
+def reference(lm, heads, embeds, mask, where, mode: str, threshold: float = 1.0):
+    """The formula, one layer and one position at a time, on the whole sequence (no cache): (normed final states
+    [B, T, d], exit layer [B, T])."""
+    backbone, layers = lm.backbone, lm.backbone.layers
+    batch, width, _ = embeds.shape
+    positions = positions_from_mask(mask)
+    allowed = torch.tril(torch.ones(width, width, dtype=torch.bool))[None] & mask.bool()[:, None, :]
+    allowed |= torch.eye(width, dtype=torch.bool)[None]  # a pad attends to itself (its state is never read)
+    additive = torch.zeros(allowed.shape, dtype=embeds.dtype).masked_fill(~allowed, torch.finfo(embeds.dtype).min)
+    rotary = backbone.rotary_emb(embeds, positions)
+    exit_layer = torch.full((batch, width), len(layers))
+    hidden = embeds
+    for index, layer in enumerate(layers):
+        out = layer(hidden, attention_mask=additive[:, None], position_ids=positions, position_embeddings=rotary)
+        new = out.clone()
+        for row in range(batch):
+            for col in range(width):
+                if not where[row, col]:
+                    continue
+                x = hidden[row, col]
+                w = float(torch.sigmoid(heads.routers[index].linear(F.layer_norm(x, x.shape))))
+                adapted = heads.adapters[index](x)
+                if mode == "mix":
+                    new[row, col] = w * adapted + (1 - w) * out[row, col]
+                elif exit_layer[row, col] < len(layers):  # exited below: the state is carried up unchanged
+                    new[row, col] = x
+                elif w > threshold:
+                    new[row, col] = adapted
+                    exit_layer[row, col] = index
+        hidden = new
+    return backbone.norm(hidden), exit_layer
+
+
+def real(tensor, mask):
+    return tensor[mask.bool()]
+
+
+def test_the_training_mixture_equals_the_per_position_reference():
+    lm, heads = shortcut_lm()
+    embeds, mask, where = inputs(lm)
+    shortcut = DepthShortcut(lm, heads, "mix")
+    with torch.no_grad(), shortcut.attached():
+        shortcut.arm(where)
+        got = lm.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask))
+    want, _ = reference(lm, heads, embeds, mask, where, "mix")
+    torch.testing.assert_close(real(got.last_hidden_state, mask), real(want, mask), **EXACT)
+    plain = lm.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask))
+    assert not torch.allclose(real(plain.last_hidden_state, mask), real(want, mask))  # the shortcut did something
+    assert len(shortcut.calls) == 1 and len(shortcut.calls[0].weights) == len(heads.routers)
+
+
+def test_the_early_exit_on_a_cache_equals_the_reference_and_later_layers_read_the_exit_state():
+    """Prompt in one call, then one thought per call on the KV cache (as the rollout feeds them): the states and
+    exit layers of the whole-sequence reference, where a skipped layer's keys and values come from the exit state."""
+    lm, heads = shortcut_lm(router_scale=2.0)
+    embeds, mask, where = inputs(lm)
+    threshold = 0.5
+    want, exits = reference(lm, heads, embeds, mask, where, "exit", threshold)
+    assert len(set(exits[where].tolist())) >= 2  # positions exit at different layers (or not at all)
+    shortcut = DepthShortcut(lm, heads, "exit", threshold)
+    cache, prompt = new_cache(lm), embeds.shape[1] - THOUGHTS
+    with torch.no_grad(), shortcut.attached():
+        states = [forward_step(lm, cache, mask[:, :prompt], inputs_embeds=embeds[:, :prompt])]
+        for col in range(prompt, embeds.shape[1]):
+            shortcut.arm(where[:, col : col + 1])
+            states.append(forward_step(lm, cache, mask[:, : col + 1], inputs_embeds=embeds[:, col : col + 1]))
+    torch.testing.assert_close(real(torch.cat(states, 1), mask), real(want, mask), **EXACT)
+    got_exits = torch.stack([call.exit_layer for call in shortcut.calls], 1)  # [B, THOUGHTS]
+    assert torch.equal(got_exits, exits[:, -THOUGHTS:])
+
+
+def test_lambda_depth_one_never_exits_and_leaves_the_model_as_it_is():
+    lm, heads = shortcut_lm(router_scale=50.0)  # routers saturate: w rounds to 1.0 at some positions
+    embeds, mask, where = inputs(lm)
+    shortcut = DepthShortcut(lm, heads, "exit", 1.0)
+    positions = positions_from_mask(mask)
+    with torch.no_grad():
+        plain = lm.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        with shortcut.attached():
+            shortcut.arm(where)
+            got = lm.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+    assert torch.equal(real(got, mask), real(plain, mask))
+    assert bool((shortcut.calls[0].exit_layer == len(heads.routers)).all())
+
+
+def test_thresholds_at_one_give_exactly_the_plain_latent_rollout():
+    lm, heads = shortcut_lm(router_scale=50.0)
+    problems = generate_chain(5, seed=2, num_steps=2)
+    plain = LatentSolver(lm, identity_map, fixed_latents(4), 4, max_new_tokens=6)
+    shortcut = ShortcutSolver(lm, identity_map, heads, 4, 1.0, 1.0, max_new_tokens=6)
+    prompts = plain.prompts(problems)
+    want, got = plain.rollout(prompts), shortcut.rollout(prompts)
+    assert torch.equal(got.latent_inputs, want.latent_inputs) and torch.equal(got.tokens, want.tokens)
+    solved = shortcut.solve(problems)
+    assert [s.text for s in solved] == [s.text for s in plain.solve(problems)]
+    assert all(
+        s.metrics == {"layers_skipped_fraction": 0.0, "depth_skipped_fraction": 0.0, "steps_skipped": 0.0}
+        for s in solved
+    )
+
+
+def test_the_step_shortcut_skips_while_the_router_says_so_and_one_fed_step_remains():
+    lm, heads = shortcut_lm()
+    with torch.no_grad():
+        heads.step_router.linear.bias.fill_(30.0)  # every step looks easy
+        heads.step_router.linear.weight.zero_()
+    problems = generate_chain(3, seed=4, num_steps=2)
+    solver = ShortcutSolver(lm, identity_map, heads, 4, 1.0, 0.5, max_new_tokens=6)
+    solved = solver.solve(problems)
+    assert [s.latent_tokens for s in solved] == [1, 1, 1]  # 3 steps skipped, the last one fed
+    layers = len(heads.routers)
+    assert all(
+        s.metrics["steps_skipped"] == 3 and s.metrics["layers_skipped_fraction"] == 3 * layers / (4 * layers)
+        for s in solved
+    )
+    # The one fed thought is the <bot> state after three step-adapter updates.
+    out, prompts = solver.rollout(solver.prompts(problems)), solver.prompts(problems)
+    plain = LatentSolver(lm, identity_map, fixed_latents(1), 1, max_new_tokens=0).rollout(prompts)
+    expected = plain.latent_inputs[:, 0]
+    for _ in range(3):
+        expected = heads.step_adapter(expected)
+    torch.testing.assert_close(out.latent_inputs[:, 0], expected, **EXACT)
+
+
+def test_compute_metrics_count_depth_exits_and_skipped_steps():
+    lm, heads = shortcut_lm()
+    steps = ShortcutSteps(lm, heads, 3, ShortcutSettings(0.5, 1.0), batch=2)
+    steps.skipped = torch.tensor([1, 0])
+    steps.fed_rows = [torch.tensor([0, 1]), torch.tensor([1])]  # row 0 fed two thoughts, row 1 three
+    for exit_layer in (torch.tensor([0, 2]), torch.tensor([1])):
+        steps.depth.calls.append(type("Call", (), {"exit_layer": exit_layer})())
+    row0, row1 = steps.metrics(torch.tensor([2, 3]))
+    # 2 layers: row 0 skipped 2 (exit at 0) + 2 (a skipped step) of 6; row 1 skipped 0 + 1 of 6 (layer 2 = no exit)
+    assert row0 == {"layers_skipped_fraction": 4 / 6, "depth_skipped_fraction": 2 / 4, "steps_skipped": 1.0}
+    assert row1 == {"layers_skipped_fraction": 1 / 6, "depth_skipped_fraction": 1 / 6, "steps_skipped": 0.0}
+
+
+def test_router_supervision_targets_the_positions_where_the_adapter_already_lands():
+    lm, heads = shortcut_lm()
+    router, adapter = heads.routers[0], heads.adapters[0]
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(2, 3, 32, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        targets = adapter(states) + 0.05 * torch.randn(2, 3, 32, generator=generator, dtype=torch.float64)
+        targets[0, 1] = states[0, 1] * 3  # far from where the adapter lands
+    mask = torch.tensor([[True, True, True], [True, False, True]])
+    adapter_loss, router_loss, rate = shortcut_supervision(router, adapter, states, targets, mask, tolerance=0.2)
+    errors, labels, logits = [], [], []
+    for row, col in mask.nonzero().tolist():
+        prediction = adapter(states[row, col])
+        error = (prediction - targets[row, col]).norm() / targets[row, col].norm()
+        errors.append(error**2)
+        labels.append(float(error < 0.2))
+        logits.append(router.logit(states[row, col]))
+    assert labels == [1.0, 0.0, 1.0, 1.0, 1.0] and rate == pytest.approx(0.8)
+    torch.testing.assert_close(adapter_loss, torch.stack(errors).mean())
+    expected = F.binary_cross_entropy_with_logits(torch.stack(logits), torch.tensor(labels, dtype=torch.float64))
+    torch.testing.assert_close(router_loss, expected)
+
+
+def test_stage_one_matches_each_thought_pair_to_its_step_end():
+    lm = build_tiny_lm("llama")
+    method = System15(System15Config(num_latents=4, c_thought=2))
+    method.start_step(0, 10)
+    problems = [generate_chain(1, seed=1, num_steps=1)[0], generate_chain(1, seed=2, num_steps=3)[0]]
+    extras = method.collate(lm, problems)["latent_batch"].extras
+    # One step: thought 1; three steps, two thought pairs: thoughts 1 and 3 (the third step has no thought).
+    assert list(zip(extras["pair_rows"].tolist(), extras["pair_slots"].tolist())) == [(0, 1), (1, 1), (1, 3)]
+    pairs = zip(extras["pair_rows"].tolist(), extras["pair_teacher_at"].tolist())
+    texts = [lm.tokenizer.decode(extras["teacher_ids"][row, : at + 1]) for row, at in pairs]
+    assert texts[0].endswith(problems[0].steps[0]) and texts[1].endswith(problems[1].steps[0])
+    assert texts[2].endswith(problems[1].steps[1])
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_each_stage_reduces_its_loss_on_a_fixed_batch(stage):
+    torch.manual_seed(0)
+    lm = build_tiny_lm("llama")
+    method = System15(System15Config(num_latents=2, c_thought=1, distill_steps=5))
+    method.prepare(lm)
+    method.start_step(0 if stage == 1 else 5, 10)
+    batch = method.collate(lm, generate_chain(8, seed=3, num_steps=2))
+    lm.train()
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss, metrics = method.loss(lm, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+    if stage == 2:
+        routers = [p.grad for p in lm.heads[HEAD].routers.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in routers)
+        assert {"match", "router", "adapter", "step_router", "exit_target", "w"} <= set(metrics)
+
+
+def test_trains_both_stages_saves_reloads_and_solves_batched_as_alone(tmp_path):
+    config = tiny_train_config(
+        System15Config,
+        tmp_path / "s15",
+        num_latents=3,
+        c_thought=1,
+        distill_steps=3,
+        max_steps=6,
+        learning_rate=3e-3,
+        lambda_depth=0.3,
+        lambda_step=0.6,
+    )
+    result = run_training("system15", config, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "s15" / "log.jsonl").read_text().splitlines()]
+    stages = [("distill" in entry, "router" in entry) for entry in log if "loss" in entry]
+    assert stages == [(True, False)] * 3 + [(False, True)] * 3
+    lm = LatentLM.from_pretrained(result.final_dir).eval()
+    assert lm.head_specs[HEAD]["kind"] == "shortcut"
+    problems = generate_chain(4, seed=5, num_steps=2)
+    solver = System15(config).solver(lm)
+    together = solver.solve(problems)
+    alone = [solver.solve([problem])[0] for problem in problems]
+    assert [s.text for s in together] == [s.text for s in alone]
+    assert [s.metrics for s in together] == [s.metrics for s in alone]
+    assert all(s.latent_tokens + s.metrics["steps_skipped"] == 3 for s in together)
+
+
+def test_eval_takes_lambda_depth_from_decoder_args_and_reports_the_compute_saved(tmp_path, capsys):
+    config = tiny_train_config(
+        System15Config, tmp_path / "s15", num_latents=2, c_thought=1, distill_steps=1, max_steps=2
+    )
+    model = run_training("system15", config, progress=False).final_dir
+    data = tmp_path / "chain.json"
+    assert (
+        cli.main(["data", "generate", "--task", "chain", "-n", "4", "--params", "{num_steps: 2}", "--out", str(data)])
+        == 0
+    )
+    fractions = {}
+    for value in (0.0, 1.0):
+        out = tmp_path / f"eval-{value}"
+        argv = ["eval", "--model", str(model), "--file", str(data), "--output-dir", str(out), "--device", "cpu"]
+        assert cli.main([*argv, "--max-new-tokens", "4", "--decoder-args", f"{{lambda_depth: {value}}}"]) == 0
+        payload = json.loads((out / "results.json").read_text())
+        assert payload["decoder_args"] == {"lambda_depth": value}
+        fractions[value] = payload["results"][0]["layers_skipped_fraction"]
+    # lambda_depth 0: every fed thought exits at layer 0 (all its layers skipped); 1: only skipped steps count.
+    assert fractions[0.0] == pytest.approx(1.0) and fractions[1.0] <= 0.5
+    capsys.readouterr()
+    assert cli.main([*argv, "--decoder-args", "{lambda_depht: 0.5}"]) == 2
+    assert "did you mean 'lambda_depth'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"lambda_depth": 1.5}, "field 'lambda_depth': must lie in [0, 1]"),
+        ({"lambda_step": -0.1}, "field 'lambda_step': must lie in [0, 1]"),
+        ({"exit_tolerance": 0.0}, "field 'exit_tolerance': must be > 0"),
+        ({"router_weight": -1.0}, "field 'router_weight': must be >= 0"),
+        ({"num_latents": 0}, "num_latents and c_thought must be >= 1"),
+    ],
+)
+def test_bad_config_values_are_named(fields, expected):
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        System15Config(**fields)
+
+
+def test_bad_solver_settings_are_named():
+    lm, heads = shortcut_lm()
+    solver = ShortcutSolver(lm, identity_map, heads, 2, 0.5, 0.5)
+    with pytest.raises(ConfigError, match=r"lambda_depth: must lie in \[0, 1\]"):
+        solver.set_args({"lambda_depth": 2.0})
+    with pytest.raises(ConfigError, match="did you mean 'lambda_step'"):
+        solver.set_args({"lambda_stepp": 0.1})
