@@ -22,17 +22,18 @@ from latentreason.methods.coconut import identity_map
 from latentreason.methods.system15 import HEAD, System15, System15Config
 from latentreason.methods.system15_losses import shortcut_supervision
 from latentreason.model.latent_lm import LatentLM
+from latentreason.train_config import SFTConfig
 from latentreason.training.run import run_training
-from tests.helpers import EXACT, build_tiny_lm, tiny_train_config
+from tests.helpers import EXACT, MODEL_TYPES, build_tiny_lm, tiny_train_config
 
 PADS = (2, 0)  # left padding of the two rows
 THOUGHTS = 3  # the last positions of each row take the shortcut
 
 
 @torch.no_grad()
-def shortcut_lm(seed: int = 0, router_scale: float = 1.0):
-    """A float64 tiny Llama with a shortcut head whose adapters do something and whose routers vary by position."""
-    lm = build_tiny_lm("llama", dtype=torch.float64)
+def shortcut_lm(seed: int = 0, router_scale: float = 1.0, model_type: str = "llama"):
+    """A float64 tiny model with a shortcut head whose adapters do something and whose routers vary by position."""
+    lm = build_tiny_lm(model_type, dtype=torch.float64)
     heads = lm.add_head(HEAD, "shortcut")
     generator = torch.Generator().manual_seed(seed)
     for name, param in heads.named_parameters():
@@ -128,8 +129,31 @@ def test_the_early_exit_on_a_cache_equals_the_reference_and_later_layers_read_th
     assert torch.equal(got_exits, exits[:, -THOUGHTS:])
 
 
-def test_lambda_depth_one_never_exits_and_leaves_the_model_as_it_is():
-    lm, heads = shortcut_lm(router_scale=50.0)  # routers saturate: w rounds to 1.0 at some positions
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_the_early_exit_on_a_cache_equals_one_call_over_the_whole_sequence(model_type):
+    """Every architecture: exiting thoughts fed one per call on the KV cache give the states of one call that
+    holds them all (the keys and values a later thought reads at a skipped layer are the exit state's)."""
+    lm, heads = shortcut_lm(router_scale=2.0, model_type=model_type)
+    embeds, mask, where = inputs(lm)
+    shortcut, prompt = DepthShortcut(lm, heads, "exit", 0.5), embeds.shape[1] - THOUGHTS
+    with torch.no_grad(), shortcut.attached():
+        shortcut.arm(where)
+        whole = forward_step(lm, new_cache(lm), mask, inputs_embeds=embeds)
+        cache = new_cache(lm)
+        states = [forward_step(lm, cache, mask[:, :prompt], inputs_embeds=embeds[:, :prompt])]
+        for col in range(prompt, embeds.shape[1]):
+            shortcut.arm(where[:, col : col + 1])
+            states.append(forward_step(lm, cache, mask[:, : col + 1], inputs_embeds=embeds[:, col : col + 1]))
+    torch.testing.assert_close(real(torch.cat(states, 1), mask), real(whole, mask), **EXACT)
+    one_call, per_thought = shortcut.calls[0], shortcut.calls[1:]
+    assert torch.equal(one_call.exit_layer.view(2, THOUGHTS), torch.stack([c.exit_layer for c in per_thought], 1))
+    exits = set(one_call.exit_layer.tolist())
+    assert 0 in exits and len(exits) >= 2  # some thoughts skip layer 1 (its keys and values from the exit state)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_lambda_depth_one_never_exits_and_leaves_the_model_as_it_is(model_type):
+    lm, heads = shortcut_lm(router_scale=50.0, model_type=model_type)  # routers saturate: w rounds to 1.0 here
     embeds, mask, where = inputs(lm)
     shortcut = DepthShortcut(lm, heads, "exit", 1.0)
     positions = positions_from_mask(mask)
@@ -320,6 +344,17 @@ def test_eval_takes_lambda_depth_from_decoder_args_and_reports_the_compute_saved
 def test_bad_config_values_are_named(fields, expected):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         System15Config(**fields)
+
+
+def test_decoder_args_for_a_trained_model_whose_solver_has_no_settings_are_refused(tmp_path, capsys):
+    model = run_training("cot", tiny_train_config(SFTConfig, tmp_path / "cot", max_steps=1), progress=False).final_dir
+    data = tmp_path / "chain.json"
+    assert cli.main(["data", "generate", "--task", "chain", "-n", "2", "--out", str(data)]) == 0
+    argv = ["eval", "--model", str(model), "--file", str(data), "--output-dir", str(tmp_path / "eval")]
+    capsys.readouterr()
+    assert cli.main([*argv, "--decoder-args", "{lambda_depth: 0.5}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--decoder-args: {model} is evaluated with 'cot', whose solver takes no settings" in err
 
 
 def test_bad_solver_settings_are_named():

@@ -45,6 +45,7 @@ ROWS = {
     "latent-sft": Row("cot", 270),
     "token-assorted": Row("cot", 150),
     "lta-thinker": Row("cot", 150),
+    "system15": Row("cot", 240),
     "atp-rl": Row("atp", 50),
     "colar-rl": Row("colar", 180),
 }

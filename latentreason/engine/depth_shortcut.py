@@ -1,7 +1,7 @@
 """System-1.5's depth shortcut: forward hooks on every decoder layer that act at the positions a caller arms.
 
 For an armed position with input h_l at layer l (router w_l = R_l(h_l), adapter A_l, full layer F_l):
-    full   h_{l+1} = F_l(h_l)                                     (the hooks only record h_l and the last output)
+    full   h_{l+1} = F_l(h_l)                                     (the hooks only record h_l)
     mix    h_{l+1} = w_l * A_l(h_l) + (1 - w_l) * F_l(h_l)         (training: every layer, soft)
     exit   the first layer with w_l > threshold gives h_{l+1} = A_l(h_l) and the position exits: every later
            layer passes its state on unchanged (h_{m+1} = h_m), so the final norm reads A_l(h_l)
@@ -22,9 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from latentreason.decoding.steering import decoder_layers
-from latentreason.errors import ConfigError
+from latentreason.errors import ConfigError, UserError
 
 MODES = ("full", "mix", "exit")
 
@@ -37,7 +38,6 @@ class ShortcutCall:
     cols: torch.Tensor  # [n]
     exit_layer: torch.Tensor  # [n] layer each position exited at (num_layers: it did not exit)
     inputs: list = field(default_factory=list)  # full: [num_layers] of [n, d] each layer's input (detached)
-    final: torch.Tensor | None = None  # full: [n, d] the last layer's output (before the final norm)
     weights: list = field(default_factory=list)  # mix: [num_layers] of [n] router weights (detached)
 
 
@@ -85,8 +85,6 @@ class DepthShortcut:
             if new is not None:
                 hidden_out = hidden_out.index_put((call.rows, call.cols), new.to(hidden_out.dtype))
             if index == last:
-                if self.mode == "full":
-                    call.final = hidden_out[call.rows, call.cols].detach()
                 self.calls.append(call)
                 self.where = self.current = None
             return (hidden_out, *output[1:]) if isinstance(output, tuple) else hidden_out
@@ -107,3 +105,13 @@ class DepthShortcut:
         fire = ~exited & (w > self.threshold)  # [n]
         call.exit_layer[fire] = index
         return torch.where(exited[:, None], x, torch.where(fire[:, None], adapter(x), y))
+
+
+def frozen_final_norm(lm):
+    """The backbone's final norm (`norm` in Llama/Qwen, `ln_f` in GPT-2) as a function whose weights get no
+    gradient: where an exit state lands, as the LM head and the next thought read it."""
+    norm = next((getattr(lm.backbone, name) for name in ("norm", "ln_f") if hasattr(lm.backbone, name)), None)
+    if not isinstance(norm, nn.Module):
+        raise UserError(f"{type(lm.backbone).__name__}: no final norm found (a module named 'norm' or 'ln_f')")
+    weights = {name: param.detach() for name, param in norm.named_parameters()}
+    return lambda hidden: torch.func.functional_call(norm, weights, (hidden,))

@@ -13,9 +13,9 @@ stage 1, the optimizer state is reset when stage 2 starts.
   w x adapter(h) + (1 - w) x layer(h) (engine/depth_shortcut.py) and every thought is
   s x step_adapter(z) + (1 - s) x (the step's output), s = step_router(z) of the step's input z. The shortcut
   path's thoughts are pulled to the full path's, and each router-adapter pair is supervised on the full path:
-  the adapter towards where the full path lands (the final state before the norm for a layer, the step's
-  output for a step), the router towards 1 where its adapter already lands within the tolerance
-  (methods/system15_losses.py).
+  the adapter towards where the full path lands (for a layer: its final state, read after the final norm as
+  an exit's is; for a step: the step's output), the router towards 1 where its adapter already lands within
+  the tolerance (methods/system15_losses.py).
 - Inference (evaluation/shortcut_solver.py): a thought's position exits at the first layer whose w exceeds
   `lambda_depth`, a step whose s exceeds `lambda_step` is skipped (its output is step_adapter(z), not fed).
 """
@@ -28,7 +28,7 @@ import torch
 
 from latentreason.config import field
 from latentreason.engine.batch import IGNORE, left_pad
-from latentreason.engine.depth_shortcut import DepthShortcut
+from latentreason.engine.depth_shortcut import DepthShortcut, frozen_final_norm
 from latentreason.engine.latent_pass import build_latent_batch, latent_forward
 from latentreason.engine.loss import next_token_loss
 from latentreason.errors import ConfigError
@@ -59,10 +59,12 @@ class System15Config(SFTConfig):
     router_weight: float = field(1.0, help="stage 2: weight of the routers' binary cross-entropy")
     adapter_weight: float = field(1.0, help="stage 2: weight of the adapters' squared relative error")
     exit_tolerance: float = field(
-        0.1, help="stage 2: a layer's router target is 1 where its adapter lands within this relative error"
+        0.2,
+        help="stage 2: a layer's router target is 1 where exiting through its adapter lands within this relative "
+        "error of the full path's final state (after the final norm)",
     )
     skip_tolerance: float = field(
-        0.1, help="stage 2: the step router's target is 1 where the step adapter lands within this relative error"
+        0.2, help="stage 2: the step router's target is 1 where the step adapter lands within this relative error"
     )
     adapter_size: int = field(0, help="inner width of every adapter (0 = hidden_size / 4)")
     router_bias: float = field(-2.0, help="every router's initial bias: w starts at sigmoid(router_bias)")
@@ -215,13 +217,13 @@ class System15(Method):
         full_ce, _ = next_token_loss(lm, teacher.suffix_hidden, latent_batch.suffix_labels)
         used = student.slot_mask  # [B, N]
         match = state_match_loss(student.latent_hidden[used], teacher.latent_hidden[used], cfg.distill_divide_std)
-        final = torch.stack([call.final for call in full.calls], 1)  # [B, N, d] each thought's last-layer output
+        norm = frozen_final_norm(lm)
         depth = [
             shortcut_supervision(
                 heads.routers[layer],
-                heads.adapters[layer],
+                lambda x, adapter=heads.adapters[layer]: norm(adapter(x)),  # an exit here: the state the model reads
                 torch.stack([call.inputs[layer] for call in full.calls], 1),  # [B, N, d] layer inputs
-                final,
+                teacher.latent_hidden,
                 used,
                 cfg.exit_tolerance,
             )

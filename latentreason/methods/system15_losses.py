@@ -29,17 +29,17 @@ def relative_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (wide(prediction) - wide(target)).norm(dim=-1) / wide(target).norm(dim=-1).clamp(min=TINY)
 
 
-def shortcut_supervision(router, adapter, inputs, targets, mask, tolerance: float):
+def shortcut_supervision(router, shortcut, inputs, targets, mask, tolerance: float):
     """(adapter loss, router loss, share of positions whose target is 1) for one router-adapter pair.
 
-    inputs: [..., d] the states the pair reads on the full path (detached); targets: [..., d] where the full
-    path takes them (detached); mask: [...] bool, the positions that count. The adapter is trained towards the
-    target (mean squared relative error); the router's target is 1 where the adapter's output is within
-    `tolerance` (relative error) of the target, i.e. where taking the shortcut already lands where the full
-    path does (binary cross-entropy on its logit).
+    inputs: [..., d] the states the router reads on the full path (detached); shortcut: where taking the
+    shortcut from them lands (the adapter, then for a depth exit the final norm); targets: [..., d] where the
+    full path lands (detached); mask: [...] bool, the positions that count. The adapter is trained towards the
+    target (mean squared relative error); the router's target is 1 where the shortcut lands within `tolerance`
+    (relative error) of the target (binary cross-entropy on its logit).
     """
     inputs, targets = inputs.detach()[mask], targets.detach()[mask]  # [M, d]
-    prediction = adapter(inputs)  # [M, d]
+    prediction = shortcut(inputs)  # [M, d]
     if inputs.shape[0] == 0:
         zero = prediction.sum() * 0.0 + router.logit(inputs).sum() * 0.0
         return zero, zero, 0.0
