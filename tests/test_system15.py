@@ -182,40 +182,77 @@ def test_thresholds_at_one_give_exactly_the_plain_latent_rollout():
     )
 
 
-def test_the_step_shortcut_skips_while_the_router_says_so_and_one_fed_step_remains():
+def test_a_skipped_step_passes_its_thought_through_every_layer_and_the_step_adapter_makes_the_next():
+    """The step router fires at the first thought only: that slot goes through every layer unchanged (its state
+    is the normed thought, its keys and values the thought's), and the second thought is step_adapter(first)."""
     lm, heads = shortcut_lm()
-    with torch.no_grad():
-        heads.step_router.linear.bias.fill_(30.0)  # every step looks easy
-        heads.step_router.linear.weight.zero_()
     problems = generate_chain(3, seed=4, num_steps=2)
-    solver = ShortcutSolver(lm, identity_map, heads, 4, 1.0, 0.5, max_new_tokens=6)
-    solved = solver.solve(problems)
-    assert [s.latent_tokens for s in solved] == [1, 1, 1]  # 3 steps skipped, the last one fed
+    solver = ShortcutSolver(lm, identity_map, heads, 3, 1.0, 0.5, max_new_tokens=6)
+    prompts = solver.prompts(problems)
+    bot = LatentSolver(lm, identity_map, fixed_latents(1), 1, max_new_tokens=0).rollout(prompts).latent_inputs[:, 0]
+    original = heads.step_router.forward
+    ones, zeros = torch.ones(len(prompts), dtype=bot.dtype), torch.zeros(len(prompts), dtype=bot.dtype)
+    heads.step_router.forward = lambda z: torch.where(torch.isclose(z, bot).all(-1), ones, zeros)  # slot 0 only
+    try:
+        out = solver.rollout(prompts)
+        metrics = solver.shortcuts.metrics(3)
+        solved = solver.solve(problems)
+    finally:
+        heads.step_router.forward = original
+    first, second, third = out.latent_inputs.unbind(1)
+    torch.testing.assert_close(first, bot, **EXACT)
+    torch.testing.assert_close(second, heads.step_adapter(first), **EXACT)
+    # The reference: one call over prompt and the two thoughts, the first passed through every layer.
+    embeds, mask, where, passed = reference_inputs(lm, prompts, [first, second])
+    shortcut = DepthShortcut(lm, heads, "exit", 1.0)
+    with torch.no_grad(), shortcut.attached():
+        shortcut.arm(where, passed)
+        states = forward_step(lm, new_cache(lm), mask, inputs_embeds=embeds)
+    torch.testing.assert_close(third, states[:, -1], **EXACT)  # computed from the passed slot's keys and values
+    torch.testing.assert_close(states[:, -2], lm.backbone.norm(first), **EXACT)  # passed: only the final norm
     layers = len(heads.routers)
-    assert all(
-        s.metrics["steps_skipped"] == 3 and s.metrics["layers_skipped_fraction"] == 3 * layers / (4 * layers)
-        for s in solved
-    )
-    # The one fed thought is the <bot> state after three step-adapter updates.
-    out, prompts = solver.rollout(solver.prompts(problems)), solver.prompts(problems)
-    plain = LatentSolver(lm, identity_map, fixed_latents(1), 1, max_new_tokens=0).rollout(prompts)
-    expected = plain.latent_inputs[:, 0]
-    for _ in range(3):
-        expected = heads.step_adapter(expected)
-    torch.testing.assert_close(out.latent_inputs[:, 0], expected, **EXACT)
+    skipped_one = {
+        "layers_skipped_fraction": layers / (3 * layers),
+        "depth_skipped_fraction": 0.0,
+        "steps_skipped": 1.0,
+    }
+    assert all(m == skipped_one for m in metrics)
+    assert [s.latent_tokens for s in solved] == [3, 3, 3] and all(s.metrics == skipped_one for s in solved)
+
+
+def reference_inputs(lm, prompts, thoughts):
+    """Left-padded prompt embeddings followed by the thoughts, with the mask, the thought positions and the
+    first thought's position (passed)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), lm.pad_id)
+    mask = torch.zeros(len(prompts), width + len(thoughts), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    mask[:, width:] = 1
+    embeds = torch.cat([lm.embed(ids), torch.stack(thoughts, 1)], 1)
+    where = torch.zeros_like(mask, dtype=torch.bool)
+    where[:, width:] = True
+    passed = torch.zeros_like(where)
+    passed[:, width] = True
+    return embeds, mask, where, passed
 
 
 def test_compute_metrics_count_depth_exits_and_skipped_steps():
     lm, heads = shortcut_lm()
-    steps = ShortcutSteps(lm, heads, 3, ShortcutSettings(0.5, 1.0), batch=2)
-    steps.skipped = torch.tensor([1, 0])
-    steps.fed_rows = [torch.tensor([0, 1]), torch.tensor([1])]  # row 0 fed two thoughts, row 1 three
-    for exit_layer in (torch.tensor([0, 2]), torch.tensor([1])):
-        steps.depth.calls.append(type("Call", (), {"exit_layer": exit_layer})())
-    row0, row1 = steps.metrics(torch.tensor([2, 3]))
-    # 2 layers: row 0 skipped 2 (exit at 0) + 2 (a skipped step) of 6; row 1 skipped 0 + 1 of 6 (layer 2 = no exit)
-    assert row0 == {"layers_skipped_fraction": 4 / 6, "depth_skipped_fraction": 2 / 4, "steps_skipped": 1.0}
-    assert row1 == {"layers_skipped_fraction": 1 / 6, "depth_skipped_fraction": 1 / 6, "steps_skipped": 0.0}
+    steps = ShortcutSteps(lm, heads, ShortcutSettings(0.5, 0.5), batch=2)
+    # Three calls over both rows: row 0 skips the second step, row 1 the third.
+    steps.steps = [
+        (torch.tensor([0, 1]), torch.tensor([False, False])),
+        (torch.tensor([0, 1]), torch.tensor([True, False])),
+        (torch.tensor([0, 1]), torch.tensor([False, True])),
+    ]
+    for exit_layer in ([0, 2], [0, 1], [1, 0]):
+        steps.depth.calls.append(type("Call", (), {"exit_layer": torch.tensor(exit_layer)})())
+    row0, row1 = steps.metrics(3)
+    # 2 layers, 3 steps: row 0 skips 2 + 1 by exits and 2 by its skipped step; row 1 skips 0 + 1 and 2.
+    assert row0 == {"layers_skipped_fraction": 5 / 6, "depth_skipped_fraction": 3 / 4, "steps_skipped": 1.0}
+    assert row1 == {"layers_skipped_fraction": 3 / 6, "depth_skipped_fraction": 1 / 4, "steps_skipped": 1.0}
 
 
 def test_router_supervision_targets_the_positions_where_the_adapter_already_lands():

@@ -1,15 +1,16 @@
 """System-1.5's solver: the latent rollout with its two shortcuts, and what they saved per problem.
 
-Every problem gets `num_steps` latent steps. Before a thought is fed, the step router reads it (the state the
-previous step ended in): while s > lambda_step, the step is skipped, its output is step_adapter(thought) and that
-becomes the thought (no model call, no cache position), as long as a fed step remains. The thoughts that are fed
-go through the depth shortcut in `exit` mode (engine/depth_shortcut.py): each leaves the layer stack at the first
-layer whose router w > lambda_depth. Both thresholds at 1 give exactly the plain latent rollout.
+Every problem feeds `num_steps` thoughts. The step router reads each thought before it is fed: where its s >
+lambda_step the step is skipped, its position goes through every layer unchanged (its keys and values are the
+thought's, carried up as a depth exit's are: engine/depth_shortcut.py) and its output, the next thought, is
+the step adapter's cheap update of the thought it was fed, not the model's state. The other thoughts take the
+depth shortcut in `exit` mode: each leaves the layer stack at the first layer whose router w > lambda_depth.
+Both thresholds at 1 give exactly the plain latent rollout.
 
 Per problem (Solution.metrics, averaged in results.json):
     layers_skipped_fraction  (layers skipped by depth exits + L x skipped steps) / (L x num_steps)
-    depth_skipped_fraction   layers skipped by depth exits / (L x fed thoughts)
-    steps_skipped            latent steps the step shortcut skipped (latent_tokens counts the fed ones)
+    depth_skipped_fraction   layers skipped by depth exits / (L x steps not skipped)
+    steps_skipped            latent steps the step shortcut skipped
 """
 
 from __future__ import annotations
@@ -44,52 +45,51 @@ class ShortcutSettings:
 class ShortcutSteps(LatentPerturbation):
     """The shortcuts of one rollout of `batch` rows, with per-row counts of what they skipped."""
 
-    def __init__(self, lm, heads, num_steps: int, settings: ShortcutSettings, batch: int):
-        self.heads, self.num_steps, self.lambda_step = heads, num_steps, settings.lambda_step
+    def __init__(self, lm, heads, settings: ShortcutSettings, batch: int):
+        self.heads, self.lambda_step = heads, settings.lambda_step
         self.depth = DepthShortcut(lm, heads, "exit", settings.lambda_depth)
         self.num_layers = len(heads.routers)
-        self.skipped = torch.zeros(batch, dtype=torch.long, device=lm.device)  # [B] steps skipped
-        self.fed_rows: list[torch.Tensor] = []  # per armed call: the original rows whose thought it fed
+        width = lm.embed.weight.shape[1]
+        self.fed = lm.embed.weight.new_zeros((batch, width))  # [B, d] each row's last thought
+        self.skipping = torch.zeros(batch, dtype=torch.bool, device=lm.device)  # [B] its step is skipped
+        self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # per armed call: (rows fed, which skipped)
 
     def thought(self, z: torch.Tensor, rows: torch.Tensor, slot: int) -> torch.Tensor:
-        """Skip steps while the step router says so and a fed step remains after them. z: [n, d], rows: [n]."""
-        remaining = self.num_steps - slot - self.skipped[rows]  # [n] steps left, this one included
-        for _ in range(self.num_steps - 1):
-            skip = (remaining > 1) & (self.heads.step_router(z) > self.lambda_step)  # [n]
-            if not bool(skip.any()):
-                break
-            z = torch.where(skip[:, None], self.heads.step_adapter(z), z)
-            self.skipped[rows] += skip.long()
-            remaining = remaining - skip.long()
+        """Thought `slot` of the rows [n]: after a skipped step, the step adapter's update of the thought that
+        step was fed (in place of the model's state z [n, d]); then whether this step is skipped."""
+        previous = self.heads.step_adapter(self.fed[rows].to(z.dtype))  # [n, d]
+        z = torch.where(self.skipping[rows][:, None], previous, z)
+        self.skipping[rows] = self.heads.step_router(z) > self.lambda_step
+        self.fed[rows] = z.to(self.fed.dtype)
         return z
-
-    def stop(self, slot, hidden, z, extra, rows) -> torch.Tensor:
-        """The controller: a row stops once its fed and skipped steps make num_steps."""
-        return slot + self.skipped[rows] >= self.num_steps
 
     def before_forward(self, rows: torch.Tensor, latent: torch.Tensor, slot: int) -> None:
         if bool(latent.any()):
-            self.depth.arm(latent[:, None])  # [b, 1]: the rows feeding a thought in this one-position call
-            self.fed_rows.append(rows[latent])
+            skipped = latent & self.skipping[rows]  # [b]
+            self.depth.arm(latent[:, None], skipped[:, None])  # this one-position call's thoughts
+            self.steps.append((rows[latent], skipped[latent]))
 
     @contextmanager
     def attached(self, lm) -> Iterator[None]:
         with self.depth.attached():
             yield
 
-    def metrics(self, fed: torch.Tensor) -> list[dict[str, float]]:
-        """Each row's compute figures; fed: [B] thoughts each row fed."""
-        depth = torch.zeros_like(self.skipped)  # [B] layers skipped by depth exits
-        for rows, call in zip(self.fed_rows, self.depth.calls):
-            depth.index_add_(0, rows, self.num_layers - call.exit_layer)
+    def metrics(self, num_steps: int) -> list[dict[str, float]]:
+        """Each row's compute figures (every row feeds num_steps thoughts)."""
+        rows = self.skipping.shape[0]
+        depth = torch.zeros(rows, dtype=torch.long, device=self.skipping.device)  # [B] layers skipped by exits
+        steps = torch.zeros_like(depth)  # [B] steps skipped
+        for (fed, skipped), call in zip(self.steps, self.depth.calls):
+            depth.index_add_(0, fed, torch.where(skipped, 0, self.num_layers - call.exit_layer))
+            steps.index_add_(0, fed, skipped.long())
         layers = self.num_layers
         return [
             {
-                "layers_skipped_fraction": (d + layers * s) / (layers * self.num_steps),
-                "depth_skipped_fraction": d / (layers * f) if f else 0.0,
+                "layers_skipped_fraction": (d + layers * s) / (layers * num_steps),
+                "depth_skipped_fraction": d / (layers * (num_steps - s)) if s < num_steps else 0.0,
                 "steps_skipped": float(s),
             }
-            for d, s, f in zip(depth.tolist(), self.skipped.tolist(), fed.tolist())
+            for d, s in zip(depth.tolist(), steps.tolist())
         ]
 
 
@@ -121,12 +121,12 @@ class ShortcutSolver(LatentSolver):
 
     def rollout(self, prompts: list[list[int]], seeds=None, samples: int | None = None):
         samples = samples or self.samples
-        self.shortcuts = ShortcutSteps(self.lm, self.heads, self.max_latents, self.settings, len(prompts) * samples)
+        self.shortcuts = ShortcutSteps(self.lm, self.heads, self.settings, len(prompts) * samples)
         return latent_rollout(
             self.lm,
             prompts,
             self.thought_map,
-            self.shortcuts.stop,
+            self.controller,
             self.max_latents,
             self.max_new_tokens,
             sampling=self.sampling,
@@ -139,7 +139,6 @@ class ShortcutSolver(LatentSolver):
     def solve(self, problems):
         solutions = super().solve(problems)
         rows = [sample for solution in solutions for sample in (solution.samples or [solution])]
-        fed = torch.tensor([row.latent_tokens for row in rows])
-        for row, metrics in zip(rows, self.shortcuts.metrics(fed)):
+        for row, metrics in zip(rows, self.shortcuts.metrics(self.max_latents)):
             row.metrics = metrics
         return solutions

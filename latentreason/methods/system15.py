@@ -17,7 +17,8 @@ stage 1, the optimizer state is reset when stage 2 starts.
   an exit's is; for a step: the step's output), the router towards 1 where its adapter already lands within
   the tolerance (methods/system15_losses.py).
 - Inference (evaluation/shortcut_solver.py): a thought's position exits at the first layer whose w exceeds
-  `lambda_depth`, a step whose s exceeds `lambda_step` is skipped (its output is step_adapter(z), not fed).
+  `lambda_depth`; a step whose s exceeds `lambda_step` is skipped: its position passes every layer unchanged
+  and the next thought is step_adapter(z) instead of the model's state.
 """
 
 from __future__ import annotations
