@@ -526,8 +526,8 @@ def trained_solver(model: str, lm, method, plan: EvalPlan):
             )
         try:
             solver.set_args(plan.decoder_args)
-        except ConfigError as err:
-            raise UserError(str(err)) from None
+        except ConfigError as err:  # unknown keys and bad types already name --decoder-args, bad values not yet
+            raise UserError(str(err) if str(err).startswith("--decoder-args") else f"--decoder-args: {err}") from None
     if plan.reward_model:
         from latentreason.tts.reward_model import LatentRM
 

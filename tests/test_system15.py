@@ -366,6 +366,8 @@ def test_eval_takes_lambda_depth_from_decoder_args_and_reports_the_compute_saved
     capsys.readouterr()
     assert cli.main([*argv, "--decoder-args", "{lambda_depht: 0.5}"]) == 2
     assert "did you mean 'lambda_depth'" in capsys.readouterr().err
+    assert cli.main([*argv, "--decoder-args", "{lambda_step: 2}"]) == 2
+    assert "--decoder-args: lambda_step: must lie in [0, 1] (1 = never), got 2.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
