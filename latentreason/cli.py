@@ -133,8 +133,10 @@ def load_source(args) -> tuple[str, list]:
     return args.benchmark, problems
 
 
-# Flags that shape a pretrained model's prompt or decoding; a model trained here has its own prompt layout and solver.
+# Flags that shape a pretrained model's prompt or decoding; a model trained here has its own prompt layout and solver
+# (whose settings, for the solvers that have any, --decoder-args also sets).
 CHAT_FLAGS = ("system_prompt", "few_shot", "few_shot_file", "prompt_template", "decoder", "decoder_args")
+TRAINED_SOLVER_FLAGS = ("decoder_args",)
 # Flags of a model trained here with latent thoughts.
 LATENT_FLAGS = ("latent_sampler", "latent_sampler_args", "reward_model", "beam_width", "beam_expansions")
 
@@ -189,7 +191,9 @@ def cmd_eval(argv: list[str]) -> int:
     )
     chat.add_argument("--decoder", help="a training-free decoder: " + ", ".join(sorted(DECODERS)) + " (default: text)")
     chat.add_argument(
-        "--decoder-args", help="the decoder's arguments as a YAML mapping, e.g. '{top_k: 1}' (see docs/decoding.md)"
+        "--decoder-args",
+        help="the decoder's arguments as a YAML mapping, e.g. '{top_k: 1}' (see docs/decoding.md); for a model "
+        "trained here, its solver's settings where it has any (System-1.5: '{lambda_depth: 0.8}')",
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--temperature", type=float, help="text tokens: 0 is greedy (the default); above 0 samples")
@@ -292,6 +296,8 @@ class EvalPlan:
             if self.beam is not None:
                 widths = self.beam[0]
                 out.update(beam_width=widths[0] if len(widths) == 1 else widths, beam_expansions=self.beam[1])
+            if self.decoder_args:
+                out.update(decoder_args=self.decoder_args)
         if self.prompt is not None:
             out.update(
                 sampling=asdict(self.sampling),
@@ -312,7 +318,8 @@ def eval_plan(args) -> EvalPlan:
     from latentreason.model.pretrained import TRAINED, model_kind
 
     kind = model_kind(args.model)
-    other = [f"--{flag.replace('_', '-')}" for flag in (CHAT_FLAGS if kind == TRAINED else LATENT_FLAGS)]
+    refused = [f for f in CHAT_FLAGS if f not in TRAINED_SOLVER_FLAGS] if kind == TRAINED else LATENT_FLAGS
+    other = [f"--{flag.replace('_', '-')}" for flag in refused]
     given = [flag for flag in other if getattr(args, flag[2:].replace("-", "_")) not in (None, 0)]
     if kind == TRAINED and given:
         raise UserError(
@@ -343,6 +350,7 @@ def eval_plan(args) -> EvalPlan:
             raise UserError(f"--reward-model: {args.reward_model} is not a model directory (no config.json)")
         plan.reward_model = args.reward_model
         plan.beam = beam_from_flags(args, plan)
+        plan.decoder_args = yaml_mapping(args.decoder_args, "--decoder-args")
         return plan
     plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
     if PLACEHOLDER not in plan.template:
@@ -515,6 +523,16 @@ def trained_solver(model: str, lm, method, plan: EvalPlan):
             solver.configure(plan.sampling, plan.seed, plan.samples, plan.latent_sampler)
         except ConfigError as err:  # a sampler this solver's rollout cannot apply
             raise UserError(f"--latent-sampler: {err}") from None
+    if plan.decoder_args:
+        if not hasattr(solver, "set_args"):
+            raise UserError(
+                f"--decoder-args: {model} is evaluated with '{method.name}', whose solver takes no settings (for a "
+                "pretrained model they are its decoder's)"
+            )
+        try:
+            solver.set_args(plan.decoder_args)
+        except ConfigError as err:  # unknown keys and bad types already name --decoder-args, bad values not yet
+            raise UserError(str(err) if str(err).startswith("--decoder-args") else f"--decoder-args: {err}") from None
     if plan.reward_model:
         from latentreason.tts.reward_model import LatentRM
 

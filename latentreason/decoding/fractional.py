@@ -30,10 +30,11 @@ from latentreason.config import field
 from latentreason.data.answers import MODES
 from latentreason.decoding.base import DecodeContext, Decoder, Generation, register_decoder
 from latentreason.decoding.prompts import CHAT_TEMPLATE, user_turn
-from latentreason.decoding.steering import decoder_layers, steering, steering_vectors
+from latentreason.decoding.steering import steering, steering_vectors
 from latentreason.decoding.vote import best_scored, majority_vote
 from latentreason.engine.batch import left_pad
 from latentreason.engine.decode import TokenPolicy
+from latentreason.engine.decoder_layers import decoder_layers
 from latentreason.engine.steps import Trace, prefill, run_steps
 from latentreason.errors import ConfigError
 

@@ -12,21 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import nn
 
 from latentreason.engine.batch import left_pad, positions_from_mask
-from latentreason.errors import UserError
+from latentreason.engine.decoder_layers import decoder_layers
 
 TINY = 1e-12  # floor of a norm we divide by (a zero state stays zero instead of becoming nan)
-
-
-def decoder_layers(lm) -> nn.ModuleList:
-    """The backbone's stack of decoder layers (`layers` in Llama/Qwen/Mistral, `h` in GPT-2)."""
-    for name in ("layers", "h"):
-        layers = getattr(lm.backbone, name, None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise UserError(f"{type(lm.backbone).__name__}: no decoder layers found (a ModuleList named 'layers' or 'h')")
 
 
 def _hidden(output) -> torch.Tensor:

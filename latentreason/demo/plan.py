@@ -29,7 +29,8 @@ class Row:
 # In the table's order. `seconds`: training times of `latentreason demo --rows all --seed 2` on this
 # repository's 2-core machine (docs/results.md), two rows at a time with one thread each (the curriculum
 # family's: of the default demo on a quiet machine after its budget went to 500 steps; KaVa, Latent-SFT,
-# Token Assorted and LTA-Thinker: seed 1 of `demo --rows kava,latent-sft,token-assorted,lta-thinker`, a busy machine).
+# Token Assorted and LTA-Thinker: seed 1 of `demo --rows kava,latent-sft,token-assorted,lta-thinker`, a busy machine;
+# System-1.5: seed 42 of `demo --rows system15` on a busy machine, where CoT took 357 s).
 ROWS = {
     "cot": Row(None, 190),
     "no-cot": Row(None, 95),
@@ -45,6 +46,7 @@ ROWS = {
     "latent-sft": Row("cot", 270),
     "token-assorted": Row("cot", 150),
     "lta-thinker": Row("cot", 150),
+    "system15": Row("cot", 355),
     "atp-rl": Row("atp", 50),
     "colar-rl": Row("colar", 180),
 }

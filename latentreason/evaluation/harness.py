@@ -28,12 +28,15 @@ class EvalResult:
     records: list[dict] = field(default_factory=list, repr=False)
     scaling: ScalingCurve | None = field(default=None, repr=False)  # with several samples per problem
     beam_curve: dict | None = field(default=None, repr=False)  # {"widths": [W...], "beam": [accuracy...]}
+    metrics: dict[str, float] = field(default_factory=dict)  # means of the solver's own per-problem figures
 
     def summary(self) -> dict:
-        """The results.json entry: every field but the records, and the scaling metrics when there are any."""
+        """The results.json entry: every field but the records, the solver's own figures, and the scaling
+        metrics when there are any."""
         out = asdict(self)
         for key in ("records", "scaling", "beam_curve"):
             out.pop(key)
+        out.update(out.pop("metrics"))
         if self.beam_curve is not None:
             out["accuracy_vs_beam_width"] = self.beam_curve
         return out if self.scaling is None else {**out, **self.scaling.fields()}
@@ -128,7 +131,8 @@ def _scored(sol, problem: Problem, answer_mode: str) -> dict:
     if sol.samples:
         samples = [_scored(s, problem, answer_mode) for s in sol.samples]
         mean = {key: sum(s[key] for s in samples) / len(samples) for key in ("correct", "text_tokens", "latent_tokens")}
-        return {**samples[0], **mean, "samples": samples}
+        metrics = _mean_metrics(samples)
+        return {**samples[0], **mean, **({"metrics": metrics} if metrics else {}), "samples": samples}
     if sol.beams:
         beams = [{"width": width, **_scored(beam, problem, answer_mode)} for width, beam in sorted(sol.beams.items())]
         return {**_scored(replace(sol, beams=None), problem, answer_mode), "beams": beams}
@@ -141,7 +145,17 @@ def _scored(sol, problem: Problem, answer_mode: str) -> dict:
         "text_tokens": sol.text_tokens,
         "latent_tokens": sol.latent_tokens,
     }
+    if sol.metrics:
+        record["metrics"] = dict(sol.metrics)
     return record if sol.score is None else {**record, "score": sol.score}
+
+
+def _mean_metrics(records: list[dict]) -> dict[str, float]:
+    """The mean of each solver figure over `records` (none unless every record has them)."""
+    if not records or not all(record.get("metrics") for record in records):
+        return {}
+    keys = records[0]["metrics"]
+    return {key: sum(record["metrics"][key] for record in records) / len(records) for key in keys}
 
 
 def _summarize(method: str, benchmark: str, records: list[dict], solver_s: float, wall_s: float) -> EvalResult:
@@ -162,6 +176,7 @@ def _summarize(method: str, benchmark: str, records: list[dict], solver_s: float
         records=records,
         scaling=_scaling(records),
         beam_curve=_beam_curve(records),
+        metrics=_mean_metrics(records),
     )
 
 

@@ -22,6 +22,7 @@ class Solution:
     samples: list[Solution] | None = None  # every sampled reply to the problem (the first is the one above)
     score: float | None = None  # a scorer's rating of this reply, for best-of-N
     beams: dict[int, Solution] | None = None  # beam search's answer at each width (the widest is the one above)
+    metrics: dict[str, float] | None = None  # a solver's own per-problem figures (compute saved); results.json: means
 
 
 def count_reasoning_tokens(tokenizer, text: str) -> int:

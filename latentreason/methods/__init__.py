@@ -13,6 +13,7 @@ from latentreason.methods import pccot as _pccot  # noqa: F401  (registers pccot
 from latentreason.methods import sft as _sft  # noqa: F401  (registers cot, no-cot)
 from latentreason.methods import simcot as _simcot  # noqa: F401  (registers simcot)
 from latentreason.methods import softcot as _softcot  # noqa: F401  (registers softcot, softcotpp)
+from latentreason.methods import system15 as _system15  # noqa: F401  (registers system15)
 from latentreason.methods import token_assorted as _token_assorted  # noqa: F401  (registers token-assorted)
 from latentreason.methods.base import METHODS, Method, get_method, register_method
 

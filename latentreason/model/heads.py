@@ -125,6 +125,11 @@ def build_head(kind: str, base, **kwargs) -> nn.Module:
         from latentreason.model.lta_prior import LatentPrior
 
         return LatentPrior.for_model(base, **kwargs)
+    if kind == "shortcut":
+        from latentreason.model.shortcut import ShortcutHeads
+
+        return ShortcutHeads.for_model(base, **kwargs)
     raise UserError(
-        f"unknown head kind {kind!r}; expected gaussian, stop, step_score, projector, step_decoder, vqvae or lta_prior"
+        f"unknown head kind {kind!r}; expected gaussian, stop, step_score, projector, step_decoder, vqvae, lta_prior "
+        "or shortcut"
     )

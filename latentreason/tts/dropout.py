@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from latentreason.decoding.steering import decoder_layers
+from latentreason.engine.decoder_layers import decoder_layers
 from latentreason.engine.perturbation import LatentPerturbation
 from latentreason.engine.sampling import row_uniform
 from latentreason.errors import UserError
