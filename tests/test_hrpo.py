@@ -16,10 +16,8 @@ from latentreason.config import load_config
 from latentreason.data.formats import load_file
 from latentreason.decoding import decoder_from_args
 from latentreason.decoding.hybrid import default_decoder
-from latentreason.engine.decode import TokenPolicy
 from latentreason.engine.mixture import normalized_mixture
-from latentreason.engine.sampling import Sampling
-from latentreason.engine.steps import EMBED, TOKEN, prefill, run_steps
+from latentreason.engine.steps import EMBED, TOKEN
 from latentreason.errors import ConfigError, UserError
 from latentreason.evaluation.chat_solver import ChatSolver
 from latentreason.evaluation.prompting import BOXED_TEMPLATE, PromptBuilder
@@ -31,7 +29,7 @@ from latentreason.rl.hybrid_policy import HybridPolicy, attach_gates
 from latentreason.rl.run import run_rl
 from latentreason.rl.trainer import RLTrainer
 from tests.helpers import EXACT, chain_problems, save_tiny_chat_model
-from tests.test_token_policy import chat_run_overrides
+from tests.test_token_policy import chat_run_overrides, plain_sampling, sampled_alone_and_together
 
 CLOSED = 1e4  # a Lambda whose softplus(-Lambda) is 0 in float64: a = 1 exactly
 
@@ -122,10 +120,7 @@ def test_closed_gates_are_ordinary_token_sampling(chat_dir):
     policy = hybrid_policy(chat_dir, lambda_value=CLOSED)
     rollouts = policy.sample(prompts(policy), torch.Generator().manual_seed(4))
     assert rollouts.hybrid_mask.any()  # the gates were applied, with a = 1
-    seeds = torch.randint(0, 2**62, (6,), generator=torch.Generator().manual_seed(4))  # what sample() drew
-    lm = policy.lm
-    engine = TokenPolicy(6, lm.device, policy.stop_ids, 16, Sampling(temperature=1.3), seeds)
-    trace = run_steps(lm, prefill(lm, prompts(policy)), engine, 16, 6)
+    trace = plain_sampling(policy, prompts(policy), 4, 1.3, 16)
     t = rollouts.tokens.shape[1]
     assert torch.equal(trace.steps, rollouts.lengths)
     assert torch.equal(trace.tokens[:, :t], rollouts.tokens)
@@ -134,12 +129,7 @@ def test_closed_gates_are_ordinary_token_sampling(chat_dir):
 
 def test_draws_do_not_depend_on_the_batch(chat_dir):
     policy = hybrid_policy(chat_dir)
-    every = prompts(policy, 4)
-    together = policy.sample(every, torch.Generator().manual_seed(3))
-    alone = policy.sample(every[:1], torch.Generator().manual_seed(3))  # the same first row seed, alone
-    n = int(together.lengths[0])
-    assert int(alone.lengths[0]) == n
-    assert alone.tokens[0, :n].tolist() == together.tokens[0, :n].tolist()
+    alone, together, n = sampled_alone_and_together(policy, prompts(policy, 4), 3)
     torch.testing.assert_close(alone.mixtures[0, :n], together.mixtures[0, :n], **EXACT)
     torch.testing.assert_close(alone.old.token[0, :n], together.old.token[0, :n], **EXACT)
     # The hrpo decoder (greedy, as `eval` runs it) likewise.
