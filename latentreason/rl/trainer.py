@@ -134,8 +134,8 @@ class RLTrainer(TrainingLoop):
             return self._chat_policy(lm, chat_prompt(lm, cfg))
         if cfg.multiplex_width != 1 or cfg.think_inputs != "tokens":
             raise UserError(
-                f"multiplex_width {cfg.multiplex_width}, think_inputs {cfg.think_inputs}: Multiplex Thinking and soft "
-                f"tokens are for pretrained models, not {method.name}"
+                f"multiplex_width {cfg.multiplex_width}, think_inputs {cfg.think_inputs}: Multiplex Thinking, soft "
+                f"tokens and HRPO are for pretrained models, not {method.name}"
             )
         return LatentPolicy(
             lm, method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
