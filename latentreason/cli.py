@@ -189,7 +189,11 @@ def cmd_eval(argv: list[str]) -> int:
     chat.add_argument(
         "--few-shot-file", help="where --few-shot examples come from (default with --benchmark: its train split)"
     )
-    chat.add_argument("--decoder", help="a training-free decoder: " + ", ".join(sorted(DECODERS)) + " (default: text)")
+    chat.add_argument(
+        "--decoder",
+        help="a latent decoder: " + ", ".join(sorted(DECODERS)) + " (default: hrpo for a model trained with HRPO, "
+        "else text)",
+    )
     chat.add_argument(
         "--decoder-args",
         help="the decoder's arguments as a YAML mapping, e.g. '{top_k: 1}' (see docs/decoding.md); for a model "
@@ -355,8 +359,11 @@ def eval_plan(args) -> EvalPlan:
     plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
     if PLACEHOLDER not in plan.template:
         raise UserError(f"--prompt-template: {plan.template!r} has no {PLACEHOLDER} for the question")
-    plan.decoder, plan.decoder_args = args.decoder or "text", yaml_mapping(args.decoder_args, "--decoder-args")
     from latentreason.decoding import decoder_from_args
+    from latentreason.decoding.hybrid import default_decoder
+
+    plan.decoder = args.decoder or default_decoder(args.model)  # an HRPO model reads its thoughts through its gates
+    plan.decoder_args = yaml_mapping(args.decoder_args, "--decoder-args")
 
     decoder_from_args(plan.decoder, plan.decoder_args)  # unknown names and bad arguments fail before loading
     plan.few_shot = few_shot_examples(args, answer_mode)

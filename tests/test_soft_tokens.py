@@ -20,7 +20,7 @@ from latentreason.rl.config import RLConfig
 from latentreason.rl.run import run_rl
 from latentreason.rl.soft_token_policy import SoftTokenPolicy
 from tests.helpers import EXACT, chain_problems, save_tiny_chat_model
-from tests.test_token_policy import chat_run_overrides
+from tests.test_token_policy import chat_run_overrides, sampled_alone_and_together
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +100,7 @@ def test_fuzzy_thinking_is_the_top_token_plus_noise(chat_dir):
 
 def test_draws_do_not_depend_on_the_batch(chat_dir):
     policy = soft_policy(chat_dir)
-    every = prompts(policy, 4)
-    together = policy.sample(every, torch.Generator().manual_seed(3))
-    alone = policy.sample(every[:1], torch.Generator().manual_seed(3))  # the same first row seed, alone
-    n = int(together.lengths[0])
-    assert int(alone.lengths[0]) == n
-    assert alone.tokens[0, :n].tolist() == together.tokens[0, :n].tolist()
+    alone, together, n = sampled_alone_and_together(policy, prompts(policy, 4), 3)
     torch.testing.assert_close(alone.inputs[0, :n], together.inputs[0, :n], **EXACT)
     torch.testing.assert_close(alone.old.flat()[0], together.select(torch.tensor([0])).old.flat()[0], **EXACT)
 

@@ -53,13 +53,30 @@ def test_recomputed_logprobs_equal_the_sampled_ones(chat_dir, width):
         assert rollouts.metrics()["multiplex/mixed_steps"] > 0  # the K samples really differ
 
 
+def plain_sampling(policy, prompts: list[list[int]], seed: int, temperature: float, steps: int):
+    """The engine's own token sampler's trace on `prompts`, with the row seeds `policy.sample` draws from a
+    generator seeded with `seed`."""
+    rows, lm = len(prompts), policy.lm
+    seeds = torch.randint(0, 2**62, (rows,), generator=torch.Generator().manual_seed(seed))
+    engine = TokenPolicy(rows, lm.device, policy.stop_ids, steps, Sampling(temperature=temperature), seeds)
+    return run_steps(lm, prefill(lm, prompts), engine, steps, rows)
+
+
+def sampled_alone_and_together(policy, prompts: list[list[int]], seed: int):
+    """(the first prompt's rollout sampled alone, all prompts' rollouts, its steps n), both from the same first row
+    seed; its steps and tokens must agree."""
+    together = policy.sample(prompts, torch.Generator().manual_seed(seed))
+    alone = policy.sample(prompts[:1], torch.Generator().manual_seed(seed))
+    n = int(together.lengths[0])
+    assert int(alone.lengths[0]) == n
+    assert alone.tokens[0, :n].tolist() == together.tokens[0, :n].tolist()
+    return alone, together, n
+
+
 def test_width_one_is_ordinary_token_sampling(chat_dir):
     policy = chat_policy(chat_dir, 1)
     rollouts = policy.sample(prompts(policy), torch.Generator().manual_seed(4))
-    seeds = torch.randint(0, 2**62, (6,), generator=torch.Generator().manual_seed(4))  # what sample() drew
-    lm = policy.lm
-    engine = TokenPolicy(6, lm.device, policy.stop_ids, 12, Sampling(temperature=1.3), seeds)
-    trace = run_steps(lm, prefill(lm, prompts(policy)), engine, 12, 6)
+    trace = plain_sampling(policy, prompts(policy), 4, 1.3, 12)
     t = rollouts.samples.shape[1]
     assert torch.equal(trace.steps, rollouts.lengths)
     assert torch.equal(trace.tokens[:, :t][rollouts.token_mask], rollouts.tokens[rollouts.token_mask])

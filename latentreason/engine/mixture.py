@@ -25,6 +25,15 @@ def topk_mixture(embed, logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return mix(embed, top, ids)
 
 
+def normalized_mixture(embed, logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """HRPO's h^ = sum_v p_v e_v / sqrt(sum_v p_v^2) over the `top_k` largest logits, p = softmax(logits) there.
+    The ratio does not change when p is rescaled, so renormalising over the top-k costs nothing; with top_k = V it
+    is exactly the full sum. logits: [.., V] -> [.., d]."""
+    top, ids = logits.topk(min(top_k, logits.shape[-1]), dim=-1)  # [.., k]
+    mixture = mix(embed, top, ids)  # [.., d] float32 or wider
+    return mixture / top.to(mixture.dtype).softmax(-1).norm(dim=-1, keepdim=True)  # divided by |p| [.., 1]
+
+
 def superposition(embed, logits: torch.Tensor, top_k: int, temperature: float = 1.0, gumbel_tau: float = 0.0):
     """A Latent-SFT latent token (arXiv 2510.15522): the top-k mixture of softmax(logits / temperature); with
     `gumbel_tau` > 0 the weights are a Gumbel-softmax sample over the k log-probabilities instead (the paper's v2,

@@ -129,7 +129,11 @@ def build_head(kind: str, base, **kwargs) -> nn.Module:
         from latentreason.model.shortcut import ShortcutHeads
 
         return ShortcutHeads.for_model(base, **kwargs)
+    if kind == "hybrid_gates":
+        from latentreason.model.hybrid_gates import HybridGates
+
+        return HybridGates(hidden, **kwargs)
     raise UserError(
-        f"unknown head kind {kind!r}; expected gaussian, stop, step_score, projector, step_decoder, vqvae, lta_prior "
-        "or shortcut"
+        f"unknown head kind {kind!r}; expected gaussian, stop, step_score, projector, step_decoder, vqvae, lta_prior, "
+        "shortcut or hybrid_gates"
     )

@@ -12,7 +12,8 @@ from latentreason.rl.policy import LATENT_LOGPROB
 from latentreason.train_config import TrainConfig
 
 GATES = ("accuracy", "none")
-THINK_INPUTS = ("tokens", "soft", "fuzzy")
+THINK_INPUTS = ("tokens", "soft", "fuzzy", "hybrid")
+SOFT_INPUTS = ("soft", "fuzzy")  # Soft Tokens, Hard Truths
 
 
 @dataclass
@@ -60,16 +61,24 @@ class RLConfig(TrainConfig):
     think_inputs: str = field(
         "tokens",
         help="how a chat model thinks: tokens (text, or Multiplex Thinking with multiplex_width > 1), soft or fuzzy "
-        "(Soft Tokens, Hard Truths: noisy mixtures of token embeddings, then a hard-token answer)",
+        "(Soft Tokens, Hard Truths: noisy mixtures of token embeddings, then a hard-token answer), hybrid (HRPO: "
+        "sampled tokens fed through learned gates that mix in the step's distribution, until answer_marker)",
     )
     think_temperature: float = field(0.0, help="soft/fuzzy: the thinking mixture's temperature (0: 0.5 or 1e-4)")
     soft_noise: float = field(
         0.33, help="soft/fuzzy: noise std as a fraction of the embedding matrix's root-mean-square entry"
     )
-    soft_top_k: int = field(64, help="soft/fuzzy: tokens in each thinking mixture (the most probable)")
+    soft_top_k: int = field(64, help="soft/fuzzy/hybrid: tokens in each thinking mixture (the most probable)")
     max_thinking_steps: int = field(
         0, help="soft/fuzzy: thinking steps before the think-end text is forced (0: half of max_completion_length)"
     )
+    answer_marker: str = field(
+        "\\boxed", help="hybrid: the reply's inputs are hybrid until its text contains this (the paper's '####')"
+    )
+    gate_learning_rate: float = field(1e-4, help="hybrid: learning rate of the gates W_r and W_i (the paper's 1e-4)")
+    lambda_learning_rate: float = field(1e-3, help="hybrid: learning rate of Lambda (the paper's 1e-3)")
+    gate_init_min: float = field(0.99, help="hybrid: the starting a (at r = 1) is uniform in [min, max]; paper 0.99")
+    gate_init_max: float = field(0.999, help="hybrid: see gate_init_min; the paper's 0.999")
     prompt_template: str = field(BOXED_TEMPLATE, help="the user turn; {question} is replaced by the question")
     system_prompt: str = field("", help="system prompt; empty: the chat template's own default")
     lora_r: int = field(0, help="LoRA rank through peft (0 = full fine-tuning)")
@@ -118,17 +127,35 @@ class RLConfig(TrainConfig):
             raise ConfigError("field 'multiplex_width': Multiplex Thinking is for think_inputs: tokens")
         if self.soft_noise <= 0 or self.soft_top_k < 1 or self.think_temperature < 0 or self.max_thinking_steps < 0:
             raise ConfigError("soft_noise must be > 0, soft_top_k >= 1, think_temperature and max_thinking_steps >= 0")
-        if self.think_inputs != "tokens" and not 0 < self.thinking_steps < self.max_completion_length:
+        if self.think_inputs in SOFT_INPUTS and not 0 < self.thinking_steps < self.max_completion_length:
             raise ConfigError(
                 f"field 'max_thinking_steps': {self.thinking_steps} thinking steps leave no room for the answer in "
                 f"max_completion_length {self.max_completion_length}"
             )
+        if self.think_inputs == "hybrid":
+            self._check_hybrid()
         if self.multiplex_width < 1:
             raise ConfigError(f"field 'multiplex_width': expected >= 1 (1 = plain tokens), got {self.multiplex_width}")
         if self.lora_r < 0 or (self.lora_r and self.lora_alpha <= 0):
             raise ConfigError("fields 'lora_r' and 'lora_alpha': lora_r >= 0 (0 = no LoRA) and lora_alpha > 0")
         if self.num_generations < 2:
             raise ConfigError("field 'num_generations': GRPO compares rollouts of a question, so it needs >= 2")
+
+    def _check_hybrid(self):
+        if self.think_temperature or self.max_thinking_steps:
+            raise ConfigError(
+                "fields 'think_temperature' and 'max_thinking_steps': for soft/fuzzy; hybrid thinking mixes the "
+                "sampling distribution (temperature) and lasts until answer_marker"
+            )
+        if not self.answer_marker:
+            raise ConfigError("field 'answer_marker': hybrid thinking needs the text that ends it, e.g. '\\boxed'")
+        if self.gate_learning_rate < 0 or self.lambda_learning_rate < 0:
+            raise ConfigError("fields 'gate_learning_rate' and 'lambda_learning_rate': expected >= 0 (0 freezes them)")
+        if not 0 < self.gate_init_min <= self.gate_init_max < 1:
+            raise ConfigError(
+                f"fields 'gate_init_min' and 'gate_init_max': expected 0 < min <= max < 1, got {self.gate_init_min} "
+                f"and {self.gate_init_max}"
+            )
 
     @property
     def thinking_steps(self) -> int:

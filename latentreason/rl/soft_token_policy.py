@@ -25,7 +25,7 @@ from latentreason.engine.sampling import draw_ids
 from latentreason.engine.steps import EMBED, TOKEN, StepChoice, StepView, prefill, run_steps
 from latentreason.rl.policy import ActionLogprobs
 from latentreason.rl.rewards import Completion
-from latentreason.rl.token_policy import teacher_forced_states
+from latentreason.rl.token_policy import reply_completions, row_seeds, teacher_forced_states
 
 THINK_TEMPERATURE = {"soft": 0.5, "fuzzy": 1e-4}  # the paper's CoT temperatures
 NOISE_STREAM = 11  # row_normal's stream for the thinking noise (distinct from the token draws)
@@ -68,10 +68,7 @@ class SoftTokenRollouts:
 
     def completions(self, tokenizer, answer_mode: str) -> list[Completion]:
         """What the rewards read: each reply's text (thinking as its most probable tokens, then the answer)."""
-        replies = [row[:n] for row, n in zip(self.tokens.tolist(), self.lengths.tolist())]
-        no_latents = torch.zeros((0, 0))
-        texts = tokenizer.batch_decode(replies, skip_special_tokens=True)
-        return [Completion(text, no_latents, answer_mode) for text in texts]
+        return reply_completions(tokenizer, self.tokens, self.lengths, answer_mode)
 
     def metrics(self) -> dict:
         return {
@@ -160,9 +157,7 @@ class SoftTokenPolicy:
 
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], generator: torch.Generator | None = None) -> SoftTokenRollouts:
-        device = self.lm.device
-        gen_device = generator.device if generator is not None else None
-        seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator, device=gen_device).to(device)
+        seeds = row_seeds(len(prompts), generator, self.lm.device)
         steps = SoftTokenSteps(
             self.lm, self.thinking, self.temperature, self.stop_ids, self.max_completion_length, seeds
         )

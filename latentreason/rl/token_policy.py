@@ -62,12 +62,7 @@ class TokenRollouts:
 
     def completions(self, tokenizer, answer_mode: str) -> list[Completion]:
         """What the rewards read: each reply's text (no latents)."""
-        replies = [row[:n] for row, n in zip(self.tokens.tolist(), self.lengths.tolist())]
-        no_latents = torch.zeros((0, 0))
-        return [
-            Completion(text, no_latents, answer_mode)
-            for text in tokenizer.batch_decode(replies, skip_special_tokens=True)
-        ]
+        return reply_completions(tokenizer, self.tokens, self.lengths, answer_mode)
 
     def metrics(self) -> dict:
         mask = self.token_mask  # [B, T]
@@ -76,6 +71,19 @@ class TokenRollouts:
             "completions/mean_length": float(self.lengths.float().mean()),
             "multiplex/mixed_steps": float(distinct.float().mean()) if distinct.numel() else 0.0,
         }
+
+
+def reply_completions(tokenizer, tokens: torch.Tensor, lengths: torch.Tensor, answer_mode: str) -> list[Completion]:
+    """Each row's first `lengths` [B] tokens [B, T] as text: what the rewards of a chat model's rollouts read."""
+    replies = [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())]
+    texts, no_latents = tokenizer.batch_decode(replies, skip_special_tokens=True), torch.zeros((0, 0))
+    return [Completion(text, no_latents, answer_mode) for text in texts]
+
+
+def row_seeds(rows: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """[rows] seeds of the rows' draws, taken from `generator` (a rollout then depends on its seed, not its batch)."""
+    gen_device = generator.device if generator is not None else None
+    return torch.randint(0, 2**62, (rows,), generator=generator, device=gen_device).to(device)
 
 
 def chat_prompt(lm, config) -> PromptBuilder:
@@ -138,9 +146,7 @@ class MultiplexPolicy:
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], generator: torch.Generator | None = None) -> TokenRollouts:
         """Rollouts with their steps' log-probs; `generator` draws the row seeds."""
-        device = self.lm.device
-        gen_device = generator.device if generator is not None else None
-        seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator, device=gen_device).to(device)
+        seeds = row_seeds(len(prompts), generator, self.lm.device)
         steps = MultiplexSteps(self.lm, self.width, self.temperature, self.stop_ids, self.max_completion_length, seeds)
         trace = run_steps(self.lm, prefill(self.lm, prompts), steps, self.max_completion_length, len(prompts))
         lengths = trace.steps  # [B]

@@ -27,12 +27,14 @@ import torch
 from transformers import get_scheduler
 
 from latentreason.data.problems import Problem
+from latentreason.decoding import decoder_from_args
 from latentreason.errors import UserError
 from latentreason.evaluation.chat_solver import ChatSolver
 from latentreason.model.latent_lm import LatentLM
 from latentreason.model.step_decoder import StepDecoder
 from latentreason.rl.config import RLConfig
 from latentreason.rl.grpo import clipped_policy_loss, group_advantages
+from latentreason.rl.hybrid_policy import HybridPolicy
 from latentreason.rl.policy import LatentPolicy, RolloutBatch
 from latentreason.rl.rewards import RewardContext, build_rewards, combine
 from latentreason.rl.soft_token_policy import SoftTokenPolicy
@@ -126,24 +128,27 @@ class RLTrainer(TrainingLoop):
         self.recompute_old = cfg.recompute_old_logprobs == "true" or (cfg.recompute_old_logprobs == "auto" and mixed)
 
     # --- set-up ---------------------------------------------------------------------------------
-    def _policy(self, lm, method) -> LatentPolicy | MultiplexPolicy | SoftTokenPolicy:
+    def _policy(self, lm, method) -> LatentPolicy | MultiplexPolicy | SoftTokenPolicy | HybridPolicy:
         cfg = self.config
         if method is None:
             return self._chat_policy(lm, chat_prompt(lm, cfg))
         if cfg.multiplex_width != 1 or cfg.think_inputs != "tokens":
             raise UserError(
-                f"multiplex_width {cfg.multiplex_width}, think_inputs {cfg.think_inputs}: Multiplex Thinking and soft "
-                f"tokens are for pretrained models, not {method.name}"
+                f"multiplex_width {cfg.multiplex_width}, think_inputs {cfg.think_inputs}: Multiplex Thinking, soft "
+                f"tokens and HRPO are for pretrained models, not {method.name}"
             )
         return LatentPolicy(
             lm, method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
         )
 
-    def _chat_policy(self, lm, prompt) -> MultiplexPolicy | SoftTokenPolicy:
-        """A pretrained chat model's policy: thinking in tokens (text, Multiplex) or in noisy soft tokens."""
+    def _chat_policy(self, lm, prompt) -> MultiplexPolicy | SoftTokenPolicy | HybridPolicy:
+        """A pretrained chat model's policy: thinking in tokens (text, Multiplex), in noisy soft tokens or in
+        HRPO's hybrid inputs."""
         cfg = self.config
         if cfg.think_inputs == "tokens":
             return MultiplexPolicy(lm, prompt, cfg.multiplex_width, cfg.temperature, cfg.max_completion_length)
+        if cfg.think_inputs == "hybrid":
+            return HybridPolicy(lm, prompt, cfg)
         return SoftTokenPolicy(lm, prompt, cfg)
 
     def resume_resets_optimizer(self) -> bool:
@@ -153,6 +158,8 @@ class RLTrainer(TrainingLoop):
         if self.method is not None:
             return self.method.name
         cfg = self.config
+        if cfg.think_inputs == "hybrid":
+            return "hrpo"
         if cfg.think_inputs != "tokens":
             return f"{cfg.think_inputs} tokens"
         return "text" if cfg.multiplex_width == 1 else f"multiplex K={cfg.multiplex_width}"
@@ -160,7 +167,8 @@ class RLTrainer(TrainingLoop):
     def held_out_solver(self):
         if self.method is not None:
             return self.method.solver(self.lm)
-        return ChatSolver(self.lm, self.policy.prompt, max_new_tokens=self.config.max_new_tokens)
+        decoder = decoder_from_args("hrpo") if self.config.think_inputs == "hybrid" else None  # through the gates
+        return ChatSolver(self.lm, self.policy.prompt, max_new_tokens=self.config.max_new_tokens, decoder=decoder)
 
     def _starting_model(self):
         """A frozen copy of the model RL started from (the SFT model, also when resuming a checkpoint)."""
@@ -197,7 +205,7 @@ class RLTrainer(TrainingLoop):
         """(module, optimizer, scheduler), prepared by accelerate; the model is put in eval mode."""
         cfg = self.config
         self.lm.eval()  # no dropout: sampled and recomputed log-probs must agree
-        optimizer = self.adamw(self.lm.parameters())
+        optimizer = self._optimizer()
         total_updates = self.total_steps * self.updates_per_step
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, total_updates)
         module, optimizer = self.accelerator.prepare(PolicyLossModule(self.lm, self.policy, cfg), optimizer)
@@ -209,6 +217,15 @@ class RLTrainer(TrainingLoop):
         if decoder is not None and decoder.lm is not self.lm:  # a copy/small decoder is a head of the model
             decoder.lm.to(device)
         return module, optimizer, scheduler
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the model; HRPO's gates and Lambda in groups of their own learning rates."""
+        groups = self.policy.optimizer_groups() if isinstance(self.policy, HybridPolicy) else []
+        own = {id(p) for group in groups for p in group["params"]}
+        optimizer = self.adamw(p for p in self.lm.parameters() if id(p) not in own)
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     # --- the steps -----------------------------------------------------------------------------
     def start_epoch(self, epoch, step_in_epoch, optimizer):
