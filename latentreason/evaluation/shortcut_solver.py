@@ -24,7 +24,7 @@ import torch
 from latentreason.config import field, from_dict
 from latentreason.engine.depth_shortcut import DepthShortcut
 from latentreason.engine.perturbation import LatentPerturbation
-from latentreason.engine.rollout import fixed_latents, latent_rollout
+from latentreason.engine.rollout import fixed_latents
 from latentreason.errors import ConfigError
 from latentreason.evaluation.latent_solver import LatentSolver
 
@@ -122,18 +122,7 @@ class ShortcutSolver(LatentSolver):
     def rollout(self, prompts: list[list[int]], seeds=None, samples: int | None = None):
         samples = samples or self.samples
         self.shortcuts = ShortcutSteps(self.lm, self.heads, self.settings, len(prompts) * samples)
-        return latent_rollout(
-            self.lm,
-            prompts,
-            self.thought_map,
-            self.controller,
-            self.max_latents,
-            self.max_new_tokens,
-            sampling=self.sampling,
-            seeds=seeds,
-            samples=samples,
-            perturbation=self.shortcuts,
-        )
+        return super().rollout(prompts, seeds, samples, perturbation=self.shortcuts)
 
     @torch.no_grad()
     def solve(self, problems):
