@@ -16,7 +16,8 @@ from latentreason.engine.join import join_caches
 from latentreason.engine.rollout import LatentThenAnswer, fixed_latents, latent_rollout
 from latentreason.engine.sampling import Sampling, row_seeds
 from latentreason.engine.steps import ForcedQueue, prefill
-from tests.helpers import EXACT, MODEL_TYPES
+from latentreason.model.hybrid_gates import GATES_HEAD, HybridGates
+from tests.helpers import EXACT, MODEL_TYPES, build_tiny_lm
 from tests.test_steps import lm64, prompts_for
 
 
@@ -154,6 +155,39 @@ def test_swireasoning_rows_joining_mid_flight_equal_each_request_alone(model_typ
             assert served[(i, s)] == alone.tokens(s), (i, s)
             mixed += int(alone.soft_steps[s]) > 0 and int(alone.text_steps[s]) > 0
     assert mixed > 0  # some rows thought in both modes
+
+
+def test_hrpo_rows_joining_mid_flight_equal_each_request_alone():
+    """HRPO's hybrid thinking with open gates (a ~ 0.06): a row feeds gated mixtures until its reply writes the
+    answer marker (the commonest token of the greedy replies, so rows switch at different steps), then tokens.
+    Six slots for eight requests arriving every third step: rows join slots whose last rows stopped thinking, or not."""
+    lm = build_tiny_lm("llama", dtype=torch.float64)  # its own model: the gates become one of its heads
+    stop, prompts, warm = [len(lm.tokenizer) + 10], prompts_for(lm, 5), Sampling(temperature=0.9, top_p=0.9)
+    requests = [
+        Request(prompts[k % 5], warm if k % 2 else Sampling(), seed=k, samples=1 + k % 2, max_new_tokens=5 + k % 4,
+                arrives=3 * k)
+        for k in range(8)
+    ]  # fmt: skip
+    greedy = [decoder_from_args("text").generate(lm, r.context(lm, stop, [lm.eot_id])).tokens(0) for r in requests]
+    common = max(set(t for reply in greedy for t in reply), key=lambda t: sum(reply.count(t) for reply in greedy))
+    marker = lm.tokenizer.decode([common]).strip()
+    gates = HybridGates(lm.embed.weight.shape[1], top_k=8, temperature=1.0, answer_marker=marker)
+    gates.reset(0.05, 0.1, torch.Generator().manual_seed(0))
+    lm.heads[GATES_HEAD] = gates.double()
+    decoder = decoder_from_args("hrpo")
+
+    def build(request, rows):
+        ctx = (request or Request([1], samples=rows, max_new_tokens=64)).context(lm, stop, [lm.eot_id])
+        return decoder.policy(lm, ctx)
+
+    served = serve(lm, requests, build, capacity=6)
+    switched = 0
+    for i, request in enumerate(requests):
+        alone = decoder.generate(lm, request.context(lm, stop, [lm.eot_id]))
+        for s in range(request.samples):
+            assert served[(i, s)] == alone.tokens(s), (i, s)
+            switched += 0 < int(alone.soft_steps[s]) < len(alone.tokens(s)) - 1
+    assert switched > 0  # some rows wrote the marker mid-reply and went on in plain tokens
 
 
 def test_latent_rows_joining_mid_flight_equal_each_request_alone():

@@ -20,6 +20,8 @@ import torch
 from latentreason import cli
 from latentreason.methods.colar import CoLaR, CoLaRConfig
 from latentreason.methods.pccot import PCCoT, PCCoTConfig
+from latentreason.model.hybrid_gates import GATES_HEAD
+from latentreason.model.latent_lm import LatentLM
 from latentreason.serve.protocol import Limits
 from latentreason.serve.run import BackgroundServer, ServeSettings
 from latentreason.serve.text import TextStream
@@ -141,6 +143,23 @@ def test_greedy_chat_replies_equal_eval(chat_dir, problems_file, tmp_path, decod
     assert [r.choices[0].message.content.strip() for r in served] == generated
     soft = [r.usage.completion_tokens_details.reasoning_tokens for r in served]
     assert all(n == 0 for n in soft) if decoder == "text" else any(n > 0 for n in soft)
+
+
+def test_an_hrpo_model_is_served_through_its_gates_by_default_and_equals_eval(chat_dir, problems_file, tmp_path):
+    lm = LatentLM.from_pretrained(chat_dir, latent_tokens=False)
+    gates = lm.add_head(GATES_HEAD, "hybrid_gates", top_k=8, temperature=1.0, answer_marker="\\boxed")
+    gates.reset(0.05, 0.1, torch.Generator().manual_seed(0))  # open: the thoughts change the replies
+    lm.save_pretrained(tmp_path / "hrpo")
+    flags = ["--max-new-tokens", "12", "--answer-mode", "flexible"]
+    generated = eval_replies(tmp_path / "hrpo", problems_file, tmp_path / "eval", *flags)  # eval's default: hrpo
+    text = eval_replies(tmp_path / "hrpo", problems_file, tmp_path / "text", *flags, "--decoder", "text")
+    assert generated != text
+    questions = [p["question"].strip() for p in json.loads(problems_file.read_text())]
+    # Rows joining a running HRPO batch are tested token for token in test_continuous.py.
+    with BackgroundServer(ServeSettings(model=str(tmp_path / "hrpo"), dtype="float32", name="tinychat")) as url:
+        served = [chat(url, q, max_tokens=12, temperature=0) for q in questions]
+    assert [r.choices[0].message.content.strip() for r in served] == generated
+    assert all(r.usage.completion_tokens_details.reasoning_tokens > 0 for r in served)
 
 
 def test_greedy_replies_of_models_trained_here_equal_eval(colar_dir, pccot_dir, cot_dir, problems_file, tmp_path):

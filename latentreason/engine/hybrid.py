@@ -23,6 +23,8 @@ class MarkerWatch:
     marker first appears within the newest 2 x len(marker) tokens (a token is at least one character, skipped
     special tokens aside)."""
 
+    row_state = ("recent",)  # engine.slots: a list of each row's newest tokens
+
     def __init__(self, tokenizer, marker: str, rows: int):
         self.tokenizer, self.marker, self.window = tokenizer, marker, 2 * len(marker)
         self.recent: list[list[int]] = [[] for _ in range(rows)]
@@ -37,7 +39,8 @@ class MarkerWatch:
 
 class HybridThinking:
     """The step policy. `record_steps` > 0 keeps, per row and step, the h^ fed (`mixtures` [B, T, d]) and the
-    mean of a over d (`ratios` [B, T]): what RL's recomputation and metrics read. Rows start together."""
+    mean of a over d (`ratios` [B, T]): what RL's recomputation and metrics read; its rows start together.
+    Without records it serves continuously (rows join a running batch, engine.slots)."""
 
     def __init__(self, lm, gates, tokens: TokenPolicy, rows: int, record_steps: int = 0):
         self.lm, self.gates, self.tokens = lm, gates, tokens
@@ -46,6 +49,14 @@ class HybridThinking:
         weight = lm.embed.weight
         self.mixtures = weight.new_zeros(rows, record_steps, weight.shape[1]) if record_steps else None  # [B, T, d]
         self.ratios = torch.zeros(rows, record_steps, device=lm.device) if record_steps else None  # [B, T]
+
+    @property
+    def row_state(self) -> tuple[str, ...]:
+        """engine.slots: what a row joining a running batch takes over. A recording policy (RL) files its records
+        by the batch's step, which is not a joining row's own, so it has none (hasattr is False)."""
+        if self.mixtures is not None:
+            raise AttributeError("a HybridThinking that records its steps is not served continuously")
+        return ("tokens", "thinking", "watch")
 
     def step(self, view: StepView) -> StepChoice:
         settings, rows = self.gates.settings, view.rows

@@ -332,12 +332,15 @@ def model_id(model: str) -> str:
     return path.name if path.is_dir() else model
 
 
-def load_served(model: str, decoder: str, decoder_args: dict, device: str, dtype, name: str | None = None):
-    """The ServedModel for --model (what `latentreason eval --model` takes), on `device`."""
+def load_served(model: str, decoder: str | None, decoder_args: dict, device: str, dtype, name: str | None = None):
+    """The ServedModel for --model (what `latentreason eval --model` takes), on `device`; `decoder` None: the one
+    `eval` picks (hrpo for a model saved with HRPO's gates, else text)."""
+    from latentreason.decoding.hybrid import default_decoder
     from latentreason.evaluation.prompting import PromptBuilder
     from latentreason.methods.saved import load_trained
     from latentreason.model.pretrained import TRAINED, generation_stop_ids, load_pretrained, model_kind
 
+    explicit, decoder = decoder is not None, decoder or default_decoder(model)
     if decoder not in DECODERS:
         raise UserError(f"--decoder: unknown decoder {decoder!r}; expected one of {', '.join(sorted(DECODERS))}")
     try:
@@ -345,7 +348,7 @@ def load_served(model: str, decoder: str, decoder_args: dict, device: str, dtype
     except ConfigError as err:
         raise UserError(f"--decoder-args: {err}") from None
     if model_kind(model) == TRAINED:
-        if decoder != "text" or decoder_args:
+        if (explicit and decoder != "text") or decoder_args:
             raise UserError("--decoder/--decoder-args: for pretrained models; a model trained here uses its method")
         lm, method = load_trained(model, None, 1, device, dtype)
         return ServedModel(lm, name or model_id(model), solver=method.solver(lm))

@@ -14,7 +14,7 @@ from latentreason.serve.protocol import Limits
 @dataclass
 class ServeSettings:
     model: str
-    decoder: str = "text"
+    decoder: str | None = None  # None: hrpo for a model saved with HRPO's gates, else text (as `eval` picks)
     decoder_args: dict | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -35,7 +35,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     defaults, limits = ServeSettings(model=""), Limits()
     parser.add_argument("--model", required=True, help=EXPECTED)
     parser.add_argument(
-        "--decoder", default="text", help="a pretrained model's decoder: " + ", ".join(sorted(DECODERS))
+        "--decoder",
+        help="a pretrained model's decoder: " + ", ".join(sorted(DECODERS)) + " (default: hrpo for a model trained "
+        "with HRPO, else text)",
     )
     parser.add_argument("--decoder-args", help="its arguments as a YAML mapping, e.g. '{max_thinking_steps: 64}'")
     parser.add_argument("--host", default=defaults.host, help="address to bind (default: this machine only)")
