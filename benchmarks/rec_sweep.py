@@ -24,6 +24,7 @@ DEPTHS = (1, 2, 3)  # T at M = 2
 # Pooling only differs from T = 2 on (at T = 1 a stream has one output): last-pooling compares with m2-t2.
 ABLATIONS = {
     "no-regulariser": {"diversity_weight": 0.0},
+    "no-fast-loss": {"fast_loss_weight": 0.0},
     "last-pooling": {"stream_pooling": "last", "reasoning_steps": 2},
 }
 RUNS = {

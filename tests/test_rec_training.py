@@ -1,6 +1,6 @@
 """Recommenders in the shared training loop: a SIGKILLed run resumes to the same weights, the recipes run,
-early stopping waits for min_epochs, `rec eval` reads a saved model back, and `rec train` refuses bad settings
-with the field's name."""
+the objective adds the fast-state loss as computed by hand, early stopping waits for min_epochs, `rec eval`
+reads a saved model back, and `rec train` refuses bad settings with the field's name."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from latentreason.config import load_config
 from latentreason.errors import ConfigError
 from latentreason.rec.bench import REC_RECIPES
 from latentreason.rec.config import RecConfig
+from latentreason.rec.model import Recommender
 from latentreason.rec.run import TEST_FILE, run_rec_training
+from latentreason.rec.trainer import RecObjective
 from tests.helpers import kill_cli_run_after_checkpoint
 
 RUN = dict(
@@ -90,6 +92,24 @@ def test_recipe_runs_a_step(recipe, interactions, tmp_path):
     assert result.global_step == 1 and (result.best_dir / "model.safetensors").is_file()
 
 
+def test_fast_loss_adds_the_cross_entropy_of_the_encoders_own_state(interactions, tmp_path):
+    cfg = config(interactions, tmp_path)
+    torch.manual_seed(0)
+    model = Recommender(cfg.model_settings(), num_items=20).eval()
+    histories = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])  # [B, L], left-padded
+    following = torch.tensor([[0, 0, 4, 5, 6, 7], [2, 3, 4, 5, 6, 7]])  # the item after each position
+    with torch.no_grad():
+        plain, parts = RecObjective(model, diversity_weight=0.1, fast_loss_weight=0.0).objective(histories, following)
+        both, both_parts = RecObjective(model, 0.1, fast_loss_weight=0.5).objective(histories, following)
+        states, _ = model.encoder.encode(histories)  # [B, L, d]: the fast state at every position
+        scores = states @ model.encoder.items.weight.T  # [B, L, 21]
+        real = following > 0
+        fast_ce = torch.nn.functional.cross_entropy(scores[real][:, 1:], following[real] - 1)
+    assert "fast_ce" not in parts and both_parts["ce"] == parts["ce"]
+    assert both_parts["fast_ce"] == pytest.approx(float(fast_ce), rel=1e-5)
+    assert float(both) == pytest.approx(float(plain) + 0.5 * float(fast_ce), rel=1e-5)
+
+
 def test_early_stopping_waits_for_min_epochs(interactions, tmp_path):
     eager = dict(patience=1, eval_steps=1, save_steps=0, max_steps=40)
     stopped = run_rec_training(config(interactions, tmp_path / "eager", min_epochs=0, **eager), progress=False)
@@ -111,5 +131,7 @@ def test_bad_settings_name_the_field(interactions, tmp_path, capsys):
         config(interactions, tmp_path, model="rearec", streams=2)
     with pytest.raises(ConfigError, match="reasoning_steps"):
         config(interactions, tmp_path, model="sasrec", reasoning_steps=1)
+    with pytest.raises(ConfigError, match="fast_loss_weight"):
+        config(interactions, tmp_path, model="sasrec", reasoning_steps=0, streams=1, fast_loss_weight=1.0)
     assert main(["rec", "train", "--data", str(interactions), "--stream_pooling", "max"]) == 2
     assert "stream_pooling" in capsys.readouterr().err

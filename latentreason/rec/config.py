@@ -59,6 +59,9 @@ class RecConfig(ModelSettings, TrainConfig):
     dataset: str = field("ml-100k", help="a packaged data set (ml-100k, from the recbole package) or an .inter file")
     min_user_interactions: int = field(5, help="users with fewer interactions are dropped before the split")
     diversity_weight: float = field(0.1, help="plr: weight of the global reasoning regulariser (stream similarity)")
+    fast_loss_weight: float = field(
+        0.0, help="rearec, plr: weight of a cross-entropy on the encoder's own state, before reasoning (0: none)"
+    )
     patience: int = field(5, help="stop after this many evaluations without a better validation NDCG@10 (0: never)")
     min_epochs: float = field(
         10, help="early stopping never ends a run before this many epochs (reasoning models start on a plateau)"
@@ -78,5 +81,7 @@ class RecConfig(ModelSettings, TrainConfig):
             raise ConfigError("field 'eval_split': training selects on 'valid'; the test split is read only after")
         if self.min_user_interactions < 3:
             raise ConfigError("field 'min_user_interactions': leave-one-out needs >= 3 (train, valid, test)")
-        if self.diversity_weight < 0 or self.patience < 0 or self.min_epochs < 0:
-            raise ConfigError("fields 'diversity_weight', 'patience' and 'min_epochs' must be >= 0")
+        if min(self.diversity_weight, self.fast_loss_weight, self.patience, self.min_epochs) < 0:
+            raise ConfigError("fields 'diversity_weight', 'fast_loss_weight', 'patience' and 'min_epochs' must be >= 0")
+        if self.model == "sasrec" and self.fast_loss_weight:
+            raise ConfigError("field 'fast_loss_weight': sasrec has no reasoning, its output is the fast state (set 0)")

@@ -59,7 +59,7 @@ class Recommender(nn.Module):
         anchors = torch.arange(L if every_position else 1, device=states.device) + (0 if every_position else L - 1)
         fast = states[:, anchors]  # [B, A, d]
         if self.reasoner is None:
-            return Reasoned(fast, fast[:, :, None], fast.new_ones(*fast.shape[:2], 1))
+            return Reasoned(fast, fast[:, :, None], fast.new_ones(*fast.shape[:2], 1), fast)
         return self.reasoner(self.encoder, fast, context, anchors)
 
     def item_scores(self, users: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ class Reasoned:
     final: torch.Tensor  # [B, A, d] the user representation at each anchor, scored against every item
     streams: torch.Tensor  # [B, A, M, d] each stream's pooled state
     gate: torch.Tensor  # [B, A, M] the mixture weights of the streams
+    fast: torch.Tensor  # [B, A, d] the encoder's own state at each anchor, before reasoning
 
 
 class LatentReasoner(nn.Module):
@@ -63,9 +64,9 @@ class LatentReasoner(nn.Module):
             gate = torch.softmax(self.gate(pooled).squeeze(-1), dim=-1)  # [B, A, M]
         slow = (gate[..., None] * pooled).sum(2)  # [B, A, d]
         if self.mix is None:
-            return Reasoned(slow, pooled, gate)
+            return Reasoned(slow, pooled, gate, fast)
         weight = torch.sigmoid(self.mix)
-        return Reasoned((1 - weight) * fast + weight * slow, pooled, gate)
+        return Reasoned((1 - weight) * fast + weight * slow, pooled, gate, fast)
 
 
 def stream_similarity(streams: torch.Tensor) -> torch.Tensor:

@@ -40,9 +40,9 @@ class RecMethod:
 
 
 class RecObjective(PreparedModule):
-    def __init__(self, model: Recommender, diversity_weight: float):
+    def __init__(self, model: Recommender, diversity_weight: float, fast_loss_weight: float):
         super().__init__(model)
-        self.diversity_weight = diversity_weight
+        self.diversity_weight, self.fast_loss_weight = diversity_weight, fast_loss_weight
 
     def objective(self, histories: torch.Tensor, following: torch.Tensor):
         """histories, following [B, L]: every real position predicts the item after it. -> (loss, parts)."""
@@ -52,7 +52,13 @@ class RecObjective(PreparedModule):
         real = following > 0  # [B, L]
         similarity = stream_similarity(reasoned.streams[real])  # over [K, M, d]
         loss = ce + self.diversity_weight * similarity
-        return loss, {"ce": float(ce.detach()), "stream_similarity": float(similarity.detach())}
+        parts = {"ce": float(ce.detach()), "stream_similarity": float(similarity.detach())}
+        if self.fast_loss_weight:  # the encoder's state supervised directly, as ReaRec's progressive loss does
+            fast_scores = self.lm.item_scores(reasoned.fast)  # [B, L, N + 1]
+            fast_ce = F.cross_entropy(fast_scores.flatten(0, 1), following.flatten(), ignore_index=0)
+            loss = loss + self.fast_loss_weight * fast_ce
+            parts["fast_ce"] = float(fast_ce.detach())
+        return loss, parts
 
 
 class RecTrainer(TrainingLoop):
@@ -88,7 +94,8 @@ class RecTrainer(TrainingLoop):
         cfg = self.config
         optimizer = self.adamw(self.lm.parameters())
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, cfg.warmup_steps, self.total_steps)
-        module, optimizer = self.accelerator.prepare(RecObjective(self.lm, cfg.diversity_weight), optimizer)
+        objective = RecObjective(self.lm, cfg.diversity_weight, cfg.fast_loss_weight)
+        module, optimizer = self.accelerator.prepare(objective, optimizer)
         return module, optimizer, scheduler
 
     def start_epoch(self, epoch, step_in_epoch, optimizer):
@@ -113,7 +120,7 @@ class RecTrainer(TrainingLoop):
     def summary(self, since_log, seconds, lr):
         losses = [s["loss"] for s in since_log if s["loss"] is not None]
         metrics = {"lr": lr, "grad_norm": since_log[-1]["grad_norm"], "skipped_nonfinite": self.guard.skipped}
-        metrics.update({k: since_log[-1][k] for k in ("ce", "stream_similarity")})
+        metrics.update({k: since_log[-1][k] for k in ("ce", "stream_similarity", "fast_ce") if k in since_log[-1]})
         metrics["steps_per_s"] = len(since_log) / max(seconds, 1e-9)
         if losses:
             metrics["loss"] = sum(losses) / len(losses)
