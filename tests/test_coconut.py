@@ -18,6 +18,17 @@ def test_stage_schedule_and_optimizer_reset():
     assert resets == [False, False, True, False, True, False]
 
 
+def test_a_resumed_run_resets_the_optimizer_only_where_the_uninterrupted_run_does():
+    def resets(first: int) -> list[int]:
+        method = Coconut(CoconutConfig(epochs_per_stage=2, max_latent_stage=2, start_stage=1))  # fresh, as on resume
+        return [epoch for epoch in range(first, 8) if method.start_epoch(epoch)]
+
+    whole = resets(0)
+    assert whole == [2, 4]  # stages 1 1 2 2 3 3 3 3
+    for first in range(1, 8):
+        assert resets(first) == [epoch for epoch in whole if epoch >= first], first
+
+
 def test_collate_replaces_first_steps_with_latents():
     lm = tiny_lm("llama")
     problems = generate_chain(4, seed=0, num_steps=3)
@@ -63,3 +74,13 @@ def test_coconut_trains_from_a_cot_checkpoint(tmp_path):
     result = run_training("coconut", config, progress=False)
     assert result.global_step == 8
     assert result.eval.latent_tokens == 4.0  # evaluated at the final stage: 2 steps x 2 latents
+
+
+def test_final_layout_step_and_the_trainers_warning_when_a_run_stops_short_of_it():
+    from latentreason.training.trainer import curriculum_warning
+
+    method = Coconut(CoconutConfig(c_thought=1, epochs_per_stage=1, max_latent_stage=6, start_stage=1))
+    assert method.final_layout_step(100) == 600  # epochs 0..5 are stages 1..6, epoch 6 the all-latent stage
+    assert curriculum_warning(method, 100, 700) is None
+    assert "step 1500" in curriculum_warning(method, 250, 700)  # coconut-tasks' rows before the fix
+    assert Coconut(CoconutConfig(curriculum=False)).final_layout_step(100) == 0

@@ -66,6 +66,37 @@ def test_every_shipped_study_plans_valid_runs(profile):
                 assert run.start.startswith(f"{run.task}/") and run.start.endswith(f"/seed-{run.seed}")
 
 
+# Processes a shipped study is written for (its header says how it is launched); 1 for the others.
+STUDY_PROCESSES = {"coconut-tasks-gpt2": 4}
+
+
+def test_every_curriculum_in_a_shipped_study_reaches_its_final_layout():
+    # Coconut's last stage and iCoT's whole-CoT removal are the methods the rows name: a run that stops
+    # before them reports a partly-latent model (the stage length is an epoch, so data size counts too).
+    from latentreason.methods.base import get_method
+    from latentreason.study.plan import _checked_config
+    from latentreason.training.trainer import curriculum_warning
+
+    for path in sorted(SHIPPED_STUDIES.glob("*.yaml")):
+        study = load_study(str(path))
+        for run in plan_runs(study, Path("/nonexistent/out"), "/nonexistent/data"):
+            argv = dict(zip(run.train[3::2], run.train[4::2]))
+            config = _checked_config(run.train[2], {k[2:]: yaml.safe_load(v) for k, v in argv.items()}, run.key)
+            if not config.num_train_examples:
+                continue
+            method = get_method(read_method(run.train[2]))(config)
+            batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
+            steps_per_epoch = config.num_train_examples // (batch * STUDY_PROCESSES.get(study.name, 1))
+            assert curriculum_warning(method, steps_per_epoch, config.max_steps) is None, (study.name, run.key)
+
+
+def read_method(recipe: str) -> str:
+    from latentreason.config import read_yaml
+    from latentreason.recipes import resolve_config_path
+
+    return read_yaml(resolve_config_path(recipe))["method"]
+
+
 def test_a_run_starts_from_its_start_rows_final_model_with_the_study_fields_on_top(tmp_path):
     study = load_study(str(chain_study(tmp_path)))
     runs = {run.key: run for run in plan_runs(study, tmp_path / "out", None)}

@@ -50,6 +50,11 @@ class Method(abc.ABC):
         """Called before each optimizer step (step-based schedules); return True to reset the optimizer."""
         return False
 
+    def final_layout_step(self, steps_per_epoch: int) -> int | None:
+        """For a curriculum: the first optimizer step that trains the final layout (the one the solver
+        uses). None: no curriculum, or its end depends on the data (the trainer then says nothing)."""
+        return None
+
     def resume_resets_optimizer(self) -> bool:
         """True when a resumed run's trainable parameters are new (fresh LoRA adapters on merged weights),
         so the checkpoint's optimizer moments belong to other parameters and must not be loaded."""

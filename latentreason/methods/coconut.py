@@ -37,7 +37,9 @@ class CoconutConfig(SFTConfig):
         False, help="past the last stage use max_latent_stage * c latents even for shorter problems (GSM: true)"
     )
     uniform_prob: float = field(0.0, help="probability of training an example at a random earlier stage")
-    reset_optimizer: bool = field(True, help="fresh AdamW state at each stage change (the reference resets)")
+    reset_optimizer: bool = field(
+        True, help="fresh AdamW state at each stage change (the reference's code resets at every epoch)"
+    )
     curriculum: bool = field(
         True, help="false: Coconut's 'w/o curriculum' ablation, every example at the final stage from the first step"
     )
@@ -66,15 +68,27 @@ class Coconut(Method):
         self.stage = config.max_latent_stage + 1
         self.epoch = 0
 
-    def start_epoch(self, epoch: int) -> bool:
+    def stage_at(self, epoch: int) -> int:
+        """The curriculum stage of `epoch`; every stage past the last one has the same layout, so they count as one."""
         cfg = self.config
-        # Every stage past the last one has the same layout, so they count as one.
-        stage = min(cfg.start_stage + epoch // cfg.epochs_per_stage, cfg.max_latent_stage + 1)
         if not cfg.curriculum:
-            stage = cfg.max_latent_stage + 1
-        reset = cfg.reset_optimizer and epoch > 0 and stage != self.stage
+            return cfg.max_latent_stage + 1
+        return min(cfg.start_stage + epoch // cfg.epochs_per_stage, cfg.max_latent_stage + 1)
+
+    def start_epoch(self, epoch: int) -> bool:
+        # The previous epoch's stage comes from the schedule, not from the last call: a resumed run (a
+        # fresh method) must not reset where the uninterrupted run did not. The reference resets at every
+        # epoch (run.py); we reset at a stage change, as its README describes (reproduction.md).
+        stage = self.stage_at(epoch)
+        reset = self.config.reset_optimizer and epoch > 0 and stage != self.stage_at(epoch - 1)
         self.stage, self.epoch = stage, epoch
         return reset
+
+    def final_layout_step(self, steps_per_epoch: int) -> int:
+        cfg = self.config
+        if not cfg.curriculum:
+            return 0
+        return max(0, cfg.max_latent_stage + 1 - cfg.start_stage) * cfg.epochs_per_stage * steps_per_epoch
 
     def stage_for_example(self, problem) -> int:
         """The current stage, or with probability uniform_prob a random stage in [0, steps]; keyed on

@@ -24,6 +24,18 @@ from latentreason.training.loop import TrainingLoop
 from latentreason.training.prepared_module import PreparedModule
 
 
+def curriculum_warning(method, steps_per_epoch: int, total_steps: int) -> str | None:
+    """A sentence when the method's curriculum (Coconut's stages, iCoT's removals) does not reach its final
+    layout within the run: the model would be trained, and evaluated, short of the method it names."""
+    final = method.final_layout_step(steps_per_epoch)
+    if final is None or final < total_steps:
+        return None
+    return (
+        f"{method.name}'s curriculum reaches its final layout at step {final} ({steps_per_epoch} steps per epoch), "
+        f"but the run stops after {total_steps} steps: raise max_steps or shorten the epochs (num_train_examples)"
+    )
+
+
 class TrainingModule(PreparedModule):
     """The model and the method's loss behind one forward."""
 
@@ -75,6 +87,9 @@ class Trainer(TrainingLoop):
             self.total_steps = cfg.max_steps
         else:
             self.total_steps = math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
+        warning = curriculum_warning(method, self.steps_per_epoch, self.total_steps)
+        if warning:
+            self.accelerator.print(f"warning: {warning}")
 
     # --- the steps -----------------------------------------------------------------------------
     def setup(self):
