@@ -81,11 +81,14 @@ def cmd_rl(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="latentreason rl",
-        description="GRPO over latent plans, starting from an ATP-Latent or CoLaR SFT model.",
+        description="GRPO over latent plans, starting from an ATP-Latent or CoLaR SFT model, or over tokens (text, "
+        "Multiplex, soft, hybrid), starting from a model trained here with cot, icot or no-cot (in its training "
+        "layout) or from a pretrained chat model (in its chat template); see docs/rl.md.",
         allow_abbrev=False,
     )
     parser.add_argument(
-        "--config", help="YAML recipe (a path or a shipped recipe name, e.g. atp-rl-tiny, colar-rl-tiny)"
+        "--config",
+        help="YAML recipe (a path or a shipped recipe name, e.g. atp-rl-tiny, colar-rl-tiny, cot-rl-tiny)",
     )
     add_config_flags(parser, RLConfig)
     args = vars(parser.parse_args(argv))
@@ -134,9 +137,11 @@ def load_source(args) -> tuple[str, list]:
 
 
 # Flags that shape a pretrained model's prompt or decoding; a model trained here has its own prompt layout and solver
-# (whose settings, for the solvers that have any, --decoder-args also sets).
+# (whose settings, for the solvers that have any, --decoder-args also sets). A model trained with a text method (cot,
+# icot, no-cot) also takes --decoder, which then decodes its training layout's prompt.
 CHAT_FLAGS = ("system_prompt", "few_shot", "few_shot_file", "prompt_template", "decoder", "decoder_args")
 TRAINED_SOLVER_FLAGS = ("decoder_args",)
+TEXT_METHOD_FLAGS = ("decoder", "decoder_args")
 # Flags of a model trained here with latent thoughts.
 LATENT_FLAGS = ("latent_sampler", "latent_sampler_args", "reward_model", "beam_width", "beam_expansions")
 
@@ -192,7 +197,8 @@ def cmd_eval(argv: list[str]) -> int:
     chat.add_argument(
         "--decoder",
         help="a latent decoder: " + ", ".join(sorted(DECODERS)) + " (default: hrpo for a model trained with HRPO, "
-        "else text)",
+        "else text); also for a model trained here with cot, icot or no-cot, decoding its training layout's prompt "
+        "(default: its method's solver)",
     )
     chat.add_argument(
         "--decoder-args",
@@ -277,7 +283,7 @@ class EvalPlan:
     latent_sampler: object = None  # a tts.LatentSampler; its unset values are the method's once the model loads
     reward_model: str | None = None  # a LatentRM directory that scores the samples
     beam: tuple[list[int], int] | None = None  # (widths, expansions) of RM-guided beam search
-    decoder: str = "text"
+    decoder: str | None = None  # a pretrained model's; a text method's model's with --decoder (else its solver)
     decoder_args: dict = field(default_factory=dict)
     template: str = "{question}"  # the user turn of a pretrained model's prompt
     few_shot: list[tuple[str, str]] = field(default_factory=list)
@@ -318,17 +324,21 @@ class EvalPlan:
 def eval_plan(args) -> EvalPlan:
     """The plan for `args`; flags that do not fit the model's kind are refused here, before it loads."""
     from latentreason.config import yaml_mapping
+    from latentreason.decoding import decoder_from_args
     from latentreason.evaluation.prompting import BOXED_TEMPLATE, PLACEHOLDER
     from latentreason.model.pretrained import TRAINED, model_kind
 
     kind = model_kind(args.model)
-    refused = [f for f in CHAT_FLAGS if f not in TRAINED_SOLVER_FLAGS] if kind == TRAINED else LATENT_FLAGS
+    layout = kind == TRAINED and args.decoder is not None and text_method(trained_method(args))
+    allowed = TEXT_METHOD_FLAGS if layout else TRAINED_SOLVER_FLAGS
+    refused = [f for f in CHAT_FLAGS if f not in allowed] if kind == TRAINED else LATENT_FLAGS
     other = [f"--{flag.replace('_', '-')}" for flag in refused]
     given = [flag for flag in other if getattr(args, flag[2:].replace("-", "_")) not in (None, 0)]
     if kind == TRAINED and given:
+        text_only = " (--decoder also for models trained with cot, icot or no-cot)" if "--decoder" in given else ""
         raise UserError(
-            f"{', '.join(given)}: for pretrained models; {args.model} was trained here and is evaluated with its "
-            "method's own prompt and solver"
+            f"{', '.join(given)}: for pretrained models{text_only}; {args.model} was trained here and is evaluated "
+            f"with its method's own prompt and solver"
         )
     if kind != TRAINED and given:
         raise UserError(
@@ -355,11 +365,13 @@ def eval_plan(args) -> EvalPlan:
         plan.reward_model = args.reward_model
         plan.beam = beam_from_flags(args, plan)
         plan.decoder_args = yaml_mapping(args.decoder_args, "--decoder-args")
+        if layout:  # the decoder's arguments, not the solver's, checked before loading
+            plan.decoder = args.decoder
+            decoder_from_args(plan.decoder, plan.decoder_args)
         return plan
     plan.template = args.prompt_template or (BOXED_TEMPLATE if answer_mode in ("boxed", "auto") else PLACEHOLDER)
     if PLACEHOLDER not in plan.template:
         raise UserError(f"--prompt-template: {plan.template!r} has no {PLACEHOLDER} for the question")
-    from latentreason.decoding import decoder_from_args
     from latentreason.decoding.hybrid import default_decoder
 
     plan.decoder = args.decoder or default_decoder(args.model)  # an HRPO model reads its thoughts through its gates
@@ -414,8 +426,6 @@ def latent_sampler_from_flags(args, plan: EvalPlan):
     defaults of the method the model is evaluated with; N samples that could only be identical are refused."""
     from latentreason.config import yaml_mapping
     from latentreason.errors import ConfigError
-    from latentreason.methods.base import get_method
-    from latentreason.methods.sft import TextSFT
     from latentreason.tts import LATENT_SAMPLERS, latent_sampler_from_args
 
     if args.latent_sampler_args and not args.latent_sampler:
@@ -433,12 +443,20 @@ def latent_sampler_from_flags(args, plan: EvalPlan):
     settings = yaml_mapping(args.latent_sampler_args, "--latent-sampler-args")
     sampler = latent_sampler_from_args(args.latent_sampler, settings)
     method = trained_method(args)
-    if issubclass(get_method(method), TextSFT):
+    if text_method(method):
         raise UserError(f"--latent-sampler: {args.model} is evaluated with '{method}', which has no latent thoughts")
     try:
         return sampler.for_method(method)
     except ConfigError as err:
         raise UserError(f"--latent-sampler-args: {err}") from None
+
+
+def text_method(name: str) -> bool:
+    """Whether the method `name` is a text method (cot, icot, no-cot): its model reads and writes plain text."""
+    from latentreason.methods.base import get_method
+    from latentreason.methods.sft import TextSFT
+
+    return issubclass(get_method(name), TextSFT)
 
 
 def trained_method(args) -> str:
@@ -485,6 +503,7 @@ def few_shot_examples(args, answer_mode: str) -> list[tuple[str, str]]:
 def _solver(args, plan: EvalPlan, device: str | None):
     """The solver for the plan's model on `device`; for a pretrained model the plan gains its prompt settings."""
     from latentreason.evaluation.chat_solver import ChatSolver
+    from latentreason.evaluation.layout_prompt import LayoutPrompt
     from latentreason.evaluation.prompting import PLAIN_NOTE, PromptBuilder
     from latentreason.methods.saved import load_trained
     from latentreason.model.device import default_device, eval_dtype
@@ -496,17 +515,20 @@ def _solver(args, plan: EvalPlan, device: str | None):
     plan.dtype = str(dtype).removeprefix("torch.")
     if plan.kind == TRAINED:
         lm, method = load_trained(args.model, args.method, plan.max_new_tokens, device, dtype)
-        return trained_solver(args.model, lm, method, plan)
-    lm = load_pretrained(args.model, dtype).to(device)
-    prompt = PromptBuilder(
-        lm.tokenizer,
-        system_prompt=args.system_prompt,
-        few_shot=plan.few_shot,
-        template=plan.template,
-        extra_stop_ids=generation_stop_ids(lm),
-    )
-    if not prompt.uses_chat_template:
-        say(f"note: {PLAIN_NOTE}")
+        if plan.decoder is None:
+            return trained_solver(args.model, lm, method, plan)
+        prompt = LayoutPrompt(lm.tokenizer)  # a text method's model: its own prompt, any decoder
+    else:
+        lm = load_pretrained(args.model, dtype).to(device)
+        prompt = PromptBuilder(
+            lm.tokenizer,
+            system_prompt=args.system_prompt,
+            few_shot=plan.few_shot,
+            template=plan.template,
+            extra_stop_ids=generation_stop_ids(lm),
+        )
+        if not prompt.uses_chat_template:
+            say(f"note: {PLAIN_NOTE}")
     plan.prompt = prompt.settings()
     from latentreason.decoding import decoder_from_args
 

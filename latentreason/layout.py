@@ -22,11 +22,10 @@ class EncodedProblem:
 
 
 def encode_problem(tokenizer, problem: Problem) -> EncodedProblem:
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     steps = [(" " if i else "") + step for i, step in enumerate(problem.steps)]
     pieces = [problem.question.strip() + "\n", *steps, "\n", f"{ANSWER_MARKER} {problem.answer}"]
     ids = _ids(tokenizer, pieces)
-    prompt = bos + ids[0]
+    prompt = _bos(tokenizer) + ids[0]
     cot: list[int] = []
     spans = []
     for piece in ids[1 : 1 + len(steps)]:
@@ -36,6 +35,16 @@ def encode_problem(tokenizer, problem: Problem) -> EncodedProblem:
         cot += ids[-2]
     answer = ids[-1] + [tokenizer.eos_token_id]
     return EncodedProblem(prompt, cot, answer, spans)
+
+
+def encode_question(tokenizer, question: str) -> list[int]:
+    """The prompt alone (bos + question + newline), as `encode_problem` writes it: what a text method's solver and
+    RL from its model feed."""
+    return _bos(tokenizer) + _ids(tokenizer, [question.strip() + "\n"])[0]
+
+
+def _bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
 
 def _ids(tokenizer, pieces: list[str]) -> list[list[int]]:

@@ -13,7 +13,7 @@ from latentreason.errors import UserError
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 # The `method:` of RL recipes, which `latentreason rl` runs -> the method of the SFT model each starts from.
-RL_METHODS = {"atp-rl": "atp", "colar-rl": "colar", "token-rl": "pretrained"}
+RL_METHODS = {"atp-rl": "atp", "colar-rl": "colar", "cot-rl": "cot", "token-rl": "pretrained"}
 
 
 def resolve_config_path(value: str | None) -> Path | None:

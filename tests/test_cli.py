@@ -497,8 +497,10 @@ def test_eval_of_a_trained_model_rejects_prompt_flags(capsys, tmp_path, trained,
     output_dir, _, _ = trained
     argv = eval_argv(output_dir / "final", chain_file, tmp_path / "eval", "--system-prompt", "Hi", "--decoder", "text")
     line = user_error(capsys, argv)
-    assert "--system-prompt, --decoder: for pretrained models;" in line
+    assert "--system-prompt: for pretrained models;" in line  # a CoT model takes --decoder (its layout's prompt)
     assert "was trained here" in line
+    line = user_error(capsys, [*argv[:-4], "--method", "coconut", "--decoder", "text"])
+    assert "--decoder: for pretrained models (--decoder also for models trained with cot, icot or no-cot)" in line
 
 
 def test_eval_of_an_unknown_model_name_says_what_was_expected(capsys, tmp_path, chain_file):

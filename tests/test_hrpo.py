@@ -1,7 +1,8 @@
 """HRPO (hybrid latent reasoning by GRPO): the gates and h^ against hand-written formulas, sampled log-probs equal
-their one-call recomputation, closed gates are ordinary token sampling, the gates and Lambda learn at their own
-rates, draws do not depend on the batch, a run saves gates that `eval` then reads its thoughts through, and bad
-settings are refused. Models are float64, so "equal" is `EXACT`."""
+their one-call recomputation (after a chat or a layout prompt), closed gates are ordinary token sampling, the gates
+and Lambda learn at their own rates, draws do not depend on the batch, a run saves gates that `eval` then reads its
+thoughts through, thinking ends at the prompt's own answer marker unless told otherwise, and bad settings are
+refused. Models are float64, so "equal" is `EXACT`."""
 
 from __future__ import annotations
 
@@ -29,7 +30,13 @@ from latentreason.rl.hybrid_policy import HybridPolicy, attach_gates
 from latentreason.rl.run import run_rl
 from latentreason.rl.trainer import RLTrainer
 from tests.helpers import EXACT, chain_problems, save_tiny_chat_model
-from tests.test_token_policy import chat_run_overrides, plain_sampling, sampled_alone_and_together
+from tests.test_token_policy import (
+    PROMPTS,
+    chat_run_overrides,
+    model_and_prompt,
+    plain_sampling,
+    sampled_alone_and_together,
+)
 
 CLOSED = 1e4  # a Lambda whose softplus(-Lambda) is 0 in float64: a = 1 exactly
 
@@ -44,10 +51,11 @@ def hybrid_config(**fields) -> RLConfig:
     return load_config(RLConfig, None, {**settings, **fields})
 
 
-def hybrid_policy(chat_dir, lambda_value: float | None = 0.0, **fields) -> HybridPolicy:
-    """A policy of the tiny chat model; Lambda set to `lambda_value` everywhere (0: wide open, a ~ 0.06)."""
-    lm = LatentLM.from_pretrained(chat_dir, torch.float64, latent_tokens=False).eval()
-    policy = HybridPolicy(lm, PromptBuilder(lm.tokenizer), hybrid_config(**fields))
+def hybrid_policy(chat_dir, lambda_value: float | None = 0.0, prompt: str = "chat", **fields) -> HybridPolicy:
+    """A policy of the tiny chat model (or of a model as trained here, after its layout prompt); Lambda set to
+    `lambda_value` everywhere (0: wide open, a ~ 0.06)."""
+    lm, builder = model_and_prompt(chat_dir, prompt)
+    policy = HybridPolicy(lm, builder, hybrid_config(**fields))
     if lambda_value is not None:
         with torch.no_grad():
             policy.gates.Lambda.fill_(lambda_value)
@@ -97,8 +105,9 @@ def test_h_hat_is_the_normalised_mixture_of_the_top_k():
     torch.testing.assert_close(normalized_mixture(embed, logits, 3).detach(), expected, **EXACT)
 
 
-def test_recomputed_logprobs_equal_the_sampled_ones(chat_dir):
-    policy = hybrid_policy(chat_dir, answer_marker="7")  # the untrained model writes a 7 in some replies
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_recomputed_logprobs_equal_the_sampled_ones(chat_dir, prompt):
+    policy = hybrid_policy(chat_dir, answer_marker="7", prompt=prompt)  # the untrained model writes 7 in some replies
     with torch.no_grad():  # the end-of-turn token likely enough that rows end at different steps
         policy.lm.lm_head.weight[policy.stop_ids[0]] *= 3.0
     rollouts = policy.sample(prompts(policy), torch.Generator().manual_seed(2))
@@ -195,11 +204,16 @@ def test_a_run_saves_the_gates_and_eval_reads_thoughts_through_them(chat_dir, tm
     assert [s.text for s in closed] == [s.text for s in text]
 
 
+@pytest.mark.parametrize(("prompt", "marker"), [("chat", "\\boxed"), ("layout", "###")])
+def test_without_an_answer_marker_thinking_ends_at_the_prompts_own(chat_dir, prompt, marker):
+    assert hybrid_policy(chat_dir, prompt=prompt).gates.settings.answer_marker == marker
+    assert hybrid_policy(chat_dir, prompt=prompt, answer_marker="7").gates.settings.answer_marker == "7"
+
+
 def test_settings_that_cannot_work_are_refused(chat_dir):
     refused = {
         "think_temperature": ({"think_temperature": 0.5}, "think_temperature"),
         "max_thinking_steps": ({"max_thinking_steps": 4}, "max_thinking_steps"),
-        "answer_marker": ({"answer_marker": ""}, "answer_marker"),
         "gate lr": ({"gate_learning_rate": -1.0}, "gate_learning_rate"),
         "init order": ({"gate_init_min": 0.999, "gate_init_max": 0.99}, "gate_init_min"),
         "init one": ({"gate_init_max": 1.0}, "0 < min <= max < 1"),

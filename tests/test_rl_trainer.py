@@ -242,12 +242,12 @@ def test_bad_settings_are_refused(tmp_path, sft_model):
         run_rl(rl_config(sft_model, tmp_path / "split", per_device_train_batch_size=5), progress=False)
 
 
-def test_rl_refuses_a_model_without_latent_heads(tmp_path):
+def test_rl_refuses_a_model_of_a_method_without_a_policy(tmp_path):
     lm = build_tiny_lm("llama")
-    lm.meta = {"method": "cot"}
-    lm.save_pretrained(tmp_path / "cot")
-    with pytest.raises(UserError, match="ATP-Latent"):
-        run_rl(rl_config(tmp_path / "cot", tmp_path / "rl"), progress=False)
+    lm.meta = {"method": "coconut"}  # latent thoughts, but no latent actions (and not a text method)
+    lm.save_pretrained(tmp_path / "coconut")
+    with pytest.raises(UserError, match="RL needs an ATP-Latent or CoLaR model, a model trained with a text method"):
+        run_rl(rl_config(tmp_path / "coconut", tmp_path / "rl"), progress=False)
 
 
 def test_rl_command_line(tmp_path, sft_model, capsys):

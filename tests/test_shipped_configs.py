@@ -10,6 +10,7 @@ import pytest
 
 from latentreason.config import load_config, read_yaml
 from latentreason.methods import METHODS, get_method
+from latentreason.methods.sft import TextSFT
 from latentreason.model.pretrained import PRETRAINED
 from latentreason.recipes import RL_METHODS, SHIPPED_CONFIGS, recipe_method, resolve_config_path
 from latentreason.rl.config import RLConfig
@@ -37,9 +38,10 @@ def test_recipes_are_shipped():
     } <= names
 
 
-def test_rl_recipes_start_from_the_methods_with_latent_actions_or_a_pretrained_model():
+def test_rl_recipes_start_from_the_methods_with_latent_actions_a_text_method_or_a_pretrained_model():
     latent = {name for name, cls in METHODS.items() if cls.latent_actions is not None}
-    assert set(RL_METHODS.values()) == latent | {PRETRAINED}
+    text = {name for name, cls in METHODS.items() if issubclass(cls, TextSFT)}
+    assert latent | {PRETRAINED, "cot"} <= set(RL_METHODS.values()) <= latent | text | {PRETRAINED}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

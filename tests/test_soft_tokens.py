@@ -1,6 +1,7 @@
 """Soft Tokens, Hard Truths: the Gaussian log-density of noisy soft inputs against the formula, sampled
-log-probs equal their one-call recomputation, the thinking phase ends as documented, draws do not depend on
-the batch, and a GRPO run trains a chat model. Models are float64, so "equal" is `EXACT`."""
+log-probs equal their one-call recomputation (after a chat or a layout prompt), the thinking phase ends as
+documented, draws do not depend on the batch, and a GRPO run trains a chat model. Models are float64, so "equal" is
+`EXACT`."""
 
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ from latentreason.config import load_config
 from latentreason.engine.loss import soft_input_logdensity
 from latentreason.engine.steps import EMBED, FORCED, TOKEN
 from latentreason.errors import ConfigError
-from latentreason.evaluation.prompting import PromptBuilder
-from latentreason.model.latent_lm import LatentLM
 from latentreason.model.pretrained import PRETRAINED, model_kind
 from latentreason.rl.config import RLConfig
 from latentreason.rl.run import run_rl
 from latentreason.rl.soft_token_policy import SoftTokenPolicy
 from tests.helpers import EXACT, chain_problems, save_tiny_chat_model
-from tests.test_token_policy import chat_run_overrides, sampled_alone_and_together
+from tests.test_token_policy import PROMPTS, chat_run_overrides, model_and_prompt, sampled_alone_and_together
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +27,11 @@ def chat_dir(tmp_path_factory):
     return save_tiny_chat_model(tmp_path_factory.mktemp("chat") / "model")
 
 
-def soft_policy(chat_dir, mode="soft", max_steps=24, max_thinking=5, **fields) -> SoftTokenPolicy:
-    lm = LatentLM.from_pretrained(chat_dir, torch.float64, latent_tokens=False).eval()
+def soft_policy(chat_dir, mode="soft", max_steps=24, max_thinking=5, prompt="chat", **fields) -> SoftTokenPolicy:
+    lm, builder = model_and_prompt(chat_dir, prompt)
     settings = {"think_inputs": mode, "temperature": 1.3, "max_completion_length": max_steps, "soft_top_k": 8}
     config = load_config(RLConfig, None, {**settings, "max_thinking_steps": max_thinking, **fields})
-    return SoftTokenPolicy(lm, PromptBuilder(lm.tokenizer), config)
+    return SoftTokenPolicy(lm, builder, config)
 
 
 def prompts(policy, n=6, seed=5):
@@ -61,9 +60,10 @@ def test_the_log_density_is_the_gaussian_around_the_top_k_mixture():
             assert float(got[b, t]) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize("mode", ["soft", "fuzzy"])
-def test_recomputed_logprobs_equal_the_sampled_ones(chat_dir, mode):
-    policy = soft_policy(chat_dir, mode)
+def test_recomputed_logprobs_equal_the_sampled_ones(chat_dir, mode, prompt):
+    policy = soft_policy(chat_dir, mode, prompt=prompt)
     with torch.no_grad():  # the end-of-turn token likely enough that answers end at different steps
         policy.lm.lm_head.weight[policy.stop_ids[0]] *= 3.0
     rollouts = policy.sample(prompts(policy), torch.Generator().manual_seed(2))

@@ -1,6 +1,7 @@
 """GRPO from a pretrained chat model that thinks in tokens (text, Multiplex Thinking): sampled log-probs equal
-their one-call recomputation, K = 1 is ordinary token sampling, and a run trains, saves and evaluates as a
-plain model. Models are float64, so "equal" is `EXACT`."""
+their one-call recomputation (after a chat prompt, and after a model trained here's layout prompt), K = 1 is
+ordinary token sampling, and a run trains, saves and evaluates as a plain model. Models are float64, so "equal"
+is `EXACT`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from latentreason.config import load_config
 from latentreason.engine.decode import TokenPolicy
 from latentreason.engine.sampling import Sampling
 from latentreason.engine.steps import prefill, run_steps
+from latentreason.evaluation.layout_prompt import LayoutPrompt
 from latentreason.evaluation.prompting import PromptBuilder
 from latentreason.model.latent_lm import LatentLM
 from latentreason.model.pretrained import PRETRAINED, load_pretrained, model_kind
@@ -18,7 +20,10 @@ from latentreason.rl.config import RLConfig
 from latentreason.rl.rewards import register_reward
 from latentreason.rl.run import run_rl
 from latentreason.rl.token_policy import MultiplexPolicy
-from tests.helpers import EXACT, chain_problems, save_tiny_chat_model
+from tests.helpers import EXACT, build_tiny_lm, chain_problems, save_tiny_chat_model
+
+# The prompts a token policy runs after: a chat model's template, or a text method's training layout.
+PROMPTS = ("chat", "layout")
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +31,29 @@ def chat_dir(tmp_path_factory):
     return save_tiny_chat_model(tmp_path_factory.mktemp("chat") / "model")
 
 
-def chat_policy(chat_dir, width: int, max_steps: int = 12):
-    lm = LatentLM.from_pretrained(chat_dir, torch.float64, latent_tokens=False).eval()
-    return MultiplexPolicy(lm, PromptBuilder(lm.tokenizer), width, temperature=1.3, max_completion_length=max_steps)
+def model_and_prompt(chat_dir, prompt: str = "chat"):
+    """A float64 model and its prompt: the tiny chat model in its chat template ("chat"), or a tiny model as trained
+    here (bos and eos, latent tokens) in its training layout ("layout")."""
+    if prompt == "chat":
+        lm = LatentLM.from_pretrained(chat_dir, torch.float64, latent_tokens=False).eval()
+        return lm, PromptBuilder(lm.tokenizer)
+    lm = build_tiny_lm("llama", seed=1, dtype=torch.float64)
+    return lm, LayoutPrompt(lm.tokenizer)
+
+
+def chat_policy(chat_dir, width: int, max_steps: int = 12, prompt: str = "chat"):
+    lm, builder = model_and_prompt(chat_dir, prompt)
+    return MultiplexPolicy(lm, builder, width, temperature=1.3, max_completion_length=max_steps)
 
 
 def prompts(policy, n=6):
     return policy.prompts(chain_problems(n, seed=5))
 
 
+@pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize("width", [1, 3])
-def test_recomputed_logprobs_equal_the_sampled_ones(chat_dir, width):
-    policy = chat_policy(chat_dir, width)
+def test_recomputed_logprobs_equal_the_sampled_ones(chat_dir, width, prompt):
+    policy = chat_policy(chat_dir, width, prompt=prompt)
     # The untrained model's end-of-turn token must be likely enough that rows end at different steps.
     with torch.no_grad():
         policy.lm.lm_head.weight[policy.stop_ids[0]] *= 3.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from latentreason.data.problems import Problem
 from latentreason.errors import ConfigError, UserError
@@ -33,6 +33,9 @@ class PromptBuilder:
     """
 
     tokenizer: Any = field(repr=False)
+    # The text a reply's answer follows when the prompt asks for a box (BOXED_TEMPLATE, RL's default): where HRPO's
+    # thinking ends unless told otherwise.
+    answer_marker: ClassVar[str] = "\\boxed"
     system_prompt: str | None = None  # None: the template's own default, if it has one (SmolLM2's does)
     few_shot: Sequence[tuple[str, str]] = ()  # (question, assistant reply) pairs, shown in this order
     template: str = PLACEHOLDER  # the user turn; "{question}" is replaced (not str.format: LaTeX braces stay)

@@ -20,8 +20,9 @@ SOFT_INPUTS = ("soft", "fuzzy")  # Soft Tokens, Hard Truths
 class RLConfig(TrainConfig):
     model_name_or_path: str = field(
         "runs/atp-tiny/final",
-        help="the model to improve: an ATP-Latent or CoLaR SFT model (a run's final/ or a checkpoint), or a "
-        "pretrained chat model (smollm2, a Hugging Face directory or hub id) that thinks in tokens",
+        help="the model to improve: an ATP-Latent or CoLaR SFT model (a run's final/ or a checkpoint), a model "
+        "trained here with cot, icot or no-cot, or a pretrained chat model (smollm2, a Hugging Face directory or hub "
+        "id); the last two think in tokens",
     )
     learning_rate: float = field(1e-6, help="peak AdamW learning rate (the reference uses 1e-6)")
     max_steps: int = field(-1, help="rollout batches to run; -1 derives them from num_train_epochs")
@@ -53,7 +54,7 @@ class RLConfig(TrainConfig):
         "mean", help="latent log-density: mean (per dimension, tames ratios) or sum (exact, the reference)"
     )
     latent_logprob_scale: float = field(1.0, help="multiplier on the latent log-density term")
-    # --- pretrained chat models (a model_name_or_path not trained here: smollm2, a HF directory) ---
+    # --- models that think in tokens: pretrained chat models (smollm2, a HF directory) and text methods' models ---
     multiplex_width: int = field(
         1,
         help="tokens drawn per step and fed as their mean embedding (Multiplex Thinking; the paper's K = 3); 1 = text",
@@ -73,14 +74,18 @@ class RLConfig(TrainConfig):
         0, help="soft/fuzzy: thinking steps before the think-end text is forced (0: half of max_completion_length)"
     )
     answer_marker: str = field(
-        "\\boxed", help="hybrid: the reply's inputs are hybrid until its text contains this (the paper's '####')"
+        "",
+        help="hybrid: the reply's inputs are hybrid until its text contains this (the paper's '####'); empty: the "
+        "prompt's own, \\boxed for a chat model (the default prompt asks for it), ### for a model trained here",
     )
     gate_learning_rate: float = field(1e-4, help="hybrid: learning rate of the gates W_r and W_i (the paper's 1e-4)")
     lambda_learning_rate: float = field(1e-3, help="hybrid: learning rate of Lambda (the paper's 1e-3)")
     gate_init_min: float = field(0.99, help="hybrid: the starting a (at r = 1) is uniform in [min, max]; paper 0.99")
     gate_init_max: float = field(0.999, help="hybrid: see gate_init_min; the paper's 0.999")
-    prompt_template: str = field(BOXED_TEMPLATE, help="the user turn; {question} is replaced by the question")
-    system_prompt: str = field("", help="system prompt; empty: the chat template's own default")
+    prompt_template: str = field(
+        BOXED_TEMPLATE, help="a chat model's user turn; {question} is replaced by the question"
+    )
+    system_prompt: str = field("", help="a chat model's system prompt; empty: the chat template's own default")
     lora_r: int = field(0, help="LoRA rank through peft (0 = full fine-tuning)")
     lora_alpha: int = field(32, help="LoRA alpha (the adapters' scale is alpha / r)")
     lora_target_modules: str = field("all-linear", help="'all-linear' or comma-separated module names")
@@ -147,8 +152,6 @@ class RLConfig(TrainConfig):
                 "fields 'think_temperature' and 'max_thinking_steps': for soft/fuzzy; hybrid thinking mixes the "
                 "sampling distribution (temperature) and lasts until answer_marker"
             )
-        if not self.answer_marker:
-            raise ConfigError("field 'answer_marker': hybrid thinking needs the text that ends it, e.g. '\\boxed'")
         if self.gate_learning_rate < 0 or self.lambda_learning_rate < 0:
             raise ConfigError("fields 'gate_learning_rate' and 'lambda_learning_rate': expected >= 0 (0 freezes them)")
         if not 0 < self.gate_init_min <= self.gate_init_max < 1:

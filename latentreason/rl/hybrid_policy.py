@@ -16,7 +16,7 @@ code, it is a constant of the rollout. An unchanged policy recomputes the sample
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -94,10 +94,13 @@ def attach_gates(lm, config) -> HybridGates:
 
 
 class HybridPolicy:
-    """Samples and scores HRPO rollouts of a chat model (`prompt`: a PromptBuilder) under an RLConfig whose
-    think_inputs is hybrid; the gates become a head of `lm` (saved with it)."""
+    """Samples and scores HRPO rollouts of a chat model (`prompt`: a PromptBuilder) or of a model trained here with
+    a text method (a LayoutPrompt) under an RLConfig whose think_inputs is hybrid; the gates become a head of `lm`
+    (saved with it)."""
 
     def __init__(self, lm, prompt, config):
+        # No answer_marker set: the prompt's own (\boxed for a chat prompt, ### for a model trained here).
+        config = replace(config, answer_marker=config.answer_marker or prompt.answer_marker)
         self.lm, self.prompt, self.config = lm, prompt, config
         self.temperature, self.max_completion_length = config.temperature, config.max_completion_length
         self.stop_ids = prompt.stop_ids()

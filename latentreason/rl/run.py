@@ -1,5 +1,5 @@
-"""From an RL config to a finished run: the ATP-Latent or CoLaR SFT model or a pretrained chat model (or a resumable
-checkpoint), data, trainer."""
+"""From an RL config to a finished run: the ATP-Latent, CoLaR or text method's (cot, icot, no-cot) SFT model or a
+pretrained chat model (or a resumable checkpoint), data, trainer."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""GRPO over latent plans (ATP-Latent or CoLaR; what differs is each method's latent_actions): what its steps
-are in the shared loop (training/loop.py), read top to bottom.
+"""GRPO over latent plans (ATP-Latent or CoLaR; what differs is each method's latent_actions), or over the tokens
+(text, Multiplex, soft, hybrid) of a pretrained chat model or of a model trained here with a text method: what its
+steps are in the shared loop (training/loop.py), read top to bottom.
 
 Per rollout step (the unit of max_steps, checkpoints and resume):
   1. questions: this rank's whole questions of the step (a group never spans ranks), from the epoch's
@@ -30,6 +31,8 @@ from latentreason.data.problems import Problem
 from latentreason.decoding import decoder_from_args
 from latentreason.errors import UserError
 from latentreason.evaluation.chat_solver import ChatSolver
+from latentreason.evaluation.layout_prompt import LayoutPrompt
+from latentreason.methods.sft import TextSFT
 from latentreason.model.latent_lm import LatentLM
 from latentreason.model.step_decoder import StepDecoder
 from latentreason.rl.config import RLConfig
@@ -84,12 +87,13 @@ class RLTrainer(TrainingLoop):
     ):
         if not train:
             raise UserError("no training questions (check dataset / num_train_examples)")
-        if method is not None and method.latent_actions is None:
+        if method is not None and method.latent_actions is None and not isinstance(method, TextSFT):
             raise UserError(
-                f"RL needs an ATP-Latent or CoLaR model or a pretrained one; {config.model_name_or_path} was "
-                f"trained with {method.name}"
+                f"RL needs an ATP-Latent or CoLaR model, a model trained with a text method (cot, icot, no-cot) or a "
+                f"pretrained one; {config.model_name_or_path} was trained with {method.name}"
             )
-        self.method, self.lm = method, lm  # method None: a pretrained chat model that thinks in tokens
+        # method None: a pretrained chat model; it and a text method's model think in tokens (rl/token_policy.py).
+        self.method, self.lm = method, lm
         self.train_set, self.held_out = train, held_out
         if method is not None:
             method.prepare(lm)
@@ -131,19 +135,26 @@ class RLTrainer(TrainingLoop):
     def _policy(self, lm, method) -> LatentPolicy | MultiplexPolicy | SoftTokenPolicy | HybridPolicy:
         cfg = self.config
         if method is None:
-            return self._chat_policy(lm, chat_prompt(lm, cfg))
+            return self._token_policy(lm, chat_prompt(lm, cfg))
+        if isinstance(method, TextSFT):
+            if not method.with_cot and cfg.think_inputs != "tokens":
+                raise UserError(
+                    f"think_inputs {cfg.think_inputs}: a {method.name} model answers without a chain, so it has no "
+                    "thinking to feed as soft or hybrid inputs; use think_inputs: tokens (text, or multiplex_width > 1)"
+                )
+            return self._token_policy(lm, LayoutPrompt(lm.tokenizer))  # its training layout, not a chat template
         if cfg.multiplex_width != 1 or cfg.think_inputs != "tokens":
             raise UserError(
                 f"multiplex_width {cfg.multiplex_width}, think_inputs {cfg.think_inputs}: Multiplex Thinking, soft "
-                f"tokens and HRPO are for pretrained models, not {method.name}"
+                f"tokens and HRPO are for pretrained models and text methods' models, not {method.name}"
             )
         return LatentPolicy(
             lm, method, cfg.temperature, cfg.max_completion_length, cfg.latent_logprob, cfg.latent_logprob_scale
         )
 
-    def _chat_policy(self, lm, prompt) -> MultiplexPolicy | SoftTokenPolicy | HybridPolicy:
-        """A pretrained chat model's policy: thinking in tokens (text, Multiplex), in noisy soft tokens or in
-        HRPO's hybrid inputs."""
+    def _token_policy(self, lm, prompt) -> MultiplexPolicy | SoftTokenPolicy | HybridPolicy:
+        """The policy of a model that thinks in tokens (text, Multiplex), in noisy soft tokens or in HRPO's hybrid
+        inputs, after `prompt` (a chat model's PromptBuilder or a text method's LayoutPrompt)."""
         cfg = self.config
         if cfg.think_inputs == "tokens":
             return MultiplexPolicy(lm, prompt, cfg.multiplex_width, cfg.temperature, cfg.max_completion_length)
@@ -155,16 +166,20 @@ class RLTrainer(TrainingLoop):
         return self.config.lora_r > 0 or (self.method is not None and self.method.resume_resets_optimizer())
 
     def run_label(self) -> str:
-        if self.method is not None:
+        if isinstance(self.policy, LatentPolicy):
             return self.method.name
         cfg = self.config
         if cfg.think_inputs == "hybrid":
-            return "hrpo"
-        if cfg.think_inputs != "tokens":
-            return f"{cfg.think_inputs} tokens"
-        return "text" if cfg.multiplex_width == 1 else f"multiplex K={cfg.multiplex_width}"
+            thinking = "hrpo"
+        elif cfg.think_inputs != "tokens":
+            thinking = f"{cfg.think_inputs} tokens"
+        else:
+            thinking = "text" if cfg.multiplex_width == 1 else f"multiplex K={cfg.multiplex_width}"
+        return thinking if self.method is None else f"{self.method.name} {thinking}"
 
     def held_out_solver(self):
+        """What `eval --model` reads the saved model with: a model trained here, its method's solver (plain tokens for
+        a text method, whatever its RL thought in); a chat model, the chat solver (through HRPO's gates)."""
         if self.method is not None:
             return self.method.solver(self.lm)
         decoder = decoder_from_args("hrpo") if self.config.think_inputs == "hybrid" else None  # through the gates
@@ -186,15 +201,15 @@ class RLTrainer(TrainingLoop):
                 decoder = StepDecoder(self._starting_model(), "shared")
             else:
                 decoder.model.requires_grad_(False)
-        c = self.policy.actions.group if self.method is not None else 1  # latents per step: ATP's c_thought
+        c = self.policy.actions.group if isinstance(self.policy, LatentPolicy) else 1  # ATP's c_thought
         return RewardContext(self.lm, decoder, c, cfg.coherence_max_tokens, cfg.coherence_empty, cfg.num_generations)
 
     def _reference_policy(self) -> LatentPolicy:
         """The frozen starting policy for the KL term (costs one more copy of the model)."""
         ref_lm = self._starting_model()
         cfg = self.config
-        if self.method is None:
-            return self._chat_policy(ref_lm, self.policy.prompt)
+        if not isinstance(self.policy, LatentPolicy):
+            return self._token_policy(ref_lm, self.policy.prompt)
         ref_method = type(self.method)(self.method.config)
         ref_method.prepare(ref_lm)
         return LatentPolicy(
