@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from latentreason.config import from_dict
+from latentreason.engine.decode import TokenPolicy
 from latentreason.engine.sampling import RowSampling
 from latentreason.engine.steps import EMBED, FORCED, NONE, TOKEN, Trace, prefill, run_steps
 from latentreason.named import Registry
@@ -51,6 +52,10 @@ class DecodeContext:
     @property
     def rows(self) -> int:
         return len(self.prompts) * self.samples
+
+    def token_policy(self, lm) -> TokenPolicy:
+        """Plain token decoding of every row under the context's sampling, seeds, stops and step limit."""
+        return TokenPolicy(self.rows, lm.device, self.stop_ids, self.max_new_tokens, self.sampling, self.seeds)
 
     def question_texts(self, tokenizer) -> list[str]:
         """The problem texts, or the decoded prompts when none were given."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentreason.decoding.base import DecodeContext, PolicyDecoder, register_decoder
-from latentreason.engine.decode import TokenPolicy
 from latentreason.engine.hybrid import HybridThinking
 from latentreason.errors import UserError
 from latentreason.model.hybrid_gates import GATES_HEAD
@@ -34,10 +33,7 @@ class HybridDecoder(PolicyDecoder):
                 f"--decoder hrpo: the model has no HRPO gates (no '{GATES_HEAD}' head in its {META_FILE}); train "
                 "them with `latentreason rl --config hrpo-tiny` (docs/rl.md)"
             )
-        tokens = TokenPolicy(
-            context.rows, lm.device, context.stop_ids, context.max_new_tokens, context.sampling, context.seeds
-        )
-        return HybridThinking(lm, lm.heads[GATES_HEAD], tokens, context.rows)
+        return HybridThinking(lm, lm.heads[GATES_HEAD], context.token_policy(lm), context.rows)
 
 
 def default_decoder(model: str) -> str:

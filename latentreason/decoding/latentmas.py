@@ -25,7 +25,6 @@ from latentreason.config import field
 from latentreason.decoding.alignment import Alignment, alignment_for
 from latentreason.decoding.base import DecodeContext, Decoder, Generation, register_decoder
 from latentreason.engine.batch import left_pad
-from latentreason.engine.decode import TokenPolicy
 from latentreason.engine.forward import forward_step, new_cache
 from latentreason.engine.steps import Prefix, StepChoice, StepView, Trace, run_steps
 from latentreason.errors import ConfigError
@@ -147,8 +146,7 @@ class LatentMAS(Decoder):
         if context.samples > 1:
             cache.batch_repeat_interleave(context.samples)
             mask, hidden = mask.repeat_interleave(context.samples, 0), hidden.repeat_interleave(context.samples, 0)
-        policy = TokenPolicy(
-            context.rows, lm.device, context.stop_ids, context.max_new_tokens, context.sampling, context.seeds
+        answer = run_steps(
+            lm, Prefix(cache, mask, hidden), context.token_policy(lm), context.max_new_tokens, batch_size=context.rows
         )
-        answer = run_steps(lm, Prefix(cache, mask, hidden), policy, context.max_new_tokens, batch_size=context.rows)
         return Generation(_concat([*thoughts, answer]))

@@ -19,6 +19,4 @@ class TextDecoder(PolicyDecoder):
     config_cls = TextConfig
 
     def policy(self, lm, context: DecodeContext) -> TokenPolicy:
-        return TokenPolicy(
-            context.rows, lm.device, context.stop_ids, context.max_new_tokens, context.sampling, context.seeds
-        )
+        return context.token_policy(lm)
