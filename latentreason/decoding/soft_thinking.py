@@ -21,7 +21,6 @@ import torch
 
 from latentreason.config import field
 from latentreason.decoding.base import DecodeContext, PolicyDecoder, register_decoder
-from latentreason.engine.decode import TokenPolicy
 from latentreason.engine.noise import row_dirichlet, row_gumbel
 from latentreason.engine.sampling import Sampling, filtered_logprobs
 from latentreason.engine.steps import StepChoice, StepView
@@ -68,7 +67,7 @@ class SoftThinkingPolicy:
         self.weights_sampling = Sampling(config.temperature, config.top_k, config.top_p, config.min_p).rows(
             rows, device
         )
-        self.text = TokenPolicy(rows, device, context.stop_ids, context.max_new_tokens, context.sampling, context.seeds)
+        self.text = context.token_policy(lm)
         self.stop = torch.tensor(context.stop_ids, device=device)
         self.think_end = context.think_end
         self.thinking = torch.ones(rows, dtype=torch.bool, device=device)  # [B]

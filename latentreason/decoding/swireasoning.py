@@ -34,7 +34,6 @@ import torch
 
 from latentreason.config import field
 from latentreason.decoding.base import DecodeContext, PolicyDecoder, register_decoder
-from latentreason.engine.decode import TokenPolicy
 from latentreason.engine.mixture import topk_mixture
 from latentreason.engine.steps import StepChoice, StepView
 from latentreason.errors import ConfigError
@@ -120,7 +119,7 @@ class SwiReasoningPolicy:
         self.lm, self.config = lm, config
         self.t = torch.zeros(rows, dtype=torch.long, device=device)  # [B] steps the row has taken
         self.horizon = torch.full((rows,), context.max_new_tokens, dtype=torch.long, device=device)  # [B] anneal end
-        self.text = TokenPolicy(rows, device, context.stop_ids, context.max_new_tokens, context.sampling, context.seeds)
+        self.text = context.token_policy(lm)
         self.think_end = context.think_end
         answer = lm.tokenizer(config.answer_prompt, add_special_tokens=False)["input_ids"]
         self.final = context.think_end + answer  # forced when the budget runs out
