@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from latentreason.config import field
 from latentreason.data.formats import ON_INVALID
+from latentreason.data.sources import DEFAULT_EVAL_SPLIT
 from latentreason.errors import ConfigError
 
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -31,7 +32,11 @@ class TrainConfig:
     dataset_params: dict = field({}, help="parameters of a synthetic generator (e.g. {num_steps: 3})")
     data_dir: str | None = field(None, help="directory laid out like the benchmark data (env LATENTREASON_DATA_DIR)")
     train_split: str = field("train", help="split used for training")
-    eval_split: str = field("valid", help="held-out split used for evaluation during training (never test)")
+    eval_split: str = field(
+        DEFAULT_EVAL_SPLIT,
+        help="held-out split for evaluation during training (never test); where there is none, the last "
+        "num_eval_examples training problems are held out",
+    )
     num_train_examples: int = field(0, help="training examples to use/generate (0 = the whole split)")
     num_eval_examples: int = field(200, help="held-out examples evaluated during and after training")
     on_invalid: str = field(

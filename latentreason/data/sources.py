@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentreason.data.problems import Problem
+from latentreason.errors import UserError
+from latentreason.processes import say
 
 SYNTHETIC = "synthetic:"
+DEFAULT_EVAL_SPLIT = "valid"  # the split evaluated during training unless the config names another
 # Each split of a generated task draws from its own seed stream.
 _SPLIT_SEED_OFFSET = {"train": 0, "valid": 1_000_003, "test": 2_000_006}
 
@@ -50,27 +53,50 @@ def held_out_from(train: list[Problem], candidates: list[Problem]) -> list[Probl
 
 
 def load_train_and_held_out(config) -> tuple[list[Problem], list[Problem]]:
-    """Training problems and held-out problems for evaluation during training (never the test split)."""
-    train = load_problems(
-        config.dataset,
-        config.train_split,
-        config.data_dir,
-        config.dataset_params,
-        config.num_train_examples,
-        config.seed,
-        config.on_invalid,
-    )
-    held_out = []
-    if config.num_eval_examples > 0:
-        held_out = load_problems(
-            config.dataset,
-            config.eval_split,
-            config.data_dir,
-            config.dataset_params,
-            config.num_eval_examples,
-            config.seed,
-            config.on_invalid,
+    """Training problems and held-out problems for evaluation during training (never the test split).
+
+    When the held-out problems would otherwise be training problems (a data file, which has no splits, a benchmark
+    without the default 'valid' split such as GSM8K, or eval_split equal to train_split), the last
+    `num_eval_examples` problems of the training data are held out and not trained on, and a line says so.
+    """
+
+    def load(split: str, limit: int) -> list[Problem]:
+        return load_problems(
+            config.dataset, split, config.data_dir, config.dataset_params, limit, config.seed, config.on_invalid
         )
-        if config.dataset.startswith(SYNTHETIC):
-            held_out = held_out_from(train, held_out)
+
+    held = config.num_eval_examples
+    if held > 0 and _held_out_from_training(config):
+        pool = load(config.train_split, 0)
+        if len(pool) <= held:
+            raise UserError(
+                f"{config.dataset}: {len(pool)} problems, too few to hold out num_eval_examples={held} of them "
+                "and train on the rest; lower num_eval_examples (0 evaluates nothing during training)"
+            )
+        train, held_out = pool[:-held], pool[-held:]
+        if config.num_train_examples > 0:
+            train = train[: config.num_train_examples]
+        say(
+            f"{config.dataset} has no separate held-out split here: its last {held} {config.train_split} problems "
+            f"are held out for evaluation during training and not trained on ({len(train)} left to train on)"
+        )
+        return train, held_out
+    train = load(config.train_split, config.num_train_examples)
+    held_out = load(config.eval_split, held) if held > 0 else []
+    if config.dataset.startswith(SYNTHETIC):
+        held_out = held_out_from(train, held_out)
     return train, held_out
+
+
+def _held_out_from_training(config) -> bool:
+    """Would `eval_split` read the training problems themselves? (A generator draws each split from its own
+    seed stream; a misspelt split of a benchmark that has a 'valid' one is left to raise.)"""
+    if config.dataset.startswith(SYNTHETIC):
+        return False
+    if Path(config.dataset).suffix and Path(config.dataset).exists():
+        return True  # a file is one pool of problems, whatever the split
+    if config.eval_split == config.train_split:
+        return True
+    from latentreason.data.registry import get_benchmark
+
+    return config.eval_split == DEFAULT_EVAL_SPLIT and DEFAULT_EVAL_SPLIT not in get_benchmark(config.dataset).splits
