@@ -94,6 +94,17 @@ def eot_at_varied_steps(lm, gain: float = 3.0) -> None:
     lm.model.get_output_embeddings().weight[lm.eot_id] = gain * row.to(lm.embed.weight.dtype)
 
 
+@torch.no_grad()
+def untie_latent_tokens(lm) -> None:
+    """Nudge the LM head's rows of <bot>, <latent> and <eot> off '<<', the row they start as copies of: an untrained
+    model's logits for them and '<<' are then equal but for rounding, and greedy decoding picks whichever the
+    matmul's summation order favours, so a batch of three and one row alone can write different replies."""
+    head = lm.model.get_output_embeddings().weight  # [V, d]
+    ids = [lm.bot_id, lm.latent_id, lm.eot_id]
+    noise = torch.randn(len(ids), head.shape[1], generator=torch.Generator().manual_seed(5))  # [3, d]
+    head[ids] += 0.05 * head[ids].norm(dim=-1, keepdim=True) / head.shape[1] ** 0.5 * noise.to(head.dtype)
+
+
 # A ChatML template like SmolLM2's and Qwen's (without a default system message).
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

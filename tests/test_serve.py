@@ -25,7 +25,7 @@ from latentreason.model.latent_lm import LatentLM
 from latentreason.serve.protocol import Limits
 from latentreason.serve.run import BackgroundServer, ServeSettings
 from latentreason.serve.text import TextStream
-from tests.helpers import build_tiny_lm, chain_problems, eot_at_varied_steps, save_tiny_chat_model
+from tests.helpers import build_tiny_lm, chain_problems, eot_at_varied_steps, save_tiny_chat_model, untie_latent_tokens
 
 openai = pytest.importorskip("openai")
 
@@ -46,6 +46,7 @@ def colar_dir(tmp_path_factory):
     config = CoLaRConfig(max_latents=6, compression_factor=2, embedding_std=0.25, max_new_tokens=8)
     torch.manual_seed(0)
     CoLaR(config).prepare(lm)
+    untie_latent_tokens(lm)
     eot_at_varied_steps(lm)
     lm.meta.update(method="colar", method_config=dataclasses.asdict(config))
     path = tmp_path_factory.mktemp("serve") / "colar"
@@ -59,6 +60,7 @@ def pccot_dir(tmp_path_factory):
     lm = build_tiny_lm("llama", seed=4)
     config = PCCoTConfig(num_latents=3, jacobi_iterations=2, max_new_tokens=8)
     PCCoT(config).prepare(lm)
+    untie_latent_tokens(lm)
     lm.meta.update(method="pccot", method_config=dataclasses.asdict(config))
     path = tmp_path_factory.mktemp("serve") / "pccot"
     lm.save_pretrained(path)
@@ -69,6 +71,7 @@ def pccot_dir(tmp_path_factory):
 def cot_dir(tmp_path_factory):
     """A saved (untrained) model of a text method trained here: plain decoding from its training layout."""
     lm = build_tiny_lm("llama", seed=3)
+    untie_latent_tokens(lm)
     lm.meta.update(method="cot", method_config={"max_new_tokens": 8})
     path = tmp_path_factory.mktemp("serve") / "cot"
     lm.save_pretrained(path)
