@@ -35,7 +35,7 @@ def load_problems(
         return generate(
             dataset[len(SYNTHETIC) :], limit, seed + _SPLIT_SEED_OFFSET.get(split, 3_000_009), **(params or {})
         )
-    if Path(dataset).suffix and Path(dataset).exists():
+    if is_data_file(dataset):
         from latentreason.data.formats import load_file
 
         problems = load_file(dataset, on_invalid=on_invalid)
@@ -44,6 +44,11 @@ def load_problems(
 
         problems = load_benchmark(dataset, split=split, data_dir=data_dir, on_invalid=on_invalid)
     return problems[:limit] if limit > 0 else problems
+
+
+def is_data_file(dataset: str) -> bool:
+    """Is `dataset` a path to a data file (rather than a benchmark name or a generator)?"""
+    return bool(Path(dataset).suffix) and Path(dataset).exists()
 
 
 def held_out_from(train: list[Problem], candidates: list[Problem]) -> list[Problem]:
@@ -93,7 +98,7 @@ def _held_out_from_training(config) -> bool:
     seed stream; a misspelt split of a benchmark that has a 'valid' one is left to raise.)"""
     if config.dataset.startswith(SYNTHETIC):
         return False
-    if Path(config.dataset).suffix and Path(config.dataset).exists():
+    if is_data_file(config.dataset):
         return True  # a file is one pool of problems, whatever the split
     if config.eval_split == config.train_split:
         return True
