@@ -30,10 +30,11 @@ class Row:
 # repository's 2-core machine (docs/results.md), two rows at a time with one thread each (the curriculum
 # family's: of the default demo on a quiet machine after its budget went to 500 steps; KaVa, Latent-SFT,
 # Token Assorted and LTA-Thinker: seed 1 of `demo --rows kava,latent-sft,token-assorted,lta-thinker`, a busy machine;
-# System-1.5: seed 42 of `demo --rows system15` on a busy machine, where CoT took 357 s).
+# System-1.5: seed 42 of `demo --rows system15` on a busy machine, where CoT took 357 s; CoT-SFT and No-CoT: their
+# 650-step times scaled to today's 450 steps).
 ROWS = {
-    "cot": Row(None, 190),
-    "no-cot": Row(None, 95),
+    "cot": Row(None, 130),
+    "no-cot": Row(None, 65),
     "icot": Row("cot", 75),
     "coconut": Row("cot", 120),
     "pause": Row("cot", 80),
