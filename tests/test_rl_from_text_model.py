@@ -99,7 +99,7 @@ def test_the_reward_reads_a_reply_as_the_cot_evaluation_does():
 # Each token policy, from the CoT model; "text" fine-tunes the whole model, the others LoRA adapters.
 RUNS = {
     "text": {"multiplex_width": 1, "lora_r": 0},
-    "multiplex": {"multiplex_width": 3},
+    "multiplex": {"multiplex_width": 3, "reward_funcs": ["test-text-length", "accuracy"], "reward_weights": [1.0, 1.0]},
     "soft": {"think_inputs": "soft", "max_completion_length": 8},
     "fuzzy": {"think_inputs": "fuzzy", "max_completion_length": 8},
     "hybrid": {"think_inputs": "hybrid"},
@@ -127,6 +127,9 @@ def test_a_run_from_a_cot_model_trains_it_and_saves_a_cot_model(cot_dir, held_ou
     assert isinstance(method_for(LatentLM.from_pretrained(final), str(final)), CoTSFT)
     log = [json.loads(line) for line in (final.parent / "log.jsonl").read_text().splitlines() if '"reward"' in line]
     assert len(log) == 2 and all(f"rewards/{name}/mean" in log[0] for name in RUNS[run].get("reward_funcs", []))
+    # Accuracy is logged beside a reward that does not read labels, and not rewarded; never twice.
+    assert ("monitor/accuracy/mean" in log[0]) != ("rewards/accuracy/mean" in log[0])
+    assert all(0.0 <= row.get("monitor/accuracy/mean", 0.0) <= 1.0 for row in log)
     if run != "empo":  # rewards that differ within every group: the weights (LoRA merged) moved
         before, after = (load_file(str(d / "model.safetensors")) for d in (cot_dir, final))
         assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)

@@ -125,6 +125,9 @@ class RLTrainer(TrainingLoop):
         self.reward_context = self._reward_context()
         self.rewards = build_rewards(cfg.reward_funcs, self.reward_context)
         self.weights = dict(zip(cfg.reward_funcs, cfg.reward_weights))
+        # Accuracy is logged even where it is not rewarded (EMPO trains without labels; its user still wants to
+        # see whether the label-free reward moves it). Logged as monitor/accuracy/mean, never in the reward.
+        self.monitors = {} if "accuracy" in self.rewards else build_rewards(["accuracy"], self.reward_context)
         self.ref_policy = self._reference_policy() if cfg.beta > 0 else None
         # Under bf16 the incremental sampling pass and the teacher-forced pass round differently: recompute
         # the old log-probs in the updates' own pass (one more no-grad pass per rollout batch).
@@ -269,7 +272,7 @@ class RLTrainer(TrainingLoop):
         problems = [q for q in questions for _ in range(cfg.num_generations)]  # groups are consecutive
         # One gather of a sharded model for both: the coherence reward decodes with the step decoder, a head
         # of the model in copy/small mode.
-        rollouts, scores, sampled = self.backend.outside_forward(
+        rollouts, scores, monitored, sampled = self.backend.outside_forward(
             module, lambda: self._sample_and_score(problems, generator)
         )
         rewards = combine(scores, self.weights, cfg.coherence_gate)  # [B]
@@ -283,6 +286,7 @@ class RLTrainer(TrainingLoop):
             "reward_std": float(grouped.std(1).mean()),
             "frac_reward_zero_std": float((grouped.std(1) < 1e-6).float().mean()),
             **{f"rewards/{name}/mean": sum(v) / len(v) for name, v in scores.items()},
+            **{f"monitor/{name}/mean": sum(v) / len(v) for name, v in monitored.items()},
             **update_stats,
             **rollouts.metrics(),
             "time/rollout_s": sampled - began,
@@ -292,8 +296,8 @@ class RLTrainer(TrainingLoop):
         return self._mean_over_processes(metrics)
 
     def _sample_and_score(self, problems: list[Problem], generator: torch.Generator):
-        """(rollouts with their old (and reference) log-probs, each reward's scores, the time sampling ended),
-        without gradients."""
+        """(rollouts with their old (and reference) log-probs, each reward's scores, each monitor's scores, the
+        time sampling ended), without gradients."""
         with self.accelerator.autocast():  # the precision the updates use, so an unchanged policy has ratio 1
             rollouts = self.policy.sample(self.policy.prompts(problems), generator)
             if self.recompute_old:
@@ -302,7 +306,9 @@ class RLTrainer(TrainingLoop):
                 rollouts.ref = self.ref_policy.logprobs(rollouts)
         sampled = time.perf_counter()
         completions = rollouts.completions(self.lm.tokenizer, self.config.answer_mode)
-        return rollouts, {name: fn(problems, completions) for name, fn in self.rewards.items()}, sampled
+        scores = {name: fn(problems, completions) for name, fn in self.rewards.items()}
+        monitored = {name: fn(problems, completions) for name, fn in self.monitors.items()}
+        return rollouts, scores, monitored, sampled
 
     def _updates(self, module, optimizer, scheduler, rollouts, advantages, step) -> dict:
         """num_iterations passes of minibatch updates; a non-finite loss or gradient skips its update."""
