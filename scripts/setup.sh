@@ -14,8 +14,12 @@ fi
 python -m pip install -q "pip==26.3"
 # torch's CPU build comes from this machine's disk (find-links /opt/wheels), every other package from PyPI.
 # DS_BUILD_OPS=0: DeepSpeed compiles none of its optional C++/CUDA ops (the CPU tests need none).
-DS_BUILD_OPS=0 python -m pip install -q --require-hashes -r "$LOCK"
-python -m pip install -q --require-hashes --no-deps -r requirements/nodeps.txt
+# --no-compile, then compileall on every core: pip byte-compiles one file at a time (on 2 cores this saves
+# 20 s of a 111 s set-up).
+DS_BUILD_OPS=0 python -m pip install -q --no-compile --require-hashes -r "$LOCK"
+python -m pip install -q --no-compile --require-hashes --no-deps -r requirements/nodeps.txt
+# A file written for a newer Python (torch ships one) does not compile; pip's own step skips it silently too.
+python -m compileall -q -j 0 "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 # The package itself, built with the locked setuptools (no isolated build environment resolving its own);
 # PYTHONWARNINGS hides setuptools' generic notice about editable installs.
 PYTHONWARNINGS=ignore python -m pip install -q --no-deps --no-build-isolation -e .
