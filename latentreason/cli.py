@@ -680,6 +680,12 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run of under a minute (tiny budget)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the demo in --output-dir (run with the same rows, seeds and --quick): rows whose model "
+        "is saved are reused, the others train again",
+    )
+    parser.add_argument(
         "--rows",
         help="comma-separated rows to run (the rows they start from are added), e.g. cot,no-cot,atp-rl, or 'all'; "
         f"default {','.join(DEFAULT_ROWS)}",
@@ -697,7 +703,15 @@ def cmd_demo(argv: list[str]) -> int:
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
     seeds = seed_list(args.seed) if args.seed else None
-    run_demo(args.output_dir, quick=args.quick, overwrite=args.overwrite, rows=rows, seeds=seeds, jobs=args.jobs)
+    run_demo(
+        args.output_dir,
+        quick=args.quick,
+        overwrite=args.overwrite,
+        rows=rows,
+        seeds=seeds,
+        jobs=args.jobs,
+        resume=args.resume,
+    )
     return 0
 
 

@@ -126,9 +126,11 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, keep_going: bool = Fa
 
 
 def schedule_seconds(jobs: list[Job], parallel: int) -> float:
-    """How long `run_jobs` takes if every job takes its expected seconds (the same order of starts)."""
+    """How long `run_jobs` takes if every job takes its expected seconds (the same order of starts); jobs
+    already done take none."""
     priority = chain_seconds({job.name: job for job in jobs})
-    pending, running, finished = list(jobs), [], set()
+    pending, running = [job for job in jobs if not job.done], []
+    finished = {job.name for job in jobs if job.done}
     clock = 0.0
     while pending or running:
         ready = [job for job in pending if job.start is None or job.start in finished]

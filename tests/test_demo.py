@@ -4,6 +4,7 @@ order, failures), and quick runs end to end through the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 
@@ -104,6 +105,45 @@ def test_the_expected_time_follows_the_schedule(tmp_path):
     # cot || no-cot; at 150 atp || simcot; at 370 atp-rl: done at 440. One at a time: the sum.
     assert schedule_seconds(jobs, 2) == 440
     assert schedule_seconds(jobs, 1) == 725
+    for job in jobs[:3]:  # reused from an earlier sitting: cot, no-cot, simcot
+        job.done = True
+    assert schedule_seconds(jobs, 2) == 290  # atp, then atp-rl
+
+
+def replies(out) -> list[tuple]:
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return [(r["method"], r["question"], r["generated"], r["correct"]) for r in records]
+
+
+def test_a_resumed_demo_reuses_saved_rows_and_trains_the_others_again(capsys, tmp_path, small_quick_plan):
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--output-dir", str(out), "--rows", "cot,no-cot"]
+    assert cli.main(args) == 0
+    predictions = replies(out)
+    cot_weights = out / "runs" / "cot" / "final" / "model.safetensors"
+    written = cot_weights.stat().st_mtime_ns
+    shutil.rmtree(out / "runs" / "no-cot" / "final")  # as if stopped mid-row: its log and logs stay behind
+    assert (out / "runs" / "no-cot" / "log.jsonl").is_file()
+    capsys.readouterr()
+
+    assert cli.main([*args, "--resume"]) == 0
+    assert "reused from an earlier sitting: cot" in capsys.readouterr().out
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["reused"] == ["cot"] and list(payload["timings"]) == ["train_no-cot_s", "total_s"]
+    assert cot_weights.stat().st_mtime_ns == written  # not trained again
+    assert (out / "runs" / "no-cot" / "final" / "model.safetensors").is_file()
+    assert replies(out) == predictions  # the same problems, the same replies
+
+    # Only the same demo continues: other rows, --quick or seeds would mix two demos' models in one table.
+    line = user_error(capsys, [*args[:-1], "cot", "--resume"])
+    assert "--resume" in line and "rows" in line and str(out / "demo.json") in line
+    line = user_error(capsys, [*args, "--seed", "3", "--resume"])
+    assert "seeds" in line and "recipes" in line
+    assert "pass one of them" in user_error(capsys, [*args, "--resume", "--overwrite"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    line = user_error(capsys, ["demo", "--quick", "--output-dir", str(tmp_path / "other"), "--resume"])
+    assert "holds no demo" in line and (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
 def test_rows_bring_the_rows_they_start_from():
