@@ -74,12 +74,15 @@ def test_every_curriculum_in_a_shipped_study_reaches_its_final_layout():
     # Coconut's last stage and iCoT's whole-CoT removal are the methods the rows name: a run that stops
     # before them reports a partly-latent model (the stage length is an epoch, so data size counts too).
     from latentreason.methods.base import get_method
+    from latentreason.recipes import RL_METHODS
     from latentreason.study.plan import _checked_config
     from latentreason.training.trainer import curriculum_warning
 
     for path in sorted(SHIPPED_STUDIES.glob("*.yaml")):
         study = load_study(str(path))
         for run in plan_runs(study, Path("/nonexistent/out"), "/nonexistent/data"):
+            if read_method(run.train[2]) in RL_METHODS:
+                continue  # GRPO on a finished SFT model: no curriculum
             argv = dict(zip(run.train[3::2], run.train[4::2]))
             config = _checked_config(run.train[2], {k[2:]: yaml.safe_load(v) for k, v in argv.items()}, run.key)
             if not config.num_train_examples:
@@ -146,6 +149,24 @@ def test_a_bad_study_names_its_file_and_field(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message) as err:
         plan_runs(load_study(str(path)), tmp_path, None)
     assert str(path) in str(err.value)
+
+
+def test_a_profile_drops_the_tasks_and_rows_it_sets_to_null(tmp_path):
+    path = chain_study(tmp_path)
+    study = yaml.safe_load(path.read_text())
+    study["tasks"]["other"] = {"evaluate": {"file": "x.json"}, "rows": {"coconut": {"c_thought": 2}}}
+    study["tasks"]["chain"]["rows"] = {"coconut": {"c_thought": 2}}
+    study["profiles"] = {"quick": {"tasks": {"other": None}, "rows": {"coconut": None}}}
+    path.write_text(yaml.safe_dump(study))
+    assert sorted(load_study(str(path)).tasks) == ["chain", "other"]
+    quick = load_study(str(path), "quick")
+    assert sorted(quick.tasks) == ["chain"] and sorted(quick.rows) == ["cot", "no-cot"]
+    assert quick.tasks["chain"].rows == {}  # the dropped row's task fields go with it
+    # Without the profile, a task's fields for a row that does not exist are still an error.
+    study["tasks"]["chain"]["rows"] = {"coconutt": {"c_thought": 2}}
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="tasks.chain.rows: coconutt not among the study's rows"):
+        load_study(str(path))
 
 
 def test_an_unknown_study_lists_the_shipped_ones():

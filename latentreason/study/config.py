@@ -13,7 +13,8 @@
       cot: {recipe: cot-tiny}
       coconut: {recipe: coconut-tiny, start: cot, fields: {max_latent_stage: 6}}
     published: {prosqa: {cot: [77.5, 49.4]}}  # the paper's accuracy (%) and reasoning tokens
-    profiles: {quick: {...}, full: {...}}     # merged over the rest by --quick / --full
+    profiles: {quick: {...}, full: {...}}     # merged over the rest by --quick / --full;
+                                              # in them `tasks: {prosqa: null}` drops a task (or row)
 
 A run's fields, later ones winning: the recipe file, the study's `fields`, the row's `fields`, the
 task's `fields`, the task's `rows` entry, the study's `force` (for profiles that must override
@@ -89,6 +90,7 @@ def load_study(value: str, profile: str | None = None) -> StudyConfig:
             raise UserError(f"--{profile}: {path} has no '{profile}' profile")
         raw = merged(raw, profiles[profile])
     where = f"{path}" + (f" (profile {profile})" if profile else "")
+    _drop_nulls(raw)
     for key in ("tasks", "rows"):
         if not isinstance(raw.get(key), dict) or not raw[key]:
             raise ConfigError(f"{where}: '{key}' must be a non-empty mapping of name: settings")
@@ -103,6 +105,19 @@ def _spec(cls, value: Any, where: str, key: str):
     if not isinstance(value, dict):
         raise ConfigError(f"{where}, {key}: expected a mapping, got {value!r}")
     return from_dict(cls, value, f"{where}, {key}")
+
+
+def _drop_nulls(raw: dict) -> None:
+    """A profile's `name: null` under `tasks` or `rows` drops that task or row (and the tasks' fields for
+    a dropped row), so a profile can run a slice of the study."""
+    dropped = {}
+    for key in ("tasks", "rows"):
+        if isinstance(raw.get(key), dict):
+            dropped[key] = {name for name, value in raw[key].items() if value is None}
+            raw[key] = {name: value for name, value in raw[key].items() if value is not None}
+    for task in raw["tasks"].values() if isinstance(raw.get("tasks"), dict) else ():
+        if isinstance(task, dict) and isinstance(task.get("rows"), dict):
+            task["rows"] = {row: value for row, value in task["rows"].items() if row not in dropped.get("rows", ())}
 
 
 def _check(study: StudyConfig, where: str) -> None:
