@@ -109,15 +109,16 @@ def _spec(cls, value: Any, where: str, key: str):
 
 def _drop_nulls(raw: dict) -> None:
     """A profile's `name: null` under `tasks` or `rows` drops that task or row (and the tasks' fields for
-    a dropped row), so a profile can run a slice of the study."""
-    dropped = {}
+    a dropped row), so a profile can run a slice of the study. Malformed sections are left to the checks."""
+    dropped_rows = set()
     for key in ("tasks", "rows"):
         if isinstance(raw.get(key), dict):
-            dropped[key] = {name for name, value in raw[key].items() if value is None}
+            if key == "rows":
+                dropped_rows = {name for name, value in raw[key].items() if value is None}
             raw[key] = {name: value for name, value in raw[key].items() if value is not None}
     for task in raw["tasks"].values() if isinstance(raw.get("tasks"), dict) else ():
-        if isinstance(task, dict) and isinstance(task.get("rows"), dict):
-            task["rows"] = {row: value for row, value in task["rows"].items() if row not in dropped.get("rows", ())}
+        if dropped_rows and isinstance(task, dict) and isinstance(task.get("rows"), dict):
+            task["rows"] = {row: value for row, value in task["rows"].items() if row not in dropped_rows}
 
 
 def _check(study: StudyConfig, where: str) -> None:
