@@ -39,6 +39,11 @@ class TrainConfig:
     )
     num_train_examples: int = field(0, help="training examples to use/generate (0 = the whole split)")
     num_eval_examples: int = field(200, help="held-out examples evaluated during and after training")
+    never_train_on: str | None = field(
+        None,
+        help="a data file or benchmark (NAME for its evaluation split, or NAME:SPLIT) whose questions are dropped "
+        "from the training problems; a study sets it to what it evaluates on",
+    )
     on_invalid: str = field(
         "error", help="a malformed data record: 'error' stops with file, record and field; 'skip' drops and counts it"
     )

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from latentreason.data.formats import write_coconut
+from latentreason.data.generators import generate
 from latentreason.data.sources import load_train_and_held_out
 from latentreason.errors import UserError
 from latentreason.train_config import TrainConfig
@@ -79,3 +81,40 @@ def test_generated_splits_keep_their_own_streams(capsys):
     assert len(train) == 50 and 0 < len(held_out) <= 20
     assert not set(questions(train)) & set(questions(held_out))
     assert capsys.readouterr().out == ""
+
+
+def test_never_train_on_drops_the_questions_of_a_file(tmp_path, capsys):
+    # 2x2 multiplication has 8,100 problems: 2,000 draws repeat some of the 300 evaluated on.
+    evaluated = generate("multiplication", 300, 7, num_digits=2)
+    path = tmp_path / "valid.json"
+    write_coconut(evaluated, path)
+    data = {"dataset": "synthetic:multiplication", "dataset_params": {"num_digits": 2}, "num_train_examples": 2000}
+    everything, _ = load_train_and_held_out(TrainConfig(**data, num_eval_examples=0))
+    repeated = set(questions(everything)) & set(questions(evaluated))
+    train, _ = load_train_and_held_out(TrainConfig(**data, num_eval_examples=0, never_train_on=str(path)))
+    assert repeated, "the draw should repeat some evaluated questions, or this test checks nothing"
+    assert not set(questions(train)) & set(questions(evaluated))
+    dropped = 2000 - len(train)
+    assert dropped >= len(repeated)  # a repeated question is dropped every time it is drawn
+    assert f"{dropped} of 2000 training problems are among its 300 questions" in capsys.readouterr().out
+
+
+def test_never_train_on_reads_a_benchmark_split(tmp_path):
+    write_gsm8k(tmp_path, 10)
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(
+        "".join(json.dumps({"question": f"What is {i} plus 1?", "answer": f"#### {i + 1}"}) + "\n" for i in (2, 5))
+    )
+    config = TrainConfig(dataset="gsm8k", data_dir=str(tmp_path), num_eval_examples=0, never_train_on="gsm8k:test")
+    train, _ = load_train_and_held_out(config)
+    assert questions(train) == [f"What is {i} plus 1?" for i in (0, 1, 3, 4, 6, 7, 8, 9)]
+
+
+def test_never_train_on_a_missing_file_names_it(tmp_path):
+    config = TrainConfig(
+        dataset="synthetic:chain",
+        num_train_examples=5,
+        num_eval_examples=0,
+        never_train_on=str(tmp_path / "valid.json"),
+    )
+    with pytest.raises(UserError, match="never_train_on: no such file: .*valid.json"):
+        load_train_and_held_out(config)

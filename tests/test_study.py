@@ -139,7 +139,7 @@ def test_selecting_rows_adds_the_rows_they_start_from(tmp_path):
         ({"rows": {"cot": {"recipe": "cot-tiny", "fields": {"max_stesp": 3}}}}, "row cot: unknown field 'max_stesp'"),
         ({"rows": {"cot": {"recipe": "cot-tiny", "stat": "x"}}}, "rows.cot: unknown field 'stat'"),
         ({"seeds": [1, 1]}, "seeds: expected distinct seeds"),
-        ({"profiles": {"tiny": {}}}, "'profiles' must be a mapping with keys among quick, full"),
+        ({"profiles": {"tiny": {}}}, "'profiles' must be a mapping with keys among default, quick, full"),
     ],
 )
 def test_a_bad_study_names_its_file_and_field(tmp_path, change, message):
@@ -167,6 +167,35 @@ def test_a_profile_drops_the_tasks_and_rows_it_sets_to_null(tmp_path):
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(ConfigError, match="tasks.chain.rows: coconutt not among the study's rows"):
         load_study(str(path))
+
+
+def test_the_default_profile_applies_without_quick_or_full(tmp_path):
+    path = chain_study(tmp_path)
+    study = yaml.safe_load(path.read_text())
+    study["profiles"] = {"default": {"rows": {"coconut": None}, "seeds": [4, 5]}, "quick": {"seeds": [6]}}
+    path.write_text(yaml.safe_dump(study))
+    default = load_study(str(path))
+    assert sorted(default.rows) == ["cot", "no-cot"] and default.seeds == [4, 5]
+    assert default.source.endswith("(profile default)")
+    quick = load_study(str(path), "quick")  # --quick starts from the study itself, not from its default
+    assert sorted(quick.rows) == ["coconut", "cot", "no-cot"] and quick.seeds == [6]
+
+
+def test_runs_never_train_on_what_they_are_evaluated_on(tmp_path):
+    path = chain_study(tmp_path)
+    study = yaml.safe_load(path.read_text())
+    study["tasks"]["chain"]["evaluate"] = {"file": "valid.json"}  # beside the study file
+    study["tasks"]["bench"] = {"evaluate": {"benchmark": "prosqa", "split": "valid"}}
+    path.write_text(yaml.safe_dump(study))
+    runs = plan_runs(load_study(str(path)), tmp_path / "out", "/data")
+    for run in runs:
+        flags = dict(zip(run.train[1::2], run.train[2::2]))  # after "train"
+        if run.task == "chain":
+            assert flags["--never_train_on"] == str(tmp_path / "valid.json")
+            assert run.eval[run.eval.index("--file") + 1] == str(tmp_path / "valid.json")
+            assert "--data_dir" not in flags
+        else:
+            assert flags["--never_train_on"] == "prosqa:valid" and flags["--data_dir"] == "/data"
 
 
 def test_an_unknown_study_lists_the_shipped_ones():

@@ -85,12 +85,39 @@ def load_train_and_held_out(config) -> tuple[list[Problem], list[Problem]]:
             f"{config.dataset} has no separate held-out split here: its last {held} {config.train_split} problems "
             f"are held out for evaluation during training and not trained on ({len(train)} left to train on)"
         )
-        return train, held_out
-    train = load(config.train_split, config.num_train_examples)
+        return _never_trained_on(config, train), held_out
+    train = _never_trained_on(config, load(config.train_split, config.num_train_examples))
     held_out = load(config.eval_split, held) if held > 0 else []
     if config.dataset.startswith(SYNTHETIC):
         held_out = held_out_from(train, held_out)
     return train, held_out
+
+
+def questions_of(spec: str, data_dir: str | None = None) -> set[str]:
+    """The questions of `spec`: a data file, or a benchmark as NAME (its evaluation split, as
+    `latentreason eval` reads it) or NAME:SPLIT."""
+    if is_data_file(spec):
+        return {p.question for p in load_problems(spec, "", data_dir)}
+    if Path(spec).suffix and ":" not in spec:
+        raise UserError(f"never_train_on: no such file: {spec}")
+    from latentreason.data.registry import load_benchmark
+
+    name, _, split = spec.partition(":")
+    return {p.question for p in load_benchmark(name, split or None, data_dir)}
+
+
+def _never_trained_on(config, train: list[Problem]) -> list[Problem]:
+    """`train` without the problems of `config.never_train_on` (the set a study evaluates on): on a generated
+    task with a small problem space (3x3 multiplication has 810,000) a random draw would otherwise repeat some."""
+    if not config.never_train_on:
+        return train
+    excluded = questions_of(config.never_train_on, config.data_dir)
+    kept = [p for p in train if p.question not in excluded]
+    say(
+        f"never_train_on {config.never_train_on}: {len(train) - len(kept)} of {len(train)} training problems "
+        f"are among its {len(excluded)} questions and were dropped"
+    )
+    return kept
 
 
 def _held_out_from_training(config) -> bool:

@@ -13,8 +13,9 @@
       cot: {recipe: cot-tiny}
       coconut: {recipe: coconut-tiny, start: cot, fields: {max_latent_stage: 6}}
     published: {prosqa: {cot: [77.5, 49.4]}}  # the paper's accuracy (%) and reasoning tokens
-    profiles: {quick: {...}, full: {...}}     # merged over the rest by --quick / --full;
-                                              # in them `tasks: {prosqa: null}` drops a task (or row)
+    profiles: {default: {...}, quick: {...}, full: {...}}
+                                  # merged over the rest: 'default' without --quick / --full, the others with
+                                  # them; in them `tasks: {prosqa: null}` drops a task (or row)
 
 A run's fields, later ones winning: the recipe file, the study's `fields`, the row's `fields`, the
 task's `fields`, the task's `rows` entry, the study's `force` (for profiles that must override
@@ -33,12 +34,12 @@ from latentreason.errors import ConfigError, UserError
 from latentreason.recipes import resolve_shipped
 
 SHIPPED_STUDIES = Path(__file__).parent.parent / "configs" / "studies"
-PROFILES = ("quick", "full")
+PROFILES = ("default", "quick", "full")
 
 
 @dataclass
 class TaskSpec:
-    evaluate: dict[str, Any]  # {benchmark: NAME, split: SPLIT} or {file: PATH}; optional limit
+    evaluate: dict[str, Any]  # {benchmark: NAME, split: SPLIT} or {file: PATH relative to the study}; optional limit
     fields: dict[str, Any] = field(default_factory=dict)
     rows: dict[str, Any] = field(default_factory=dict)  # row -> {field: value} for this task only
 
@@ -79,12 +80,15 @@ def merged(base: dict, over: dict) -> dict:
 
 
 def load_study(value: str, profile: str | None = None) -> StudyConfig:
-    """The study named or stored at `value`, with `profile` ('quick', 'full' or None) merged over it."""
+    """The study named or stored at `value`, with `profile` ('quick', 'full', or None for its 'default'
+    profile if it has one) merged over it."""
     path = study_path(value)
     raw = read_yaml(path)
     profiles = raw.pop("profiles", {}) or {}
     if not isinstance(profiles, dict) or set(profiles) - set(PROFILES):
         raise ConfigError(f"{path}: 'profiles' must be a mapping with keys among {', '.join(PROFILES)}")
+    if profile is None and "default" in profiles:
+        profile = "default"
     if profile is not None:
         if profile not in profiles:
             raise UserError(f"--{profile}: {path} has no '{profile}' profile")
@@ -98,6 +102,9 @@ def load_study(value: str, profile: str | None = None) -> StudyConfig:
     raw["rows"] = {name: _spec(RowSpec, value, where, f"rows.{name}") for name, value in raw["rows"].items()}
     study = from_dict(StudyConfig, {**raw, "source": where}, where)
     _check(study, where)
+    for task in study.tasks.values():  # a file the study evaluates on sits beside it (or is absolute)
+        if "file" in task.evaluate:
+            task.evaluate["file"] = str(path.parent / task.evaluate["file"])
     return study
 
 

@@ -22,7 +22,7 @@ from latentreason.recipes import RL_METHODS, resolve_config_path
 from latentreason.rl.config import RLConfig
 from latentreason.study.config import StudyConfig, merged
 
-# What the runner sets on every run, over anything the study says.
+# What the runner sets on every run, over anything the study says (and never_train_on: what it is evaluated on).
 RESUME = {"resume_from_checkpoint": "auto", "overwrite_output_dir": True}
 
 
@@ -80,7 +80,9 @@ def plan_runs(
                 fields = merged(fields, task.fields)
                 fields = merged(fields, task.rows.get(row_name) or {})
                 fields = merged(fields, study.force)
-                fields.update(RESUME, seed=seed, output_dir=str(run_dir))
+                fields.update(RESUME, seed=seed, output_dir=str(run_dir), never_train_on=_evaluated(task.evaluate))
+                if data_dir and "benchmark" in task.evaluate:  # training reads the benchmark to leave it out
+                    fields["data_dir"] = str(data_dir)
                 if row.start is not None:  # a trained model: its shape and tokenizer come with it
                     fields.pop("tiny_model", None)
                     fields.pop("tokenizer_vocab_size", None)
@@ -119,6 +121,13 @@ def _checked_config(recipe: str, fields: dict, where: str):
     if config.max_steps < 1:
         raise ConfigError(f"{where}: set max_steps (a study compares runs by their optimizer steps)")
     return config
+
+
+def _evaluated(evaluate: dict) -> str:
+    """What a run is evaluated on, as `never_train_on` names it: no run trains on a problem it is scored on."""
+    if "file" in evaluate:
+        return str(evaluate["file"])
+    return str(evaluate["benchmark"]) + (f":{evaluate['split']}" if evaluate.get("split") else "")
 
 
 def _data_words(config, evaluate: dict) -> dict[str, str]:
